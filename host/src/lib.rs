@@ -1,0 +1,53 @@
+//! Native host for the `taskstore` component: a Redis-backed research-task store that runs
+//! as a WebAssembly component under wasmtime and talks to Redis itself over
+//! `wasi:sockets` TCP.
+//!
+//! ```no_run
+//! use taskstore_host::{Options, Runtime, TaskStore};
+//!
+//! let runtime = Runtime::new()?;
+//! let mut store = TaskStore::open(&runtime, Options::new("redis://127.0.0.1:6379"))?;
+//! store.set("t1", r#"{"status":"pending"}"#, None)?;
+//! assert_eq!(store.get("t1")?.as_deref(), Some(r#"{"status":"pending"}"#));
+//! # anyhow::Ok(())
+//! ```
+//!
+//! # Sandbox
+//!
+//! Each store gets its own instance with exactly the access the WIT world asks for: TCP
+//! connections to the addresses the URL's host resolves to (resolved by the host), name
+//! lookup only when the URL names a host, no UDP, no listening, no environment, arguments
+//! or preopened directories, an empty stdin, and a memory cap. Its stdout and stderr are
+//! kept in a small in-memory buffer whose last line is quoted when it traps.
+//!
+//! # Layout
+//!
+//! - [`runtime`]: [`Runtime`], the compiled and linked component, and the embedded
+//!   [`COMPONENT`] that `build.rs` builds from the workspace's root package.
+//! - `store`: [`AsyncTaskStore`] (one instance, async calls) and [`TaskStore`] (blocking).
+//! - `options`: [`Options`] and reading the Redis address from the URL.
+//! - `network`: the socket allow-list derived from that address.
+//! - `error`: [`TaskError`], the component's error variant plus host failures.
+//! - `output`: the bounded buffer behind the component's stdout and stderr.
+//! - [`redis_server`]: a throwaway `redis-server` for tests and the CLI's `demo`.
+
+mod error;
+mod network;
+mod options;
+mod output;
+pub mod redis_server;
+pub mod runtime;
+mod store;
+
+pub use error::TaskError;
+pub use options::{redact_url, Options};
+pub use runtime::{Runtime, COMPONENT, DEFAULT_MEMORY_LIMIT};
+pub use store::{AsyncTaskStore, TaskStore, TimeToLive};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "redis-task-store",
+        path: "../wit",
+        exports: { default: async },
+    });
+}

@@ -1,0 +1,235 @@
+//! What a store is opened with, and the little the host itself must read from the URL.
+//!
+//! The component validates the options and parses the URL in full. The host reads only the
+//! host and port, to decide which addresses the component may connect to, and the password,
+//! to keep it out of every message it passes on; it reads them with the component's own
+//! parser, built natively, so both sides agree on what the URL says.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use taskstore::config::RedisUrl;
+
+use crate::error::TaskError;
+
+/// How to reach Redis and lay out tasks in it; the WIT `options` record. Fields left `None`
+/// take the component's defaults (key prefix `research_task:`, TTL 7 days, timeout 5 s,
+/// documents up to 16 MiB).
+///
+/// `Debug` shows the URL with its credentials replaced by `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `redis://[[user]:password@]host[:port][/db]`.
+    pub url: String,
+    /// Prefix of every key.
+    pub key_prefix: Option<String>,
+    /// TTL given to a document written without one, in seconds.
+    pub default_ttl_seconds: Option<u64>,
+    /// Deadline for each connect and for each operation's write and reply, in milliseconds.
+    pub timeout_ms: Option<u32>,
+    /// Largest document accepted and returned, in bytes.
+    pub max_document_bytes: Option<u32>,
+}
+
+impl Options {
+    /// Options for `url` with every other field at its default.
+    pub fn new(url: impl Into<String>) -> Options {
+        Options {
+            url: url.into(),
+            ..Options::default()
+        }
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("default_ttl_seconds", &self.default_ttl_seconds)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_document_bytes", &self.max_document_bytes)
+            .finish()
+    }
+}
+
+/// The URL with any userinfo replaced by `***`, safe to print or log.
+///
+/// Text that does not look like `scheme://...` is replaced whole: without the structure
+/// there is no telling where a password would be.
+pub fn redact_url(url: &str) -> String {
+    taskstore::config::redact_url(url)
+}
+
+/// Where the URL says Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) host: HostName,
+    pub(crate) port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostName {
+    Ip(IpAddr),
+    /// A DNS name, to be resolved.
+    Name(String),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            HostName::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            HostName::Ip(ip) => write!(f, "{ip}:{}", self.port),
+            HostName::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Reads host and port from a `redis://` URL with the component's own parser (its
+    /// native build), so the host allows exactly the address the component will dial.
+    ///
+    /// # Errors
+    /// [`TaskError::InvalidInput`] with the component's message when the URL is malformed;
+    /// the message never repeats the URL, which may hold a password.
+    pub(crate) fn from_url(text: &str) -> Result<Endpoint, TaskError> {
+        let url = RedisUrl::parse(text).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
+        let host = match url.endpoint.host.parse::<IpAddr>() {
+            Ok(ip) => HostName::Ip(ip),
+            Err(_) => HostName::Name(url.endpoint.host),
+        };
+        Ok(Endpoint {
+            host,
+            port: url.endpoint.port,
+        })
+    }
+}
+
+/// The password in a URL in the forms it may take in a message: percent-decoded, and as
+/// written in the URL. Empty when the URL has none or does not parse.
+pub(crate) fn url_secrets(text: &str) -> Vec<String> {
+    let Ok(url) = RedisUrl::parse(text) else {
+        return Vec::new();
+    };
+    let Some(credentials) = url.credentials else {
+        return Vec::new();
+    };
+    let mut secrets = vec![credentials.password.expose().to_owned()];
+    // The raw form: what follows the first `:` of the userinfo, as the parser reads it.
+    let raw = text
+        .split_once("://")
+        .map(|(_, rest)| &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())])
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password);
+    if let Some(raw) = raw {
+        if raw != secrets[0] {
+            secrets.push(raw.to_owned());
+        }
+    }
+    secrets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn endpoint(url: &str) -> Endpoint {
+        Endpoint::from_url(url).unwrap()
+    }
+
+    #[test]
+    fn ipv4_literal_is_an_ip_not_a_name() {
+        assert_eq!(
+            endpoint("redis://127.0.0.1:7000/2"),
+            Endpoint {
+                host: HostName::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                port: 7000
+            }
+        );
+    }
+
+    #[test]
+    fn bracketed_ipv6_literal_is_an_ip() {
+        let e = endpoint("redis://:pw@[::1]:6390");
+        assert_eq!(e.host, HostName::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(e.to_string(), "[::1]:6390");
+    }
+
+    #[test]
+    fn name_keeps_default_port() {
+        let e = endpoint("redis://user:pw@localhost");
+        assert_eq!(e.host, HostName::Name("localhost".into()));
+        assert_eq!(e.port, 6379);
+        assert_eq!(e.to_string(), "localhost:6379");
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        assert_eq!(endpoint("REDIS://h:1").port, 1);
+    }
+
+    #[test]
+    fn unbracketed_ipv4_with_db_and_password() {
+        let e = endpoint("redis://:s3cret@10.1.2.3/4");
+        assert_eq!(e.host, HostName::Ip("10.1.2.3".parse().unwrap()));
+        assert_eq!(e.port, 6379);
+    }
+
+    #[test]
+    fn bad_urls_are_invalid_input_without_the_password() {
+        for text in [
+            "localhost:6379",
+            "redis://",
+            "redis://hunter2@localhost",
+            "redis://:hunter2%zz@localhost",
+            "redis://:hunter2@",
+            "redis://:hunter2@h:99999",
+            "redis://:hunter2@h:0",
+            "http://:hunter2@localhost",
+            "rediss://:hunter2@localhost",
+            "redis://:hunter2@[::1",
+            "",
+        ] {
+            match Endpoint::from_url(text) {
+                Err(TaskError::InvalidInput(message)) => {
+                    assert!(!message.contains("hunter2"), "{text}: {message}");
+                    assert!(!message.is_empty(), "{text}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn debug_hides_credentials() {
+        let options = Options::new("redis://admin:hunter2@localhost:6379/1");
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://***@localhost:6379/1"), "{shown}");
+    }
+
+    #[test]
+    fn redact_url_only_touches_userinfo() {
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact_url("redis://:p@ss@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://u:p@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact_url("redis://h/a@b"), "redis://h/a@b");
+        assert_eq!(redact_url("hunter2"), "***");
+    }
+
+    #[test]
+    fn secrets_include_raw_and_decoded_password() {
+        assert_eq!(
+            url_secrets("redis://u:p%40ssword@h"),
+            vec!["p@ssword".to_owned(), "p%40ssword".to_owned()]
+        );
+        assert_eq!(
+            url_secrets("redis://:plain@h:1/0"),
+            vec!["plain".to_owned()]
+        );
+        assert!(url_secrets("redis://h").is_empty());
+        assert!(url_secrets("not a url").is_empty());
+    }
+}

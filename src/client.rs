@@ -1,0 +1,774 @@
+//! A minimal Redis client: typed commands over one lazily (re)established connection.
+//!
+//! The client owns the connection lifecycle: it connects and authenticates on first use,
+//! discards the connection after any I/O or protocol failure (its state is unknown), and
+//! retries an idempotent command once when a *reused* connection turns out to be dead —
+//! the usual case after a Redis restart, `CLIENT KILL` or an idle-timeout disconnect.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::RedisUrl;
+use crate::resp::{decode_reply, encode_command, push_decimal, Reply, ReplyLimits};
+use crate::transport::{Connector, IoError, Transport};
+
+/// Why a command failed, by what the caller can do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// Could not connect, or the connection broke. Names `host:port`.
+    Connection(String),
+    /// No connection or no complete reply within the timeout.
+    Timeout(String),
+    /// Credentials missing or rejected.
+    Authentication(String),
+    /// The reply was malformed, too large, or of the wrong type for the command.
+    Protocol(String),
+    /// Redis answered with an error reply; the text is Redis's.
+    Server(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connection(message)
+            | ClientError::Timeout(message)
+            | ClientError::Authentication(message)
+            | ClientError::Protocol(message)
+            | ClientError::Server(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Whether a command may be sent a second time after its connection died under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Applying it twice leaves the same state (GET, SETEX, DEL, TTL, EXISTS).
+    Idempotent,
+    /// Never resend (a command whose second application would differ).
+    Never,
+}
+
+/// Failure of one exchange before it is described for the caller.
+enum Failure {
+    Io(IoError),
+    Protocol(String),
+}
+
+impl From<IoError> for Failure {
+    fn from(err: IoError) -> Failure {
+        Failure::Io(err)
+    }
+}
+
+pub struct Client<C: Connector> {
+    connector: C,
+    url: RedisUrl,
+    timeout: Duration,
+    limits: ReplyLimits,
+    connection: Option<C::Transport>,
+    /// Reused across commands so a steady stream of operations does not allocate buffers.
+    write_buf: Vec<u8>,
+    read_buf: Vec<u8>,
+}
+
+/// Largest reply buffer kept between commands; a bigger one (after a large document) is
+/// released so an idle store stays small.
+const RETAINED_READ_BUFFER: usize = 1024 * 1024;
+
+impl<C: Connector> Client<C> {
+    /// A client for `url`; nothing is sent until the first command or [`Client::connect`].
+    /// `max_value_bytes` bounds any single value in a reply.
+    pub fn new(connector: C, url: RedisUrl, timeout: Duration, max_value_bytes: usize) -> Self {
+        Client {
+            connector,
+            url,
+            timeout,
+            limits: ReplyLimits {
+                // Room for the value plus a little framing; arrays are bounded separately.
+                max_bulk_bytes: max_value_bytes,
+                max_array_len: 1 << 20,
+            },
+            connection: None,
+            write_buf: Vec::new(),
+            read_buf: Vec::new(),
+        }
+    }
+
+    /// `host:port` of the server, for messages.
+    pub fn endpoint(&self) -> String {
+        self.url.endpoint.to_string()
+    }
+
+    /// Establishes the connection now (connect, `AUTH`, `SELECT`), if there is none.
+    pub fn connect(&mut self) -> Result<(), ClientError> {
+        if self.connection.is_none() {
+            let transport = self.open_connection()?;
+            self.connection = Some(transport);
+        }
+        Ok(())
+    }
+
+    /// `GET key`: the value, or `None` when the key does not exist.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.command(&[b"GET", key], Retry::Idempotent)? {
+            Reply::BulkString(value) => Ok(Some(value)),
+            Reply::Null => Ok(None),
+            other => Err(self.unexpected("GET", &other)),
+        }
+    }
+
+    /// `SETEX key seconds value`.
+    pub fn set_with_ttl(
+        &mut self,
+        key: &[u8],
+        ttl_seconds: u64,
+        value: &[u8],
+    ) -> Result<(), ClientError> {
+        let mut seconds = Vec::with_capacity(20);
+        push_decimal(&mut seconds, ttl_seconds);
+        match self.command(&[b"SETEX", key, &seconds, value], Retry::Idempotent)? {
+            Reply::SimpleString(ok) if ok == b"OK" => Ok(()),
+            other => Err(self.unexpected("SETEX", &other)),
+        }
+    }
+
+    /// `DEL key`: whether a key was removed.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, ClientError> {
+        self.integer_command(&[b"DEL", key], "DEL")
+            .map(|removed| removed > 0)
+    }
+
+    /// `EXISTS key`.
+    pub fn exists(&mut self, key: &[u8]) -> Result<bool, ClientError> {
+        self.integer_command(&[b"EXISTS", key], "EXISTS")
+            .map(|count| count > 0)
+    }
+
+    /// `TTL key`: Redis's raw answer (-2 absent, -1 no expiry, else seconds left).
+    pub fn ttl(&mut self, key: &[u8]) -> Result<i64, ClientError> {
+        self.integer_command(&[b"TTL", key], "TTL")
+    }
+
+    /// `SET key value NX EX seconds`: whether the key was created (it did not exist).
+    pub fn set_if_absent(
+        &mut self,
+        key: &[u8],
+        ttl_seconds: u64,
+        value: &[u8],
+    ) -> Result<bool, ClientError> {
+        let mut seconds = Vec::with_capacity(20);
+        push_decimal(&mut seconds, ttl_seconds);
+        match self.command(&[b"SET", key, value, b"NX", b"EX", &seconds], Retry::Never)? {
+            Reply::SimpleString(ok) if ok == b"OK" => Ok(true),
+            Reply::Null => Ok(false),
+            other => Err(self.unexpected("SET NX", &other)),
+        }
+    }
+
+    /// `EXPIRE key seconds`: whether the key exists (and now has that TTL).
+    pub fn expire(&mut self, key: &[u8], ttl_seconds: u64) -> Result<bool, ClientError> {
+        let mut seconds = Vec::with_capacity(20);
+        push_decimal(&mut seconds, ttl_seconds);
+        self.integer_command(&[b"EXPIRE", key, &seconds], "EXPIRE")
+            .map(|set| set > 0)
+    }
+
+    /// `MGET key…`: one value (or `None`) per key, in order.
+    pub fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+        args.push(b"MGET");
+        args.extend(keys.iter().map(Vec::as_slice));
+        match self.command(&args, Retry::Idempotent)? {
+            Reply::Array(values) if values.len() == keys.len() => values
+                .into_iter()
+                .map(|value| match value {
+                    Reply::BulkString(bytes) => Ok(Some(bytes)),
+                    Reply::Null => Ok(None),
+                    other => Err(self.unexpected("MGET", &other)),
+                })
+                .collect(),
+            other => Err(self.unexpected("MGET", &other)),
+        }
+    }
+
+    /// `SCAN cursor MATCH pattern COUNT count TYPE string`: the next cursor and a batch of
+    /// keys. Cursor `0` starts and, returned, ends the iteration.
+    pub fn scan(
+        &mut self,
+        cursor: u64,
+        pattern: &[u8],
+        count: u32,
+    ) -> Result<(u64, Vec<Vec<u8>>), ClientError> {
+        let mut cursor_text = Vec::with_capacity(20);
+        push_decimal(&mut cursor_text, cursor);
+        let mut count_text = Vec::with_capacity(10);
+        push_decimal(&mut count_text, u64::from(count));
+        let args: [&[u8]; 8] = [
+            b"SCAN",
+            &cursor_text,
+            b"MATCH",
+            pattern,
+            b"COUNT",
+            &count_text,
+            b"TYPE",
+            b"string",
+        ];
+        let reply = self.command(&args, Retry::Idempotent)?;
+        let parsed = match reply {
+            Reply::Array(mut parts) if parts.len() == 2 => {
+                let keys = parts.pop();
+                let next = parts.pop();
+                match (next, keys) {
+                    (Some(Reply::BulkString(next)), Some(Reply::Array(keys))) => {
+                        let next = std::str::from_utf8(&next).ok().and_then(|n| n.parse().ok());
+                        let keys: Option<Vec<Vec<u8>>> = keys
+                            .into_iter()
+                            .map(|key| match key {
+                                Reply::BulkString(key) => Some(key),
+                                _ => None,
+                            })
+                            .collect();
+                        next.zip(keys)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        parsed.ok_or_else(|| {
+            ClientError::Protocol(format!("malformed SCAN reply from {}", self.url.endpoint))
+        })
+    }
+
+    /// Sends `commands` in one write and reads all their replies: one round trip. Error
+    /// replies stay in the result, one per failed command, for the caller to map per item
+    /// with [`Client::reply_error`].
+    pub fn pipeline(
+        &mut self,
+        commands: &[&[&[u8]]],
+        retry: Retry,
+    ) -> Result<Vec<Reply>, ClientError> {
+        self.write_buf.clear();
+        for command in commands {
+            encode_command(&mut self.write_buf, command);
+        }
+        self.exchange(commands.len(), retry)
+    }
+
+    /// The error an error reply stands for (the same mapping [`Client::command`] applies).
+    pub fn reply_error(&self, message: String) -> ClientError {
+        server_error(message, &self.url)
+    }
+
+    /// A reply of the wrong shape for `command`, as a protocol error.
+    pub fn unexpected_reply(&self, command: &str, reply: &Reply) -> ClientError {
+        self.unexpected(command, reply)
+    }
+
+    fn integer_command(&mut self, args: &[&[u8]], name: &str) -> Result<i64, ClientError> {
+        match self.command(args, Retry::Idempotent)? {
+            Reply::Integer(value) => Ok(value),
+            other => Err(self.unexpected(name, &other)),
+        }
+    }
+
+    /// Sends one command and returns its reply; an error reply becomes an `Err`.
+    pub fn command(&mut self, args: &[&[u8]], retry: Retry) -> Result<Reply, ClientError> {
+        self.write_buf.clear();
+        encode_command(&mut self.write_buf, args);
+        let mut replies = self.exchange(1, retry)?;
+        match replies.pop() {
+            Some(Reply::Error(message)) => Err(server_error(message, &self.url)),
+            Some(reply) => Ok(reply),
+            None => Err(ClientError::Protocol("no reply".into())),
+        }
+    }
+
+    fn unexpected(&self, command: &str, reply: &Reply) -> ClientError {
+        ClientError::Protocol(format!(
+            "unexpected {} reply to {command} from {}",
+            reply_kind(reply),
+            self.url.endpoint
+        ))
+    }
+
+    /// Sends what is in `write_buf` and reads `expected` replies, reconnecting as needed.
+    fn exchange(&mut self, expected: usize, retry: Retry) -> Result<Vec<Reply>, ClientError> {
+        let mut retried = false;
+        loop {
+            let reused = self.connection.is_some();
+            let mut transport = match self.connection.take() {
+                Some(transport) => transport,
+                None => self.open_connection()?,
+            };
+            let mut replies = Vec::with_capacity(expected);
+            let outcome = exchange_on(
+                &mut transport,
+                self.timeout,
+                &self.limits,
+                &self.write_buf,
+                &mut self.read_buf,
+                expected,
+                &mut replies,
+            );
+            if self.read_buf.capacity() > RETAINED_READ_BUFFER {
+                self.read_buf = Vec::new();
+            }
+            match outcome {
+                Ok(()) => {
+                    self.connection = Some(transport);
+                    return Ok(replies);
+                }
+                // A reused connection that is found closed or reset was most likely dropped
+                // while idle (restart, CLIENT KILL, idle timeout): worth exactly one retry.
+                Err(Failure::Io(IoError::Closed | IoError::Broken(_)))
+                    if reused && !retried && retry == Retry::Idempotent =>
+                {
+                    retried = true;
+                }
+                Err(failure) => return Err(self.describe(failure)),
+            }
+        }
+    }
+
+    /// Connects and runs the handshake (`AUTH`, `SELECT`, or a `PING` to prove it is Redis).
+    fn open_connection(&mut self) -> Result<C::Transport, ClientError> {
+        let mut transport = self
+            .connector
+            .connect(&self.url.endpoint, self.timeout)
+            .map_err(|err| self.describe(Failure::Io(err)))?;
+        let mut handshake = Vec::new();
+        let mut steps: Vec<&'static str> = Vec::new();
+        if let Some(credentials) = &self.url.credentials {
+            let password = credentials.password.expose().as_bytes();
+            match &credentials.username {
+                Some(user) => encode_command(&mut handshake, &[b"AUTH", user.as_bytes(), password]),
+                None => encode_command(&mut handshake, &[b"AUTH", password]),
+            }
+            steps.push("AUTH");
+        }
+        if self.url.database != 0 {
+            let mut db = Vec::new();
+            push_decimal(&mut db, u64::from(self.url.database));
+            encode_command(&mut handshake, &[b"SELECT", &db]);
+            steps.push("SELECT");
+        }
+        if steps.is_empty() {
+            encode_command(&mut handshake, &[b"PING"]);
+            steps.push("PING");
+        }
+        let mut replies = Vec::with_capacity(steps.len());
+        exchange_on(
+            &mut transport,
+            self.timeout,
+            &self.limits,
+            &handshake,
+            &mut self.read_buf,
+            steps.len(),
+            &mut replies,
+        )
+        .map_err(|failure| self.describe(failure))?;
+        for (step, reply) in steps.iter().zip(replies) {
+            if let Reply::Error(message) = reply {
+                return Err(match *step {
+                    "AUTH" => ClientError::Authentication(format!(
+                        "Redis at {} rejected the credentials: {message}",
+                        self.url.endpoint
+                    )),
+                    _ => server_error(message, &self.url),
+                });
+            }
+        }
+        Ok(transport)
+    }
+
+    fn describe(&self, failure: Failure) -> ClientError {
+        let endpoint = &self.url.endpoint;
+        match failure {
+            Failure::Io(IoError::Connect(why)) => {
+                ClientError::Connection(format!("cannot connect to Redis at {endpoint}: {why}"))
+            }
+            Failure::Io(IoError::Timeout) => ClientError::Timeout(format!(
+                "Redis at {endpoint} did not answer within {} ms",
+                self.timeout.as_millis()
+            )),
+            Failure::Io(IoError::Closed) => {
+                ClientError::Connection(format!("Redis at {endpoint} closed the connection"))
+            }
+            Failure::Io(IoError::Broken(why)) => {
+                ClientError::Connection(format!("connection to Redis at {endpoint} broke: {why}"))
+            }
+            Failure::Protocol(why) => {
+                ClientError::Protocol(format!("bad reply from Redis at {endpoint}: {why}"))
+            }
+        }
+    }
+}
+
+/// One write of `request`, then replies until `expected` are decoded.
+fn exchange_on<T: Transport>(
+    transport: &mut T,
+    timeout: Duration,
+    limits: &ReplyLimits,
+    request: &[u8],
+    read_buf: &mut Vec<u8>,
+    expected: usize,
+    replies: &mut Vec<Reply>,
+) -> Result<(), Failure> {
+    transport.start_operation(timeout);
+    transport.send(request)?;
+    read_buf.clear();
+    let mut start = 0;
+    while replies.len() < expected {
+        match decode_reply(&read_buf[start..], limits).map_err(|err| Failure::Protocol(err.0))? {
+            Some((reply, used)) => {
+                start += used;
+                replies.push(reply);
+            }
+            None => transport.receive(read_buf)?,
+        }
+    }
+    // RESP2 servers speak only when spoken to: surplus bytes mean we lost track of framing.
+    if start != read_buf.len() {
+        return Err(Failure::Protocol(format!(
+            "{} unexpected bytes after the reply",
+            read_buf.len() - start
+        )));
+    }
+    Ok(())
+}
+
+/// Maps a Redis error reply to an error kind, by its prefix (the one place that does so).
+fn server_error(message: String, url: &RedisUrl) -> ClientError {
+    let code = message.split(' ').next().unwrap_or("");
+    match code {
+        "NOAUTH" => ClientError::Authentication(format!(
+            "Redis at {} requires a password; give it in the URL (redis://:password@host): {message}",
+            url.endpoint
+        )),
+        "WRONGPASS" | "NOPERM" => ClientError::Authentication(format!(
+            "Redis at {} refused: {message}",
+            url.endpoint
+        )),
+        _ => ClientError::Server(message),
+    }
+}
+
+fn reply_kind(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::SimpleString(_) => "simple-string",
+        Reply::Error(_) => "error",
+        Reply::Integer(_) => "integer",
+        Reply::BulkString(_) => "bulk-string",
+        Reply::Array(_) => "array",
+        Reply::Null => "nil",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::transport::Endpoint;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    /// What a scripted connection does after receiving each request.
+    #[derive(Clone, Debug)]
+    pub enum Step {
+        Reply(&'static [u8]),
+        Fail(IoError),
+    }
+
+    /// Shared record of everything the fake server saw, across reconnects.
+    #[derive(Default)]
+    pub struct Script {
+        /// One entry per connection attempt: `Err` refuses it, `Ok` scripts its exchanges.
+        pub connections: VecDeque<Result<Vec<Step>, IoError>>,
+        pub sent: Vec<Vec<u8>>,
+        pub connects: usize,
+        /// Bytes delivered per `receive`; 0 means one at a time, to exercise every
+        /// partial-frame path.
+        pub chunk: usize,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct FakeConnector(pub Rc<RefCell<Script>>);
+
+    pub struct FakeTransport {
+        script: Rc<RefCell<Script>>,
+        steps: VecDeque<Step>,
+        pending: Option<&'static [u8]>,
+    }
+
+    impl Connector for FakeConnector {
+        type Transport = FakeTransport;
+        fn connect(&self, _: &Endpoint, _: Duration) -> Result<FakeTransport, IoError> {
+            let mut script = self.0.borrow_mut();
+            script.connects += 1;
+            let steps = script
+                .connections
+                .pop_front()
+                .unwrap_or(Err(IoError::Connect("connection refused".into())))?;
+            Ok(FakeTransport {
+                script: self.0.clone(),
+                steps: steps.into(),
+                pending: None,
+            })
+        }
+    }
+
+    impl Transport for FakeTransport {
+        fn start_operation(&mut self, _: Duration) {}
+        fn send(&mut self, bytes: &[u8]) -> Result<(), IoError> {
+            self.script.borrow_mut().sent.push(bytes.to_vec());
+            match self.steps.pop_front() {
+                Some(Step::Reply(reply)) => {
+                    self.pending = Some(reply);
+                    Ok(())
+                }
+                Some(Step::Fail(err)) => Err(err),
+                None => Err(IoError::Closed),
+            }
+        }
+        fn receive(&mut self, buf: &mut Vec<u8>) -> Result<(), IoError> {
+            let chunk = self.script.borrow().chunk.max(1);
+            match self.pending {
+                Some(bytes) if !bytes.is_empty() => {
+                    let (now, later) = bytes.split_at(chunk.min(bytes.len()));
+                    buf.extend_from_slice(now);
+                    self.pending = Some(later);
+                    Ok(())
+                }
+                _ => Err(IoError::Timeout),
+            }
+        }
+    }
+
+    pub fn client_with(
+        url: &str,
+        connections: Vec<Result<Vec<Step>, IoError>>,
+    ) -> (Client<FakeConnector>, FakeConnector) {
+        let connector = FakeConnector::default();
+        connector.0.borrow_mut().connections = connections.into();
+        let url = RedisUrl::parse(url).unwrap();
+        let client = Client::new(connector.clone(), url, Duration::from_secs(1), 1024);
+        (client, connector)
+    }
+
+    const PONG: Step = Step::Reply(b"+PONG\r\n");
+
+    #[test]
+    fn get_decodes_value_and_nil() {
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1:6379",
+            vec![Ok(vec![
+                PONG,
+                Step::Reply(b"$2\r\n{}\r\n"),
+                Step::Reply(b"$-1\r\n"),
+            ])],
+        );
+        assert_eq!(client.get(b"k").unwrap(), Some(b"{}".to_vec()));
+        assert_eq!(client.get(b"k").unwrap(), None);
+        let sent = &connector.0.borrow().sent;
+        assert_eq!(sent[0], b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!(sent[1], b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    }
+
+    #[test]
+    fn handshake_sends_auth_and_select_in_one_write() {
+        let (mut client, connector) = client_with(
+            "redis://app:pw@127.0.0.1/3",
+            vec![Ok(vec![Step::Reply(b"+OK\r\n+OK\r\n")])],
+        );
+        client.connect().unwrap();
+        assert_eq!(
+            connector.0.borrow().sent[0],
+            b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$2\r\npw\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"
+        );
+    }
+
+    #[test]
+    fn rejected_password_is_an_authentication_error_without_the_password() {
+        let (mut client, _) = client_with(
+            "redis://:hunter2@127.0.0.1",
+            vec![Ok(vec![Step::Reply(
+                b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+            )])],
+        );
+        let err = client.connect().unwrap_err();
+        assert!(matches!(err, ClientError::Authentication(_)), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn missing_password_is_an_authentication_error() {
+        let (mut client, _) = client_with(
+            "redis://127.0.0.1",
+            vec![Ok(vec![Step::Reply(
+                b"-NOAUTH Authentication required.\r\n",
+            )])],
+        );
+        assert!(matches!(
+            client.connect(),
+            Err(ClientError::Authentication(_))
+        ));
+    }
+
+    #[test]
+    fn error_reply_is_a_server_error_and_keeps_the_connection() {
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1",
+            vec![Ok(vec![
+                PONG,
+                Step::Reply(
+                    b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+                ),
+                Step::Reply(b":1\r\n"),
+            ])],
+        );
+        let err = client.get(b"k").unwrap_err();
+        assert_eq!(
+            err,
+            ClientError::Server(
+                "WRONGTYPE Operation against a key holding the wrong kind of value".into()
+            )
+        );
+        assert!(client.exists(b"k").unwrap());
+        assert_eq!(connector.0.borrow().connects, 1);
+    }
+
+    #[test]
+    fn dead_reused_connection_is_replaced_and_the_command_retried_once() {
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1",
+            vec![
+                Ok(vec![
+                    PONG,
+                    Step::Reply(b":1\r\n"),
+                    Step::Fail(IoError::Closed),
+                ]),
+                Ok(vec![PONG, Step::Reply(b":0\r\n")]),
+            ],
+        );
+        assert!(client.delete(b"k").unwrap());
+        assert!(!client.delete(b"k").unwrap());
+        assert_eq!(connector.0.borrow().connects, 2);
+    }
+
+    #[test]
+    fn retry_happens_at_most_once() {
+        let (mut client, _) = client_with(
+            "redis://127.0.0.1",
+            vec![
+                Ok(vec![
+                    PONG,
+                    Step::Reply(b":1\r\n"),
+                    Step::Fail(IoError::Closed),
+                ]),
+                Ok(vec![PONG, Step::Fail(IoError::Broken("reset".into()))]),
+            ],
+        );
+        client.exists(b"k").unwrap();
+        let err = client.exists(b"k").unwrap_err();
+        assert!(matches!(err, ClientError::Connection(_)), "{err:?}");
+    }
+
+    #[test]
+    fn non_idempotent_commands_are_not_retried() {
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1",
+            vec![Ok(vec![
+                PONG,
+                Step::Reply(b":1\r\n"),
+                Step::Fail(IoError::Closed),
+            ])],
+        );
+        client.exists(b"k").unwrap();
+        let err = client.command(&[b"INCR", b"n"], Retry::Never).unwrap_err();
+        assert!(matches!(err, ClientError::Connection(_)), "{err:?}");
+        assert_eq!(connector.0.borrow().connects, 1);
+    }
+
+    #[test]
+    fn timeout_discards_the_connection_without_retry() {
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1:7001",
+            vec![
+                Ok(vec![PONG, Step::Fail(IoError::Timeout)]),
+                Ok(vec![PONG, Step::Reply(b":1\r\n")]),
+            ],
+        );
+        client.connect().unwrap();
+        let err = client.exists(b"k").unwrap_err();
+        assert_eq!(
+            err,
+            ClientError::Timeout("Redis at 127.0.0.1:7001 did not answer within 1000 ms".into())
+        );
+        assert!(client.exists(b"k").unwrap());
+        assert_eq!(connector.0.borrow().connects, 2);
+    }
+
+    #[test]
+    fn refused_connection_names_the_endpoint() {
+        let (mut client, _) = client_with("redis://127.0.0.1:7002", vec![]);
+        assert_eq!(
+            client.connect().unwrap_err(),
+            ClientError::Connection(
+                "cannot connect to Redis at 127.0.0.1:7002: connection refused".into()
+            )
+        );
+    }
+
+    #[test]
+    fn garbage_reply_is_a_protocol_error_and_drops_the_connection() {
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1",
+            vec![
+                Ok(vec![PONG, Step::Reply(b"HTTP/1.1 400 Bad Request\r\n\r\n")]),
+                Ok(vec![PONG, Step::Reply(b"$-1\r\n")]),
+            ],
+        );
+        assert!(matches!(client.get(b"k"), Err(ClientError::Protocol(_))));
+        assert_eq!(client.get(b"k").unwrap(), None);
+        assert_eq!(connector.0.borrow().connects, 2);
+    }
+
+    #[test]
+    fn wrong_reply_type_is_a_protocol_error() {
+        let (mut client, _) = client_with(
+            "redis://127.0.0.1",
+            vec![Ok(vec![PONG, Step::Reply(b"+OK\r\n")])],
+        );
+        let err = client.ttl(b"k").unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("simple-string reply to TTL")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn value_over_the_limit_is_a_protocol_error() {
+        let (mut client, _) = client_with(
+            "redis://127.0.0.1",
+            vec![Ok(vec![PONG, Step::Reply(b"$2048\r\n")])],
+        );
+        assert!(matches!(client.get(b"k"), Err(ClientError::Protocol(_))));
+    }
+
+    #[test]
+    fn surplus_bytes_after_a_reply_are_a_protocol_error() {
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1",
+            vec![Ok(vec![PONG, Step::Reply(b":1\r\n:2\r\n")])],
+        );
+        connector.0.borrow_mut().chunk = 64;
+        let err = client.exists(b"k").unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("4 unexpected bytes")),
+            "{err:?}"
+        );
+    }
+}

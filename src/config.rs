@@ -1,0 +1,433 @@
+//! Store options and the `redis://` URL: parsed and validated once, at `open`.
+//!
+//! The URL parser is small and hand-written on purpose: the `url` crate brings IDNA tables
+//! that would more than double the component's size, and a Redis URL needs only scheme,
+//! userinfo, host, port and database. Error messages never repeat the URL, which may carry a
+//! password.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::transport::Endpoint;
+
+pub const DEFAULT_KEY_PREFIX: &str = "research_task:";
+/// 7 days, as the original service's `SETEX` used.
+pub const DEFAULT_TTL_SECONDS: u64 = 604_800;
+pub const MAX_TTL_SECONDS: u64 = 3_153_600_000;
+pub const DEFAULT_TIMEOUT_MS: u32 = 5_000;
+pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
+pub const DEFAULT_MAX_DOCUMENT_BYTES: u32 = 16 * 1024 * 1024;
+/// Redis's own `proto-max-bulk-len` default.
+pub const MAX_DOCUMENT_BYTES_LIMIT: u32 = 512 * 1024 * 1024;
+pub const DEFAULT_PORT: u16 = 6379;
+
+/// Options as the caller gives them (the WIT `options` record); `None` means the default.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub url: String,
+    pub key_prefix: Option<String>,
+    pub default_ttl_seconds: Option<u64>,
+    pub timeout_ms: Option<u32>,
+    pub max_document_bytes: Option<u32>,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreOptions {
+            url: url.into(),
+            ..StoreOptions::default()
+        }
+    }
+}
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("default_ttl_seconds", &self.default_ttl_seconds)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_document_bytes", &self.max_document_bytes)
+            .finish()
+    }
+}
+
+/// Validated options with every default applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub redis: RedisUrl,
+    pub key_prefix: String,
+    pub default_ttl_seconds: u64,
+    pub timeout: Duration,
+    pub max_document_bytes: usize,
+}
+
+/// An option or URL that cannot be used; the message says which and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl StoreSettings {
+    pub fn from_options(options: &StoreOptions) -> Result<StoreSettings, ConfigError> {
+        let redis = RedisUrl::parse(&options.url)?;
+        let default_ttl_seconds = options.default_ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
+        check_ttl(default_ttl_seconds).map_err(|why| ConfigError(format!("default TTL {why}")))?;
+        let timeout_ms = options.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(ConfigError(format!(
+                "timeout of {timeout_ms} ms is out of range: it must be between 1 and {MAX_TIMEOUT_MS} ms"
+            )));
+        }
+        let max_document_bytes = options
+            .max_document_bytes
+            .unwrap_or(DEFAULT_MAX_DOCUMENT_BYTES);
+        if !(2..=MAX_DOCUMENT_BYTES_LIMIT).contains(&max_document_bytes) {
+            return Err(ConfigError(format!(
+                "maximum document size of {max_document_bytes} bytes is out of range: it must be between 2 and {MAX_DOCUMENT_BYTES_LIMIT}"
+            )));
+        }
+        Ok(StoreSettings {
+            redis,
+            key_prefix: options
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
+            default_ttl_seconds,
+            timeout: Duration::from_millis(u64::from(timeout_ms)),
+            max_document_bytes: max_document_bytes as usize,
+        })
+    }
+}
+
+/// Checks a TTL in seconds; the error completes the sentence "TTL …".
+pub fn check_ttl(seconds: u64) -> Result<(), String> {
+    if (1..=MAX_TTL_SECONDS).contains(&seconds) {
+        Ok(())
+    } else {
+        Err(format!(
+            "of {seconds} s is out of range: it must be between 1 and {MAX_TTL_SECONDS} s"
+        ))
+    }
+}
+
+/// A parsed `redis://[[user]:password@]host[:port][/db]` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub endpoint: Endpoint,
+    pub credentials: Option<Credentials>,
+    pub database: u32,
+}
+
+/// What `AUTH` is sent with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// `None` for `AUTH password` (requirepass), `Some` for `AUTH user password` (ACL).
+    pub username: Option<String>,
+    pub password: Secret,
+}
+
+/// A string that never shows itself in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The secret itself, for the one place that must send it: the `AUTH` command.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl RedisUrl {
+    pub fn parse(url: &str) -> Result<RedisUrl, ConfigError> {
+        let rest = strip_scheme(url)?;
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let (userinfo, host_port) = match authority.rfind('@') {
+            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+            None => (None, authority),
+        };
+        let endpoint = parse_host_port(host_port)?;
+        let credentials = userinfo.map(parse_userinfo).transpose()?.flatten();
+        let database = parse_database(tail)?;
+        Ok(RedisUrl {
+            endpoint,
+            credentials,
+            database,
+        })
+    }
+}
+
+fn strip_scheme(url: &str) -> Result<&str, ConfigError> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(ConfigError(
+            "Redis URL must look like redis://[[user]:password@]host[:port][/db]".into(),
+        ));
+    };
+    if scheme.eq_ignore_ascii_case("redis") {
+        Ok(rest)
+    } else if scheme.eq_ignore_ascii_case("rediss") {
+        Err(ConfigError(
+            "rediss:// (TLS) is not supported by this build; use redis://".into(),
+        ))
+    } else {
+        let shown: String = scheme.chars().take(16).collect();
+        Err(ConfigError(format!(
+            "Redis URL scheme {shown:?} is not supported; use redis://"
+        )))
+    }
+}
+
+fn parse_host_port(host_port: &str) -> Result<Endpoint, ConfigError> {
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let close = bracketed
+            .find(']')
+            .ok_or_else(|| ConfigError("Redis URL has an unclosed '[' in its host".into()))?;
+        let host = &bracketed[..close];
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(ConfigError(format!(
+                "Redis URL host [{host}] is not an IPv6 address"
+            )));
+        }
+        let after = &bracketed[close + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => return Err(ConfigError("Redis URL has text after its IPv6 host".into())),
+        };
+        (host, port)
+    } else {
+        match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(ConfigError("Redis URL has no host".into()));
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+    {
+        return Err(ConfigError(format!(
+            "Redis URL host {:?} is not a valid host name or IP address",
+            host.chars().take(64).collect::<String>()
+        )));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(text) => match text.parse::<u16>() {
+            Ok(port) if port != 0 => port,
+            _ => {
+                return Err(ConfigError(format!(
+                    "Redis URL port {:?} is not a number between 1 and 65535",
+                    text.chars().take(16).collect::<String>()
+                )))
+            }
+        },
+    };
+    Ok(Endpoint {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn parse_userinfo(userinfo: &str) -> Result<Option<Credentials>, ConfigError> {
+    let Some((user, password)) = userinfo.split_once(':') else {
+        return if userinfo.is_empty() {
+            Ok(None)
+        } else {
+            Err(ConfigError(
+                "Redis URL gives a user name but no password; write redis://user:password@host"
+                    .into(),
+            ))
+        };
+    };
+    let password = percent_decode(password, "password")?;
+    if password.is_empty() {
+        return Err(ConfigError("Redis URL has an empty password".into()));
+    }
+    let username = match percent_decode(user, "user name")? {
+        name if name.is_empty() => None,
+        name => Some(name),
+    };
+    Ok(Some(Credentials {
+        username,
+        password: Secret::new(password),
+    }))
+}
+
+fn parse_database(tail: &str) -> Result<u32, ConfigError> {
+    if tail.starts_with(['?', '#']) {
+        return Err(ConfigError(
+            "Redis URL query and fragment parts are not supported".into(),
+        ));
+    }
+    match tail.strip_prefix('/').unwrap_or(tail) {
+        "" => Ok(0),
+        db => db.parse::<u32>().map_err(|_| {
+            ConfigError(format!(
+                "Redis URL database {:?} is not a number",
+                db.chars().take(16).collect::<String>()
+            ))
+        }),
+    }
+}
+
+/// Decodes `%XX` escapes. The error names only `what`, never the text: it may be a password.
+fn percent_decode(text: &str, what: &str) -> Result<String, ConfigError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ConfigError(format!("Redis URL {what} has a bad %-escape")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| ConfigError(format!("Redis URL {what} is not UTF-8 once decoded")))
+}
+
+/// The URL with any userinfo replaced by `***`, for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(host: &str, port: u16) -> Endpoint {
+        Endpoint {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn parses_plain_host_with_default_port_and_database() {
+        let url = RedisUrl::parse("redis://localhost").unwrap();
+        assert_eq!(url.endpoint, endpoint("localhost", 6379));
+        assert_eq!(url.credentials, None);
+        assert_eq!(url.database, 0);
+    }
+
+    #[test]
+    fn parses_password_only_userinfo_as_requirepass() {
+        let url = RedisUrl::parse("redis://:s3cr%40t@127.0.0.1:7000/2").unwrap();
+        assert_eq!(url.endpoint, endpoint("127.0.0.1", 7000));
+        let credentials = url.credentials.unwrap();
+        assert_eq!(credentials.username, None);
+        assert_eq!(credentials.password.expose(), "s3cr@t");
+        assert_eq!(url.database, 2);
+    }
+
+    #[test]
+    fn parses_acl_user_and_password() {
+        let url = RedisUrl::parse("REDIS://worker:p%3Aw@redis.internal:6380/").unwrap();
+        let credentials = url.credentials.unwrap();
+        assert_eq!(credentials.username.as_deref(), Some("worker"));
+        assert_eq!(credentials.password.expose(), "p:w");
+        assert_eq!(url.endpoint, endpoint("redis.internal", 6380));
+    }
+
+    #[test]
+    fn parses_bracketed_ipv6() {
+        assert_eq!(
+            RedisUrl::parse("redis://[::1]:6390").unwrap().endpoint,
+            endpoint("::1", 6390)
+        );
+        assert_eq!(endpoint("::1", 6390).to_string(), "[::1]:6390");
+    }
+
+    #[test]
+    fn rejects_malformed_urls_without_echoing_secrets() {
+        let bad = [
+            "localhost:6379",
+            "http://localhost",
+            "rediss://localhost",
+            "redis://",
+            "redis://:pw@",
+            "redis://host:0",
+            "redis://host:99999",
+            "redis://host:abc",
+            "redis://host/db1",
+            "redis://host?x=1",
+            "redis://[::1",
+            "redis://[zz]:1",
+            "redis://ho st",
+            "redis://user@host",
+            "redis://:@host",
+            "redis://:bad%zzsecret@host",
+        ];
+        for text in bad {
+            let err = RedisUrl::parse(text).expect_err(text);
+            assert!(!err.0.contains("secret"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let options = StoreOptions::new("redis://admin:hunter2@localhost");
+        let settings = StoreSettings::from_options(&options).unwrap();
+        assert!(!format!("{options:?}").contains("hunter2"));
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        assert_eq!(redact_url(&options.url), "redis://***@localhost");
+    }
+
+    #[test]
+    fn applies_defaults() {
+        let settings = StoreSettings::from_options(&StoreOptions::new("redis://h")).unwrap();
+        assert_eq!(settings.key_prefix, "research_task:");
+        assert_eq!(settings.default_ttl_seconds, 604_800);
+        assert_eq!(settings.timeout, Duration::from_secs(5));
+        assert_eq!(settings.max_document_bytes, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn rejects_out_of_range_options() {
+        let with = |f: fn(&mut StoreOptions)| {
+            let mut options = StoreOptions::new("redis://h");
+            f(&mut options);
+            StoreSettings::from_options(&options)
+        };
+        assert!(with(|o| o.default_ttl_seconds = Some(0)).is_err());
+        assert!(with(|o| o.default_ttl_seconds = Some(MAX_TTL_SECONDS + 1)).is_err());
+        assert!(with(|o| o.timeout_ms = Some(0)).is_err());
+        assert!(with(|o| o.max_document_bytes = Some(1)).is_err());
+        assert!(with(|o| o.max_document_bytes = Some(u32::MAX)).is_err());
+        assert!(with(|o| o.key_prefix = Some(String::new())).is_ok());
+    }
+}

@@ -1,0 +1,32 @@
+//! taskstore: research tasks stored as JSON documents in Redis, as a WebAssembly component.
+//!
+//! The component implements the `taskstore:storage/task-storage` interface (see
+//! `wit/task-storage.wit`) and talks RESP to Redis by itself over `wasi:sockets` TCP. The
+//! same client and store code also builds natively, over `std::net`, for tests and for
+//! measuring what the WebAssembly layer costs.
+//!
+//! # Layout
+//! - [`resp`]: RESP2 codec — command encoding, bounded reply decoding. Pure.
+//! - [`transport`]: the byte-stream seam (`Connector`, `Transport`) and its error type.
+//! - `wasi_tcp` (wasm32 only): the component's connection layer over `wasi:sockets`.
+//! - [`std_tcp`] (native only): the same over `std::net`.
+//! - [`client`]: typed Redis commands, connection lifecycle, retry of idempotent commands.
+//! - [`config`]: options and `redis://` URL parsing.
+//! - [`document`]: JSON document validation and order-preserving merge patches.
+//! - [`store`]: task semantics — ids, keys, documents, TTLs.
+//! - `component` (wasm32 only): WIT bindings and the one mapping to the WIT error.
+
+pub mod client;
+pub mod config;
+pub mod document;
+pub mod resp;
+pub mod store;
+pub mod transport;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod std_tcp;
+#[cfg(target_arch = "wasm32")]
+mod wasi_tcp;
+
+#[cfg(target_arch = "wasm32")]
+mod component;

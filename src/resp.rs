@@ -1,0 +1,411 @@
+//! RESP2 codec: commands out, replies in. Pure functions over byte slices — no I/O — so the
+//! whole codec is unit-tested natively on raw RESP literals.
+//!
+//! Replies are framed by `redis-protocol`. Before a buffer reaches it, [`check_reply`] walks
+//! the frame headers so that a hostile or broken server cannot make the client allocate
+//! without bound (`$999999999999`), recurse without bound (`*1\r\n*1\r\n…`), or wait forever
+//! for a line that never ends.
+
+use std::fmt;
+
+pub use redis_protocol::resp2::types::OwnedFrame as Reply;
+
+/// Bounds applied to every reply before it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyLimits {
+    /// Largest bulk string (`$<n>`) accepted, in bytes.
+    pub max_bulk_bytes: usize,
+    /// Largest array (`*<n>`) accepted, in elements.
+    pub max_array_len: usize,
+}
+
+impl ReplyLimits {
+    /// Longest header or simple-string line (`+OK`, `-ERR …`, `:12`, `$5`) we wait for.
+    /// Real Redis lines are far shorter; a longer one means we are not talking to Redis.
+    pub const MAX_LINE_BYTES: usize = 64 * 1024;
+    /// Deepest array nesting accepted. Our commands get replies at most two levels deep
+    /// (SCAN); the bound keeps the recursive decoder's stack small.
+    pub const MAX_DEPTH: usize = 8;
+}
+
+/// A reply that is not valid RESP2 or breaks [`ReplyLimits`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// Appends one command to `out` as a RESP array of bulk strings, one per argument.
+///
+/// # Format
+/// `*<argc>\r\n` then, per argument, `$<len>\r\n<bytes>\r\n`. Arguments are never split or
+/// joined, so values containing spaces, quotes or CRLF travel verbatim.
+pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    let payload: usize = args.iter().map(|arg| arg.len() + 16).sum();
+    out.reserve(payload + 16);
+    push_header(out, b'*', args.len());
+    for arg in args {
+        push_header(out, b'$', arg.len());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, kind: u8, len: usize) {
+    out.push(kind);
+    push_decimal(out, len as u64);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Formats an unsigned integer without going through `fmt`, which costs measurable time and
+/// code size in the guest.
+pub fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// Decodes the first reply in `buf`.
+///
+/// Ok(Some((reply, consumed))): a whole reply, `consumed` bytes long. Ok(None): the reply is
+/// incomplete so far; read more and call again with the longer buffer. Err: the bytes can
+/// never become a valid reply within `limits`.
+pub fn decode_reply(
+    buf: &[u8],
+    limits: &ReplyLimits,
+) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    if !check_reply(buf, limits)? {
+        return Ok(None);
+    }
+    match redis_protocol::resp2::decode::decode(buf) {
+        Ok(Some((reply, consumed))) => Ok(Some((reply, consumed))),
+        // check_reply saw a complete frame, so the decoder must too.
+        Ok(None) => Err(ProtocolError("reply framing is inconsistent".into())),
+        Err(err) => Err(ProtocolError(format!("malformed reply: {}", err.details()))),
+    }
+}
+
+/// Walks the frame headers at the start of `buf` without copying anything.
+///
+/// Ok(true): `buf` starts with one complete reply within `limits`. Ok(false): what is there
+/// so far is a valid, within-limits prefix of a reply. Err: it can never become one.
+pub fn check_reply(buf: &[u8], limits: &ReplyLimits) -> Result<bool, ProtocolError> {
+    // Elements still expected at each open array level, innermost last.
+    let mut pending: [usize; ReplyLimits::MAX_DEPTH + 1] = [0; ReplyLimits::MAX_DEPTH + 1];
+    let mut depth = 0;
+    let mut pos = 0;
+    loop {
+        let Some(&kind) = buf.get(pos) else {
+            return Ok(false);
+        };
+        let Some(line_len) = find_crlf(&buf[pos + 1..]) else {
+            if buf.len() - pos > ReplyLimits::MAX_LINE_BYTES {
+                return Err(ProtocolError(format!(
+                    "reply line longer than {} bytes",
+                    ReplyLimits::MAX_LINE_BYTES
+                )));
+            }
+            return Ok(false);
+        };
+        let line = &buf[pos + 1..pos + 1 + line_len];
+        pos += 1 + line_len + 2;
+        match kind {
+            b'+' | b'-' => {}
+            b':' => {
+                parse_integer(line).ok_or_else(|| invalid_header("integer", line))?;
+            }
+            b'$' => match parse_integer(line) {
+                Some(-1) => {}
+                Some(len) if len >= 0 => {
+                    let len = len as u64;
+                    if len > limits.max_bulk_bytes as u64 {
+                        return Err(ProtocolError(format!(
+                            "reply announces a {len}-byte value, more than the {}-byte limit",
+                            limits.max_bulk_bytes
+                        )));
+                    }
+                    let end = pos + len as usize;
+                    if end + 2 > buf.len() {
+                        return Ok(false);
+                    }
+                    if &buf[end..end + 2] != b"\r\n" {
+                        return Err(ProtocolError(
+                            "bulk string is not terminated by CRLF".into(),
+                        ));
+                    }
+                    pos = end + 2;
+                }
+                _ => return Err(invalid_header("bulk length", line)),
+            },
+            b'*' => match parse_integer(line) {
+                Some(-1) | Some(0) => {}
+                Some(len) if len > 0 => {
+                    if len as u64 > limits.max_array_len as u64 {
+                        return Err(ProtocolError(format!(
+                            "reply announces a {len}-element array, more than the {}-element limit",
+                            limits.max_array_len
+                        )));
+                    }
+                    if depth == ReplyLimits::MAX_DEPTH {
+                        return Err(ProtocolError(format!(
+                            "reply nests arrays deeper than {} levels",
+                            ReplyLimits::MAX_DEPTH
+                        )));
+                    }
+                    depth += 1;
+                    pending[depth] = len as usize;
+                    continue;
+                }
+                _ => return Err(invalid_header("array length", line)),
+            },
+            other => {
+                return Err(ProtocolError(format!(
+                    "reply starts with byte 0x{other:02x}, not a RESP2 type marker"
+                )))
+            }
+        }
+        // One element finished: close every array it completes.
+        loop {
+            if depth == 0 {
+                return Ok(true);
+            }
+            pending[depth] -= 1;
+            if pending[depth] > 0 {
+                break;
+            }
+            depth -= 1;
+        }
+    }
+}
+
+fn find_crlf(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(2).position(|pair| pair == b"\r\n")
+}
+
+fn parse_integer(line: &[u8]) -> Option<i64> {
+    std::str::from_utf8(line).ok()?.parse().ok()
+}
+
+fn invalid_header(what: &str, line: &[u8]) -> ProtocolError {
+    let shown: String = String::from_utf8_lossy(line).chars().take(32).collect();
+    ProtocolError(format!("invalid {what} {shown:?} in reply"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ReplyLimits = ReplyLimits {
+        max_bulk_bytes: 1024,
+        max_array_len: 16,
+    };
+
+    fn decode(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
+        decode_reply(buf, &LIMITS)
+    }
+
+    fn decode_whole(buf: &[u8]) -> Reply {
+        let (reply, used) = decode(buf).expect("valid").expect("complete");
+        assert_eq!(used, buf.len(), "whole buffer consumed");
+        reply
+    }
+
+    #[test]
+    fn encodes_each_argument_as_a_bulk_string() {
+        let mut out = Vec::new();
+        encode_command(
+            &mut out,
+            &[b"SETEX", b"research_task:1", b"604800", b"{\"a\": \"b c\"}"],
+        );
+        assert_eq!(
+            out,
+            b"*4\r\n$5\r\nSETEX\r\n$15\r\nresearch_task:1\r\n$6\r\n604800\r\n$12\r\n{\"a\": \"b c\"}\r\n"
+        );
+    }
+
+    #[test]
+    fn encodes_empty_and_crlf_arguments_verbatim() {
+        let mut out = Vec::new();
+        encode_command(&mut out, &[b"", b"a\r\nb"]);
+        assert_eq!(out, b"*2\r\n$0\r\n\r\n$4\r\na\r\nb\r\n");
+    }
+
+    #[test]
+    fn decimal_formatting_matches_std() {
+        for value in [0u64, 7, 10, 604800, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, value);
+            assert_eq!(out, value.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn decodes_every_reply_type() {
+        assert_eq!(
+            decode_whole(b"+OK\r\n"),
+            Reply::SimpleString(b"OK".to_vec())
+        );
+        assert_eq!(
+            decode_whole(b"-ERR wrong\r\n"),
+            Reply::Error("ERR wrong".into())
+        );
+        assert_eq!(decode_whole(b":-2\r\n"), Reply::Integer(-2));
+        assert_eq!(
+            decode_whole(b"$3\r\na\r\n\r\n"),
+            Reply::BulkString(b"a\r\n".to_vec())
+        );
+        assert_eq!(decode_whole(b"$0\r\n\r\n"), Reply::BulkString(Vec::new()));
+        assert_eq!(decode_whole(b"$-1\r\n"), Reply::Null);
+        assert_eq!(decode_whole(b"*-1\r\n"), Reply::Null);
+        assert_eq!(decode_whole(b"*0\r\n"), Reply::Array(Vec::new()));
+        assert_eq!(
+            decode_whole(b"*2\r\n$1\r\n0\r\n*2\r\n$1\r\na\r\n$-1\r\n"),
+            Reply::Array(vec![
+                Reply::BulkString(b"0".to_vec()),
+                Reply::Array(vec![Reply::BulkString(b"a".to_vec()), Reply::Null]),
+            ])
+        );
+    }
+
+    #[test]
+    fn every_strict_prefix_of_a_reply_is_incomplete() {
+        let whole: &[u8] = b"*3\r\n$5\r\nhello\r\n:42\r\n*1\r\n+OK\r\n";
+        for cut in 0..whole.len() {
+            assert_eq!(decode(&whole[..cut]), Ok(None), "prefix of {cut} bytes");
+        }
+        assert!(decode(whole).unwrap().is_some());
+    }
+
+    #[test]
+    fn reports_bytes_consumed_and_leaves_the_next_reply() {
+        let (reply, used) = decode(b"+OK\r\n:1\r\n").unwrap().unwrap();
+        assert_eq!(reply, Reply::SimpleString(b"OK".to_vec()));
+        assert_eq!(used, 5);
+    }
+
+    #[test]
+    fn rejects_an_unknown_type_byte() {
+        let err = decode(b"HTTP/1.1 400 Bad Request\r\n").unwrap_err();
+        assert!(err.0.contains("0x48"), "{err}");
+    }
+
+    #[test]
+    fn rejects_an_oversized_bulk_length_before_the_value_arrives() {
+        let err = decode(b"$999999999999\r\n").unwrap_err();
+        assert!(err.0.contains("999999999999-byte"), "{err}");
+        assert!(decode(b"$1025\r\n").is_err());
+        assert_eq!(decode(b"$1024\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn rejects_an_oversized_array_length() {
+        assert!(decode(b"*17\r\n").is_err());
+        assert!(decode(b"*9223372036854775807\r\n").is_err());
+    }
+
+    #[test]
+    fn rejects_deep_nesting_without_recursing() {
+        let deep = b"*1\r\n".repeat(100_000);
+        let err = decode(&deep).unwrap_err();
+        assert!(err.0.contains("deeper"), "{err}");
+    }
+
+    #[test]
+    fn rejects_malformed_lengths_and_integers() {
+        assert!(decode(b"$-2\r\n").is_err());
+        assert!(decode(b"$abc\r\n").is_err());
+        assert!(decode(b"*-5\r\n").is_err());
+        assert!(decode(b":1.5\r\n").is_err());
+        assert!(decode(b"$3\r\nabcde\r\n").is_err());
+    }
+
+    #[test]
+    fn rejects_an_endless_line() {
+        let line = [b'+'; ReplyLimits::MAX_LINE_BYTES + 2];
+        assert!(decode(&line).is_err());
+        assert_eq!(decode(&line[..1000]), Ok(None));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn reply_strategy() -> impl Strategy<Value = Reply> {
+            let leaf = prop_oneof![
+                "[a-zA-Z0-9 ]{0,20}".prop_map(|s| Reply::SimpleString(s.into_bytes())),
+                "[a-zA-Z0-9 ]{0,20}".prop_map(Reply::Error),
+                any::<i64>().prop_map(Reply::Integer),
+                proptest::collection::vec(any::<u8>(), 0..64).prop_map(Reply::BulkString),
+                Just(Reply::Null),
+            ];
+            leaf.prop_recursive(3, 32, 6, |inner| {
+                proptest::collection::vec(inner, 0..6).prop_map(Reply::Array)
+            })
+        }
+
+        fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
+            match reply {
+                Reply::SimpleString(s) => {
+                    out.push(b'+');
+                    out.extend_from_slice(s);
+                    out.extend_from_slice(b"\r\n");
+                }
+                Reply::Error(s) => out.extend_from_slice(format!("-{s}\r\n").as_bytes()),
+                Reply::Integer(i) => out.extend_from_slice(format!(":{i}\r\n").as_bytes()),
+                Reply::BulkString(b) => {
+                    push_header(out, b'$', b.len());
+                    out.extend_from_slice(b);
+                    out.extend_from_slice(b"\r\n");
+                }
+                Reply::Null => out.extend_from_slice(b"$-1\r\n"),
+                Reply::Array(items) => {
+                    push_header(out, b'*', items.len());
+                    items.iter().for_each(|item| encode_reply(item, out));
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn any_valid_reply_decodes_to_itself_and_no_prefix_does(reply in reply_strategy()) {
+                let mut bytes = Vec::new();
+                encode_reply(&reply, &mut bytes);
+                prop_assert_eq!(decode(&bytes), Ok(Some((reply, bytes.len()))));
+                for cut in 0..bytes.len() {
+                    prop_assert_eq!(decode(&bytes[..cut]), Ok(None));
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                if let Ok(Some((_, used))) = decode(&bytes) {
+                    prop_assert!(used <= bytes.len());
+                }
+            }
+
+            #[test]
+            fn commands_decode_as_arrays_of_their_arguments(
+                args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..8)
+            ) {
+                let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                let mut out = Vec::new();
+                encode_command(&mut out, &refs);
+                let expected = Reply::Array(args.iter().cloned().map(Reply::BulkString).collect());
+                prop_assert_eq!(decode(&out), Ok(Some((expected, out.len()))));
+            }
+        }
+    }
+}

@@ -1,0 +1,695 @@
+//! Task semantics on top of the client: ids, keys, documents and TTLs.
+//!
+//! Everything a caller can get wrong is checked here, before a byte is sent, so invalid
+//! input never reaches Redis and never half-writes anything.
+
+use std::fmt;
+
+use crate::client::{Client, ClientError, Retry};
+use crate::config::{check_ttl, ConfigError, StoreOptions, StoreSettings};
+use crate::document::{
+    merge_patch, top_level_status, validate_document, validate_patch, DocumentError,
+};
+use crate::resp::Reply;
+use crate::transport::Connector;
+
+/// Longest id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Rejected before anything was sent: bad id, document, TTL or options.
+    InvalidInput(String),
+    /// The stored value cannot be returned as a document, or cannot be patched.
+    CorruptData(String),
+    /// An update's precondition failed; carries the current document, unchanged.
+    Conflict(String),
+    /// Gave up after too many concurrent modifications of one task.
+    Contended(String),
+    /// Talking to Redis failed.
+    Client(ClientError),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::InvalidInput(message)
+            | StoreError::CorruptData(message)
+            | StoreError::Contended(message) => f.write_str(message),
+            StoreError::Conflict(_) => {
+                f.write_str("the task's status does not match the expected one")
+            }
+            StoreError::Client(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<ClientError> for StoreError {
+    fn from(err: ClientError) -> StoreError {
+        StoreError::Client(err)
+    }
+}
+
+impl From<DocumentError> for StoreError {
+    fn from(err: DocumentError) -> StoreError {
+        StoreError::InvalidInput(err.0)
+    }
+}
+
+impl From<ConfigError> for StoreError {
+    fn from(err: ConfigError) -> StoreError {
+        StoreError::InvalidInput(err.0)
+    }
+}
+
+/// Time left before a task expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeToLive {
+    ExpiresIn(u64),
+    Persistent,
+}
+
+/// What `update` does to the task's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TtlPolicy {
+    /// Keep the remaining TTL (`SET … KEEPTTL`).
+    #[default]
+    Keep,
+    /// Give the task this many seconds from now.
+    Set(u64),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateOptions {
+    /// Apply only while the document's top-level `"status"` equals this.
+    pub expect_status: Option<String>,
+    pub ttl: TtlPolicy,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Only tasks whose top-level `"status"` equals this.
+    pub status: Option<String>,
+    /// Most tasks in one page; default [`DEFAULT_PAGE_SIZE`], at most [`MAX_PAGE_SIZE`].
+    pub limit: Option<u32>,
+    /// Where to continue: the `cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One task as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: String,
+    pub document: String,
+}
+
+/// A page of a listing; `cursor` is `None` once every task has been visited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub tasks: Vec<Task>,
+    pub cursor: Option<String>,
+}
+
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 10_000;
+/// Most ids in one batch call.
+pub const MAX_BATCH: usize = 10_000;
+/// Optimistic-transaction attempts before `update` gives up under contention.
+const UPDATE_ATTEMPTS: usize = 100;
+/// SCAN round trips one `list` call makes at most before returning a (possibly short) page,
+/// so that a sparse status filter over a large keyspace cannot hold the call for long.
+const MAX_SCANS_PER_PAGE: usize = 64;
+
+/// Research tasks stored as JSON documents under `<prefix><id>`.
+pub struct TaskStore<C: Connector> {
+    client: Client<C>,
+    key_prefix: String,
+    default_ttl_seconds: u64,
+    max_document_bytes: usize,
+}
+
+impl<C: Connector> TaskStore<C> {
+    /// Validates `options`, then connects and authenticates (see the WIT `open`).
+    pub fn open(options: &StoreOptions, connector: C) -> Result<TaskStore<C>, StoreError> {
+        let settings = StoreSettings::from_options(options)?;
+        let mut client = Client::new(
+            connector,
+            settings.redis,
+            settings.timeout,
+            settings.max_document_bytes,
+        );
+        client.connect()?;
+        Ok(TaskStore {
+            client,
+            key_prefix: settings.key_prefix,
+            default_ttl_seconds: settings.default_ttl_seconds,
+            max_document_bytes: settings.max_document_bytes,
+        })
+    }
+
+    /// The document of task `id`, exactly as stored, or `None` if absent or expired.
+    pub fn get(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        let key = self.key(id)?;
+        match self.client.get(&key)? {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| {
+                StoreError::CorruptData(format!("the value of task {id:?} is not UTF-8 text"))
+            }),
+        }
+    }
+
+    /// Stores `document` (a JSON object) as task `id` with `ttl_seconds` or the default TTL.
+    pub fn set(
+        &mut self,
+        id: &str,
+        document: &str,
+        ttl_seconds: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let key = self.key(id)?;
+        let ttl = self.checked_ttl(ttl_seconds)?;
+        validate_document(document, self.max_document_bytes)?;
+        Ok(self.client.set_with_ttl(&key, ttl, document.as_bytes())?)
+    }
+
+    /// Removes task `id`; whether one was there.
+    pub fn delete(&mut self, id: &str) -> Result<bool, StoreError> {
+        let key = self.key(id)?;
+        Ok(self.client.delete(&key)?)
+    }
+
+    /// Time left before task `id` expires, or `None` if there is no such task.
+    pub fn ttl(&mut self, id: &str) -> Result<Option<TimeToLive>, StoreError> {
+        let key = self.key(id)?;
+        match self.client.ttl(&key)? {
+            -2 => Ok(None),
+            -1 => Ok(Some(TimeToLive::Persistent)),
+            seconds if seconds >= 0 => Ok(Some(TimeToLive::ExpiresIn(seconds as u64))),
+            other => Err(ClientError::Protocol(format!(
+                "TTL answered {other}, which Redis never does"
+            ))
+            .into()),
+        }
+    }
+
+    /// Whether task `id` exists.
+    pub fn exists(&mut self, id: &str) -> Result<bool, StoreError> {
+        let key = self.key(id)?;
+        Ok(self.client.exists(&key)?)
+    }
+
+    /// Stores `document` as task `id` only if there is no such task (`SET … NX EX`);
+    /// whether it was created.
+    pub fn create(
+        &mut self,
+        id: &str,
+        document: &str,
+        ttl_seconds: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(id)?;
+        let ttl = self.checked_ttl(ttl_seconds)?;
+        validate_document(document, self.max_document_bytes)?;
+        Ok(self.client.set_if_absent(&key, ttl, document.as_bytes())?)
+    }
+
+    /// Sets task `id`'s TTL without rewriting it; whether the task exists.
+    pub fn expire(&mut self, id: &str, ttl_seconds: u64) -> Result<bool, StoreError> {
+        let key = self.key(id)?;
+        let ttl = self.checked_ttl(Some(ttl_seconds))?;
+        Ok(self.client.expire(&key, ttl)?)
+    }
+
+    /// Applies the JSON merge patch `patch` to task `id` atomically; the new document, or
+    /// `None` if there is no such task.
+    ///
+    /// An optimistic transaction: `WATCH` + `GET`, merge here, then `MULTI` / `SET` /
+    /// `EXEC`, which Redis aborts if anyone — this store, another process, a plain client —
+    /// wrote the key in between; then it starts over. The merge runs here rather than in a
+    /// Lua script because Lua's cjson rewrites numbers and key order.
+    pub fn update(
+        &mut self,
+        id: &str,
+        patch: &str,
+        options: &UpdateOptions,
+    ) -> Result<Option<String>, StoreError> {
+        let key = self.key(id)?;
+        validate_patch(patch, self.max_document_bytes)?;
+        if let TtlPolicy::Set(ttl) = options.ttl {
+            self.checked_ttl(Some(ttl))?;
+        }
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = {
+                // Retrying WATCH + GET together on a fresh connection is safe: no write yet.
+                let mut replies = self
+                    .client
+                    .pipeline(&[&[b"WATCH", &key], &[b"GET", &key]], Retry::Idempotent)?;
+                let get = replies.pop();
+                let watch = replies.pop();
+                self.expect_ok(watch, "WATCH")?;
+                match get {
+                    Some(Reply::Null) => {
+                        self.unwatch()?;
+                        return Ok(None);
+                    }
+                    Some(Reply::BulkString(bytes)) => bytes,
+                    Some(Reply::Error(message)) => {
+                        self.unwatch()?;
+                        return Err(self.client.reply_error(message).into());
+                    }
+                    other => {
+                        return Err(self.protocol_error("GET", other).into());
+                    }
+                }
+            };
+            let merged = match self.merge_checked(id, &current, patch, options) {
+                Ok(merged) => merged,
+                Err(err) => {
+                    self.unwatch()?;
+                    return Err(err);
+                }
+            };
+            let mut ttl_text = Vec::new();
+            let set: Vec<&[u8]> = match options.ttl {
+                TtlPolicy::Keep => vec![b"SET", &key, merged.as_bytes(), b"KEEPTTL"],
+                TtlPolicy::Set(ttl) => {
+                    crate::resp::push_decimal(&mut ttl_text, ttl);
+                    vec![b"SET", &key, merged.as_bytes(), b"EX", &ttl_text]
+                }
+            };
+            // Never resent: if the connection dies here the write may have happened.
+            let mut replies = self
+                .client
+                .pipeline(&[&[b"MULTI"], &set, &[b"EXEC"]], Retry::Never)?;
+            let exec = replies.pop();
+            let queued = replies.pop();
+            let multi = replies.pop();
+            self.expect_ok(multi, "MULTI")?;
+            if let Some(Reply::Error(message)) = queued {
+                return Err(self.client.reply_error(message).into());
+            }
+            match exec {
+                // Someone wrote the key after our WATCH: start over from their version.
+                Some(Reply::Null) => continue,
+                Some(Reply::Array(results)) => match results.into_iter().next() {
+                    Some(Reply::SimpleString(ok)) if ok == b"OK" => return Ok(Some(merged)),
+                    Some(Reply::Error(message)) => {
+                        return Err(self.client.reply_error(message).into())
+                    }
+                    other => return Err(self.protocol_error("EXEC", other).into()),
+                },
+                Some(Reply::Error(message)) => return Err(self.client.reply_error(message).into()),
+                other => return Err(self.protocol_error("EXEC", other).into()),
+            }
+        }
+        Err(StoreError::Contended(format!(
+            "gave up updating task {id:?} after {UPDATE_ATTEMPTS} concurrent modifications"
+        )))
+    }
+
+    fn merge_checked(
+        &self,
+        id: &str,
+        current: &[u8],
+        patch: &str,
+        options: &UpdateOptions,
+    ) -> Result<String, StoreError> {
+        let current = std::str::from_utf8(current).map_err(|_| {
+            StoreError::CorruptData(format!("the value of task {id:?} is not UTF-8 text"))
+        })?;
+        if let Some(expected) = &options.expect_status {
+            if top_level_status(current).as_deref() != Some(expected.as_str()) {
+                return Err(StoreError::Conflict(current.to_owned()));
+            }
+        }
+        let merged = merge_patch(current, patch).map_err(|err| match err.0 {
+            message if message.starts_with("stored document") => {
+                StoreError::CorruptData(format!("task {id:?} cannot be patched: {message}"))
+            }
+            message => StoreError::InvalidInput(message),
+        })?;
+        if merged.len() > self.max_document_bytes {
+            return Err(StoreError::InvalidInput(format!(
+                "patched document would be {} bytes; the limit is {}",
+                merged.len(),
+                self.max_document_bytes
+            )));
+        }
+        Ok(merged)
+    }
+
+    fn unwatch(&mut self) -> Result<(), StoreError> {
+        self.client.command(&[b"UNWATCH"], Retry::Never)?;
+        Ok(())
+    }
+
+    fn expect_ok(&self, reply: Option<Reply>, command: &str) -> Result<(), StoreError> {
+        match reply {
+            Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(()),
+            Some(Reply::Error(message)) => Err(self.client.reply_error(message).into()),
+            other => Err(self.protocol_error(command, other).into()),
+        }
+    }
+
+    fn protocol_error(&self, command: &str, reply: Option<Reply>) -> ClientError {
+        match reply {
+            Some(reply) => self.client.unexpected_reply(command, &reply),
+            None => ClientError::Protocol(format!("no reply to {command}")),
+        }
+    }
+
+    /// The documents of `ids`, in order (`None` where absent), in one round trip (`MGET`).
+    pub fn get_many(&mut self, ids: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        let keys = self.keys(ids)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = self.client.get_many(&keys)?;
+        ids.iter()
+            .zip(values)
+            .map(|(id, value)| match value {
+                None => Ok(None),
+                Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| {
+                    StoreError::CorruptData(format!("the value of task {id:?} is not UTF-8 text"))
+                }),
+            })
+            .collect()
+    }
+
+    /// Stores every `(id, document)` with one TTL, pipelined in one round trip. All input is
+    /// validated first: one bad item rejects the batch and nothing is written. The result
+    /// has one entry per item: Redis may refuse single writes (e.g. `OOM`).
+    pub fn set_many(
+        &mut self,
+        tasks: &[Task],
+        ttl_seconds: Option<u64>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let ttl = self.checked_ttl(ttl_seconds)?;
+        check_batch_size(tasks.len())?;
+        let mut keys = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            keys.push(self.key(&task.id)?);
+            validate_document(&task.document, self.max_document_bytes).map_err(|err| {
+                StoreError::InvalidInput(format!("task {:?}: {}", task.id, err.0))
+            })?;
+        }
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ttl_text = Vec::with_capacity(20);
+        crate::resp::push_decimal(&mut ttl_text, ttl);
+        let commands: Vec<[&[u8]; 4]> = keys
+            .iter()
+            .zip(tasks)
+            .map(|(key, task)| [b"SETEX" as &[u8], key, &ttl_text, task.document.as_bytes()])
+            .collect();
+        let commands: Vec<&[&[u8]]> = commands.iter().map(|c| c.as_slice()).collect();
+        let replies = self.client.pipeline(&commands, Retry::Idempotent)?;
+        Ok(replies
+            .into_iter()
+            .map(|reply| match reply {
+                Reply::SimpleString(ok) if ok == b"OK" => Ok(()),
+                Reply::Error(message) => Err(self.client.reply_error(message).into()),
+                other => Err(self.client.unexpected_reply("SETEX", &other).into()),
+            })
+            .collect())
+    }
+
+    /// Removes every task in `ids`, pipelined in one round trip; per id, whether it was there.
+    pub fn delete_many(&mut self, ids: &[String]) -> Result<Vec<bool>, StoreError> {
+        let keys = self.keys(ids)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let commands: Vec<[&[u8]; 2]> = keys.iter().map(|key| [b"DEL" as &[u8], key]).collect();
+        let commands: Vec<&[&[u8]]> = commands.iter().map(|c| c.as_slice()).collect();
+        let replies = self.client.pipeline(&commands, Retry::Idempotent)?;
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                Reply::Integer(removed) => Ok(removed > 0),
+                Reply::Error(message) => Err(self.client.reply_error(message).into()),
+                other => Err(self.client.unexpected_reply("DEL", &other).into()),
+            })
+            .collect()
+    }
+
+    /// One page of tasks, optionally only those with a given status (see [`ListOptions`]).
+    ///
+    /// Keys are enumerated with `SCAN … MATCH <prefix>* TYPE string` (never `KEYS`) and
+    /// read with `MGET`, so tasks written by any client are found, and a task deleted or
+    /// expired in between is skipped. The cursor is `"<scan cursor>:<keys to skip>"`: a page
+    /// ends exactly at `limit` tasks, even in the middle of a SCAN batch, by resuming that
+    /// batch and skipping the keys already seen. Keys whose id is not a valid id, and values
+    /// that are not UTF-8, are skipped.
+    pub fn list(&mut self, options: &ListOptions) -> Result<Page, StoreError> {
+        let limit = options.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(StoreError::InvalidInput(format!(
+                "page size {limit} is out of range: it must be between 1 and {MAX_PAGE_SIZE}"
+            )));
+        }
+        let (mut scan_cursor, mut skip) = match &options.cursor {
+            None => (0, 0),
+            Some(text) => parse_cursor(text)?,
+        };
+        let pattern = glob_escape(&self.key_prefix);
+        let mut tasks = Vec::new();
+        for _ in 0..MAX_SCANS_PER_PAGE {
+            let (next, keys) = self.client.scan(scan_cursor, &pattern, limit.max(100))?;
+            let fresh: Vec<Vec<u8>> = keys.into_iter().skip(skip).collect();
+            let values = if fresh.is_empty() {
+                Vec::new()
+            } else {
+                self.client.get_many(&fresh)?
+            };
+            for (index, (key, value)) in fresh.iter().zip(values).enumerate() {
+                if tasks.len() == limit as usize {
+                    return Ok(Page {
+                        tasks,
+                        cursor: Some(format!("{scan_cursor}:{}", skip + index)),
+                    });
+                }
+                if let Some(task) = self.listed_task(key, value, options.status.as_deref()) {
+                    tasks.push(task);
+                }
+            }
+            skip = 0;
+            scan_cursor = next;
+            if scan_cursor == 0 {
+                return Ok(Page {
+                    tasks,
+                    cursor: None,
+                });
+            }
+            if tasks.len() == limit as usize {
+                break;
+            }
+        }
+        Ok(Page {
+            tasks,
+            cursor: Some(format!("{scan_cursor}:0")),
+        })
+    }
+
+    fn listed_task(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        status: Option<&str>,
+    ) -> Option<Task> {
+        let id = std::str::from_utf8(key.strip_prefix(self.key_prefix.as_bytes())?).ok()?;
+        validate_id(id).ok()?;
+        let document = String::from_utf8(value?).ok()?;
+        if let Some(status) = status {
+            if top_level_status(&document).as_deref() != Some(status) {
+                return None;
+            }
+        }
+        Some(Task {
+            id: id.to_owned(),
+            document,
+        })
+    }
+
+    fn checked_ttl(&self, ttl_seconds: Option<u64>) -> Result<u64, StoreError> {
+        let ttl = ttl_seconds.unwrap_or(self.default_ttl_seconds);
+        check_ttl(ttl).map_err(|why| StoreError::InvalidInput(format!("TTL {why}")))?;
+        Ok(ttl)
+    }
+
+    fn keys(&self, ids: &[String]) -> Result<Vec<Vec<u8>>, StoreError> {
+        check_batch_size(ids.len())?;
+        ids.iter().map(|id| self.key(id)).collect()
+    }
+
+    fn key(&self, id: &str) -> Result<Vec<u8>, StoreError> {
+        validate_id(id)?;
+        let mut key = Vec::with_capacity(self.key_prefix.len() + id.len());
+        key.extend_from_slice(self.key_prefix.as_bytes());
+        key.extend_from_slice(id.as_bytes());
+        Ok(key)
+    }
+}
+
+fn check_batch_size(len: usize) -> Result<(), StoreError> {
+    if len > MAX_BATCH {
+        return Err(StoreError::InvalidInput(format!(
+            "batch of {len} tasks is too large; the limit is {MAX_BATCH}"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_cursor(text: &str) -> Result<(u64, usize), StoreError> {
+    text.split_once(':')
+        .and_then(|(scan, skip)| Some((scan.parse().ok()?, skip.parse().ok()?)))
+        .ok_or_else(|| {
+            StoreError::InvalidInput(
+                "cursor is not one this store returned; start again without a cursor".into(),
+            )
+        })
+}
+
+/// `prefix*` as a SCAN pattern, with the prefix's glob characters taken literally.
+fn glob_escape(prefix: &str) -> Vec<u8> {
+    let mut pattern = Vec::with_capacity(prefix.len() + 1);
+    for &byte in prefix.as_bytes() {
+        if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\') {
+            pattern.push(b'\\');
+        }
+        pattern.push(byte);
+    }
+    pattern.push(b'*');
+    pattern
+}
+
+/// An id is 1..=1024 bytes of UTF-8 without control characters.
+pub fn validate_id(id: &str) -> Result<(), StoreError> {
+    if id.is_empty() {
+        return Err(StoreError::InvalidInput("task id is empty".into()));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(StoreError::InvalidInput(format!(
+            "task id is {} bytes long; the limit is {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    if let Some((at, c)) = id
+        .char_indices()
+        .find(|(_, c)| c.is_control() && (*c as u32) < 0x80)
+    {
+        return Err(StoreError::InvalidInput(format!(
+            "task id contains the control character U+{:04X} at byte {at}",
+            c as u32
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::{FakeConnector, Step};
+    use proptest::prelude::*;
+
+    fn open_store(steps: Vec<Step>) -> (TaskStore<FakeConnector>, FakeConnector) {
+        let connector = FakeConnector::default();
+        let mut all = vec![Step::Reply(b"+PONG\r\n")];
+        all.extend(steps);
+        connector.0.borrow_mut().connections = vec![Ok(all)].into();
+        let store =
+            TaskStore::open(&StoreOptions::new("redis://127.0.0.1"), connector.clone()).unwrap();
+        (store, connector)
+    }
+
+    fn sent(connector: &FakeConnector) -> Vec<Vec<u8>> {
+        connector.0.borrow().sent.clone()
+    }
+
+    #[test]
+    fn set_sends_setex_with_default_ttl_and_the_document_verbatim() {
+        let (mut store, connector) = open_store(vec![Step::Reply(b"+OK\r\n")]);
+        store.set("t1", "{\"a\": 1 }", None).unwrap();
+        assert_eq!(
+            sent(&connector)[1],
+            b"*4\r\n$5\r\nSETEX\r\n$16\r\nresearch_task:t1\r\n$6\r\n604800\r\n$9\r\n{\"a\": 1 }\r\n"
+        );
+    }
+
+    #[test]
+    fn invalid_input_sends_nothing() {
+        let (mut store, connector) = open_store(vec![]);
+        let long_id = "x".repeat(MAX_ID_BYTES + 1);
+        let cases: Vec<(&str, &str, Option<u64>)> = vec![
+            ("", "{}", None),
+            (&long_id, "{}", None),
+            ("a\nb", "{}", None),
+            ("a\u{7f}", "{}", None),
+            ("ok", "[]", None),
+            ("ok", "\"x\"", None),
+            ("ok", "{", None),
+            ("ok", "", None),
+            ("ok", "{} {}", None),
+            ("ok", "{}", Some(0)),
+        ];
+        for (id, document, ttl) in cases {
+            let err = store.set(id, document, ttl).unwrap_err();
+            assert!(
+                matches!(err, StoreError::InvalidInput(_)),
+                "{id:?} {document:?}: {err:?}"
+            );
+        }
+        assert!(matches!(store.get(""), Err(StoreError::InvalidInput(_))));
+        assert!(matches!(
+            store.delete("\t"),
+            Err(StoreError::InvalidInput(_))
+        ));
+        assert_eq!(sent(&connector).len(), 1, "only the handshake went out");
+    }
+
+    #[test]
+    fn ids_may_hold_unicode_spaces_and_glob_characters() {
+        for id in ["café 1", "a*b?c[d]\\e", "🚀", &"x".repeat(MAX_ID_BYTES)] {
+            validate_id(id).unwrap();
+        }
+    }
+
+    #[test]
+    fn non_utf8_value_is_corrupt_data() {
+        let (mut store, _) = open_store(vec![Step::Reply(b"$2\r\n\xff\xfe\r\n")]);
+        assert!(matches!(store.get("t"), Err(StoreError::CorruptData(_))));
+    }
+
+    #[test]
+    fn ttl_maps_redis_sentinels() {
+        let (mut store, _) = open_store(vec![
+            Step::Reply(b":-2\r\n"),
+            Step::Reply(b":-1\r\n"),
+            Step::Reply(b":604799\r\n"),
+        ]);
+        assert_eq!(store.ttl("t").unwrap(), None);
+        assert_eq!(store.ttl("t").unwrap(), Some(TimeToLive::Persistent));
+        assert_eq!(
+            store.ttl("t").unwrap(),
+            Some(TimeToLive::ExpiresIn(604_799))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn validate_id_accepts_exactly_the_documented_ids(id in "\\PC{0,40}|[\\x00-\\x20a]{0,8}") {
+            let valid = !id.is_empty()
+                && id.len() <= MAX_ID_BYTES
+                && !id.chars().any(|c| (c as u32) < 0x20 || c as u32 == 0x7f);
+            prop_assert_eq!(validate_id(&id).is_ok(), valid);
+        }
+
+        #[test]
+        fn validate_document_accepts_exactly_json_objects(text in "[{}\\[\\]\":,a-c0-9 ]{0,24}") {
+            let parsed = serde_json::from_str::<serde_json::Value>(&text);
+            let is_object = matches!(parsed, Ok(serde_json::Value::Object(_)));
+            prop_assert_eq!(validate_document(&text, 1 << 20).is_ok(), is_object);
+        }
+    }
+}

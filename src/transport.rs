@@ -1,0 +1,63 @@
+//! The seam between the Redis client and the network: raw byte I/O with deadlines.
+//!
+//! The guest implements it over `wasi:sockets` ([`crate::wasi_tcp`]), native builds over
+//! `std::net` ([`crate::std_tcp`]), and tests with scripted fakes — so the client and store
+//! logic are the same code everywhere.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Where to connect: a host name or IP literal (IPv6 without brackets) and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How a network operation failed. The messages never contain secrets: transports only
+/// ever see addresses and bytes on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoError {
+    /// The connection could not be established: name not resolvable, refused, unreachable,
+    /// or denied by the host's network policy. The string says which.
+    Connect(String),
+    /// The deadline of the current operation passed.
+    Timeout,
+    /// The peer closed the connection (end of stream).
+    Closed,
+    /// The connection broke (reset, aborted, other I/O failure). The string says how.
+    Broken(String),
+}
+
+/// Opens transports. Kept separate from [`Transport`] so the client can reconnect by itself.
+pub trait Connector {
+    type Transport: Transport;
+
+    /// Connects to `endpoint`, trying each of its addresses, within `timeout` in total.
+    fn connect(&self, endpoint: &Endpoint, timeout: Duration) -> Result<Self::Transport, IoError>;
+}
+
+/// One established byte stream.
+pub trait Transport {
+    /// Starts the deadline of one operation: `send` and `receive` fail with
+    /// [`IoError::Timeout`] once `timeout` has passed since this call.
+    fn start_operation(&mut self, timeout: Duration);
+
+    /// Writes all of `bytes`. Implementations must hand a command to the socket in as few
+    /// writes as possible: split writes of one command stall on Nagle + delayed ACK.
+    fn send(&mut self, bytes: &[u8]) -> Result<(), IoError>;
+
+    /// Appends at least one received byte to `buf`, waiting until data arrives, the peer
+    /// closes ([`IoError::Closed`]) or the deadline passes.
+    fn receive(&mut self, buf: &mut Vec<u8>) -> Result<(), IoError>;
+}
