@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing taskstore needs on Debian 12: redis-server and redis-cli
 # (each test starts its own server), clang (for C code built for wasm32), and the
-# wasm32-wasip2 target for the toolchain pinned in rust-toolchain.toml.
+# wasm32-wasip2 target for the toolchain pinned in rust-toolchain.toml, and redis-py for the
+# tests that check compatibility with the original Python service.
 # Idempotent; prints nothing when everything is already there. Run as root or with sudo.
 set -euo pipefail
 
@@ -44,6 +45,12 @@ if [ "${#packages[@]}" -gt 0 ]; then
     for cmd in redis-server redis-cli clang; do
         command -v "$cmd" >/dev/null 2>&1 || fail "$cmd still missing after installing ${packages[*]}"
     done
+fi
+
+# The compatibility tests run the original Python service's storage code (redis-py asyncio).
+if ! python3 -c 'import redis.asyncio' >/dev/null 2>&1; then
+    command -v python3 >/dev/null 2>&1 || fail "python3 not found; install Python 3.8 or newer"
+    quietly python3 -m pip install --quiet --disable-pip-version-check 'redis>=5,<9'
 fi
 
 toolchain="$(sed -n 's/^[[:space:]]*channel[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' \

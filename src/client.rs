@@ -392,7 +392,7 @@ impl<C: Connector> Client<C> {
             }
             Failure::Io(IoError::Timeout) => ClientError::Timeout(format!(
                 "Redis at {endpoint} did not answer within {} ms",
-                self.timeout.as_millis()
+                self.timeout.as_millis() as u64
             )),
             Failure::Io(IoError::Closed) => {
                 ClientError::Connection(format!("Redis at {endpoint} closed the connection"))

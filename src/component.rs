@@ -5,7 +5,9 @@ use std::cell::RefCell;
 
 use crate::client::ClientError;
 use crate::config::StoreOptions;
-use crate::store::{StoreError, TaskStore, TimeToLive};
+use crate::store::{
+    ListOptions, StoreError, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
+};
 use crate::wasi_tcp::WasiConnector;
 
 wit_bindgen::generate!({
@@ -65,8 +67,94 @@ impl GuestStore for StoreResource {
         }))
     }
 
+    fn create(
+        &self,
+        id: String,
+        document: String,
+        ttl_seconds: Option<u64>,
+    ) -> Result<bool, wit::Error> {
+        self.0
+            .borrow_mut()
+            .create(&id, &document, ttl_seconds)
+            .map_err(to_wit)
+    }
+
+    fn update(
+        &self,
+        id: String,
+        patch: String,
+        options: wit::UpdateOptions,
+    ) -> Result<Option<String>, wit::Error> {
+        let options = UpdateOptions {
+            expect_status: options.expect_status,
+            ttl: match options.ttl {
+                None | Some(wit::TtlPolicy::Keep) => TtlPolicy::Keep,
+                Some(wit::TtlPolicy::Set(seconds)) => TtlPolicy::Set(seconds),
+            },
+        };
+        self.0
+            .borrow_mut()
+            .update(&id, &patch, &options)
+            .map_err(to_wit)
+    }
+
+    fn expire(&self, id: String, ttl_seconds: u64) -> Result<bool, wit::Error> {
+        self.0.borrow_mut().expire(&id, ttl_seconds).map_err(to_wit)
+    }
+
+    fn list(&self, options: wit::ListOptions) -> Result<wit::Page, wit::Error> {
+        let options = ListOptions {
+            status: options.status,
+            limit: options.limit,
+            cursor: options.cursor,
+        };
+        let page = self.0.borrow_mut().list(&options).map_err(to_wit)?;
+        Ok(wit::Page {
+            tasks: page.tasks.into_iter().map(to_wit_task).collect(),
+            cursor: page.cursor,
+        })
+    }
+
+    fn get_many(&self, ids: Vec<String>) -> Result<Vec<Option<String>>, wit::Error> {
+        self.0.borrow_mut().get_many(&ids).map_err(to_wit)
+    }
+
+    fn set_many(
+        &self,
+        tasks: Vec<wit::Task>,
+        ttl_seconds: Option<u64>,
+    ) -> Result<Vec<Result<(), wit::Error>>, wit::Error> {
+        let tasks: Vec<Task> = tasks
+            .into_iter()
+            .map(|task| Task {
+                id: task.id,
+                document: task.document,
+            })
+            .collect();
+        let results = self
+            .0
+            .borrow_mut()
+            .set_many(&tasks, ttl_seconds)
+            .map_err(to_wit)?;
+        Ok(results
+            .into_iter()
+            .map(|result| result.map_err(to_wit))
+            .collect())
+    }
+
+    fn delete_many(&self, ids: Vec<String>) -> Result<Vec<bool>, wit::Error> {
+        self.0.borrow_mut().delete_many(&ids).map_err(to_wit)
+    }
+
     fn exists(&self, id: String) -> Result<bool, wit::Error> {
         self.0.borrow_mut().exists(&id).map_err(to_wit)
+    }
+}
+
+fn to_wit_task(task: Task) -> wit::Task {
+    wit::Task {
+        id: task.id,
+        document: task.document,
     }
 }
 
@@ -81,9 +169,8 @@ fn to_wit(err: StoreError) -> wit::Error {
         }
         StoreError::Client(ClientError::Protocol(message)) => wit::Error::Protocol(message),
         StoreError::Client(ClientError::Server(message)) => wit::Error::Server(message),
-        StoreError::Conflict(message) | StoreError::Contended(message) => {
-            wit::Error::Other(message)
-        }
+        StoreError::Conflict(document) => wit::Error::Conflict(document),
+        StoreError::Contended(message) => wit::Error::Contended(message),
     }
 }
 

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::text::excerpt;
 use crate::transport::Endpoint;
 
 pub const DEFAULT_KEY_PREFIX: &str = "research_task:";
@@ -187,9 +188,9 @@ fn strip_scheme(url: &str) -> Result<&str, ConfigError> {
             "rediss:// (TLS) is not supported by this build; use redis://".into(),
         ))
     } else {
-        let shown: String = scheme.chars().take(16).collect();
         Err(ConfigError(format!(
-            "Redis URL scheme {shown:?} is not supported; use redis://"
+            "Redis URL scheme {} is not supported; use redis://",
+            excerpt(scheme, 16)
         )))
     }
 }
@@ -226,8 +227,8 @@ fn parse_host_port(host_port: &str) -> Result<Endpoint, ConfigError> {
         .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
     {
         return Err(ConfigError(format!(
-            "Redis URL host {:?} is not a valid host name or IP address",
-            host.chars().take(64).collect::<String>()
+            "Redis URL host {} is not a valid host name or IP address",
+            excerpt(host, 64)
         )));
     }
     let port = match port {
@@ -236,8 +237,8 @@ fn parse_host_port(host_port: &str) -> Result<Endpoint, ConfigError> {
             Ok(port) if port != 0 => port,
             _ => {
                 return Err(ConfigError(format!(
-                    "Redis URL port {:?} is not a number between 1 and 65535",
-                    text.chars().take(16).collect::<String>()
+                    "Redis URL port {} is not a number between 1 and 65535",
+                    excerpt(text, 16)
                 )))
             }
         },
@@ -283,8 +284,8 @@ fn parse_database(tail: &str) -> Result<u32, ConfigError> {
         "" => Ok(0),
         db => db.parse::<u32>().map_err(|_| {
             ConfigError(format!(
-                "Redis URL database {:?} is not a number",
-                db.chars().take(16).collect::<String>()
+                "Redis URL database {} is not a number",
+                excerpt(db, 16)
             ))
         }),
     }

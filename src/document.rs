@@ -1,16 +1,17 @@
 //! JSON documents: validation, the top-level `status`, and RFC 7386 merge patches that
 //! rewrite only what the patch touches.
 //!
-//! A document is never round-tripped through a JSON value tree: members the patch does not
-//! touch are copied as their original text, so key order, whitespace inside them, string
-//! escapes and number literals (`12345678901234567890`, `0.1`, `1e400`) survive exactly.
+//! A document is never round-tripped through a JSON value tree: keys, and members the patch
+//! does not touch, are copied as their original text, so key order, whitespace inside
+//! values, string escapes and number literals (`12345678901234567890`, `0.1`, `1e400`)
+//! survive exactly.
 //! Objects the patch does touch are re-emitted with Python `json.dumps`'s default
 //! separators (`", "`, `": "`), the style the original service writes.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de::IgnoredAny;
 
 /// A document or patch that cannot be used; the message says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,51 +54,188 @@ fn json_kind(text: &str) -> &'static str {
     }
 }
 
-/// The members of one JSON object, in document order, values kept as raw text.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
+/// One member of a JSON object, as text slices of the object.
+struct Member<'a> {
+    /// The key as written, quotes and escapes included: re-emitted verbatim.
+    raw_key: &'a str,
+    /// The key decoded, for matching patch members to document members.
+    key: Cow<'a, str>,
+    /// The value as written.
+    value: &'a str,
+}
 
-impl<'de> serde::Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
-                    // RFC 8259 leaves duplicate names undefined; like most parsers (and
-                    // Python), the last one wins.
-                    members.retain(|(existing, _): &(String, &RawValue)| *existing != key);
-                    members.push((key, value));
-                }
-                Ok(Members(members))
-            }
+/// The members of the JSON object `text`, in order, or `None` if `text` is not an object.
+///
+/// A small scanner rather than serde: it keeps every key and value as its original text,
+/// and typed deserialization would pull float formatting and much of serde's error
+/// machinery into the component for nothing. It never panics; on text that is not valid
+/// JSON its answer is unspecified, so callers validate with serde_json first where it
+/// matters. Duplicate keys: the last one wins, as in most parsers (Python's included).
+fn object_members(text: &str) -> Option<Vec<Member<'_>>> {
+    let bytes = text.as_bytes();
+    let mut pos = skip_whitespace(bytes, 0);
+    if bytes.get(pos) != Some(&b'{') {
+        return None;
+    }
+    pos = skip_whitespace(bytes, pos + 1);
+    let mut members: Vec<Member<'_>> = Vec::new();
+    if bytes.get(pos) == Some(&b'}') {
+        return Some(members);
+    }
+    loop {
+        if bytes.get(pos) != Some(&b'"') {
+            return None;
         }
-        deserializer.deserialize_map(MembersVisitor)
+        let key_end = skip_string(bytes, pos)?;
+        let raw_key = &text[pos..key_end];
+        pos = skip_whitespace(bytes, key_end);
+        if bytes.get(pos) != Some(&b':') {
+            return None;
+        }
+        pos = skip_whitespace(bytes, pos + 1);
+        let value_end = skip_value(bytes, pos)?;
+        let member = Member {
+            raw_key,
+            key: decode_string(raw_key)?,
+            value: &text[pos..value_end],
+        };
+        members.retain(|existing| existing.key != member.key);
+        members.push(member);
+        pos = skip_whitespace(bytes, value_end);
+        match bytes.get(pos) {
+            Some(b',') => pos = skip_whitespace(bytes, pos + 1),
+            Some(b'}') => return Some(members),
+            _ => return None,
+        }
     }
 }
 
-fn parse_object<'a>(text: &'a str, what: &str) -> Result<Members<'a>, DocumentError> {
-    serde_json::from_str::<Members<'a>>(text).map_err(|err| {
-        if serde_json::from_str::<IgnoredAny>(text).is_ok() {
-            DocumentError(format!(
-                "{what} must be a JSON object, not {}",
-                json_kind(text)
-            ))
-        } else {
-            DocumentError(format!("{what} is not valid JSON: {err}"))
+fn skip_whitespace(bytes: &[u8], mut pos: usize) -> usize {
+    while matches!(bytes.get(pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        pos += 1;
+    }
+    pos
+}
+
+/// End (one past the closing quote) of the string whose opening quote is at `pos`.
+fn skip_string(bytes: &[u8], pos: usize) -> Option<usize> {
+    let mut i = pos + 1;
+    while let Some(&byte) = bytes.get(i) {
+        match byte {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
         }
+    }
+    None
+}
+
+/// End of the JSON value starting at `pos`. Every end it returns is an ASCII delimiter's
+/// position or the text's end, so slicing there is always on a character boundary.
+fn skip_value(bytes: &[u8], pos: usize) -> Option<usize> {
+    match bytes.get(pos)? {
+        b'"' => skip_string(bytes, pos),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = pos;
+            while let Some(&byte) = bytes.get(i) {
+                match byte {
+                    b'"' => {
+                        i = skip_string(bytes, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let end = bytes[pos..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .map_or(bytes.len(), |offset| pos + offset);
+            (end > pos).then_some(end)
+        }
+    }
+}
+
+/// The text of the JSON string literal `raw` (quotes included), escapes decoded.
+fn decode_string(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let decoded = match chars.next()? {
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'u' => {
+                let high = hex4(&mut chars)?;
+                if (0xD800..0xDC00).contains(&high) {
+                    // A surrogate pair: the low half must follow as another \u escape.
+                    if chars.next()? != '\\' || chars.next()? != 'u' {
+                        return None;
+                    }
+                    let low = hex4(&mut chars)?;
+                    char::from_u32(0x10000 + ((high - 0xD800) << 10) + low.checked_sub(0xDC00)?)?
+                } else {
+                    char::from_u32(high)?
+                }
+            }
+            other => other,
+        };
+        out.push(decoded);
+    }
+    Some(Cow::Owned(out))
+}
+
+fn hex4(chars: &mut std::str::Chars<'_>) -> Option<u32> {
+    let mut value = 0;
+    for _ in 0..4 {
+        value = value * 16 + chars.next()?.to_digit(16)?;
+    }
+    Some(value)
+}
+
+/// The members of `text`, which must be valid JSON and an object; `what` names it in errors.
+fn parse_object<'a>(text: &'a str, what: &str) -> Result<Vec<Member<'a>>, DocumentError> {
+    if let Err(err) = serde_json::from_str::<IgnoredAny>(text) {
+        return Err(DocumentError(format!("{what} is not valid JSON: {err}")));
+    }
+    object_members(text).ok_or_else(|| {
+        DocumentError(format!(
+            "{what} must be a JSON object, not {}",
+            json_kind(text)
+        ))
     })
 }
 
 /// The document's top-level `"status"` when it is a string; `None` otherwise (absent, not a
 /// string, or the document is not a JSON object).
 pub fn top_level_status(document: &str) -> Option<String> {
-    let members = serde_json::from_str::<Members<'_>>(document).ok()?;
-    let (_, raw) = members.0.into_iter().find(|(key, _)| key == "status")?;
-    serde_json::from_str::<String>(raw.get()).ok()
+    let members = object_members(document)?;
+    let status = members.into_iter().find(|member| member.key == "status")?;
+    if !status.value.starts_with('"') {
+        return None;
+    }
+    decode_string(status.value).map(Cow::into_owned)
 }
 
 /// Checks that `patch` is a JSON object usable as a merge patch.
@@ -115,74 +253,51 @@ pub fn validate_patch(patch: &str, max_bytes: usize) -> Result<(), DocumentError
 pub fn merge_patch(document: &str, patch: &str) -> Result<String, DocumentError> {
     let target = parse_object(document, "stored document")?;
     let patch = parse_object(patch, "patch")?;
-    let mut out = String::with_capacity(document.len() + patch.0.len() * 16);
-    merge_objects(Some(target), patch, &mut out)?;
+    let mut out = String::with_capacity(document.len() + patch.len() * 16);
+    merge_objects(Some(target), patch, &mut out);
     Ok(out)
 }
 
 /// Writes `target` merged with `patch` as an object; `None` is "not an object", which a
-/// patch object replaces with `{}` (RFC 7386).
-fn merge_objects(
-    target: Option<Members<'_>>,
-    patch: Members<'_>,
-    out: &mut String,
-) -> Result<(), DocumentError> {
-    let mut members: Vec<(String, Value<'_>)> = target
-        .map(|target| {
-            target
-                .0
-                .into_iter()
-                .map(|(key, raw)| (key, Value::Raw(raw)))
-                .collect()
-        })
-        .unwrap_or_default();
-    for (key, patch_value) in patch.0 {
-        let position = members.iter().position(|(existing, _)| *existing == key);
-        if patch_value.get() == "null" {
+/// patch object replaces with `{}` (RFC 7386). Both are already validated JSON.
+fn merge_objects(target: Option<Vec<Member<'_>>>, patch: Vec<Member<'_>>, out: &mut String) {
+    let mut members: Vec<(&str, Cow<'_, str>, Cow<'_, str>)> = target
+        .unwrap_or_default()
+        .into_iter()
+        .map(|member| (member.raw_key, member.key, Cow::Borrowed(member.value)))
+        .collect();
+    for member in patch {
+        let position = members.iter().position(|(_, key, _)| *key == member.key);
+        if member.value == "null" {
             if let Some(at) = position {
                 members.remove(at);
             }
             continue;
         }
-        let merged = if patch_value.get().starts_with('{') {
-            let nested_patch = serde_json::from_str::<Members<'_>>(patch_value.get())
-                .map_err(|err| DocumentError(format!("patch is not valid JSON: {err}")))?;
-            let nested_target = position.and_then(|at| match &members[at].1 {
-                Value::Raw(raw) => serde_json::from_str::<Members<'_>>(raw.get()).ok(),
-                Value::Written(_) => None,
-            });
-            let mut text = String::new();
-            merge_objects(nested_target, nested_patch, &mut text)?;
-            Value::Written(text)
-        } else {
-            Value::Raw(patch_value)
+        let merged = match object_members(member.value) {
+            Some(nested_patch) => {
+                let nested_target = position.and_then(|at| object_members(&members[at].2));
+                let mut text = String::new();
+                merge_objects(nested_target, nested_patch, &mut text);
+                Cow::Owned(text)
+            }
+            None => Cow::Borrowed(member.value),
         };
         match position {
-            Some(at) => members[at].1 = merged,
-            None => members.push((key, merged)),
+            Some(at) => members[at].2 = merged,
+            None => members.push((member.raw_key, member.key, merged)),
         }
     }
     out.push('{');
-    for (index, (key, value)) in members.iter().enumerate() {
+    for (index, (raw_key, _, value)) in members.iter().enumerate() {
         if index > 0 {
             out.push_str(", ");
         }
-        out.push_str(&serde_json::to_string(key).expect("a string always serializes"));
+        out.push_str(raw_key);
         out.push_str(": ");
-        out.push_str(match value {
-            Value::Raw(raw) => raw.get(),
-            Value::Written(text) => text,
-        });
+        out.push_str(value);
     }
     out.push('}');
-    Ok(())
-}
-
-enum Value<'a> {
-    /// Untouched text from the document or the patch.
-    Raw(&'a RawValue),
-    /// An object this merge wrote.
-    Written(String),
 }
 
 #[cfg(test)]
@@ -304,6 +419,32 @@ mod tests {
         assert!(validate_document(" {\"k\": [1, 2.5e300, -0]} \n", 100).is_ok());
     }
 
+    #[test]
+    fn escaped_keys_match_their_decoded_form_and_keep_their_text() {
+        let merged = merge_patch(
+            r#"{"st\u0061tus": "a", "caf\u00e9": 1, "\ud83d\ude80": 2}"#,
+            r#"{"status": "b", "café": null, "🚀": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(merged, r#"{"st\u0061tus": "b", "\ud83d\ude80": 3}"#);
+        assert_eq!(
+            top_level_status(r#"{"st\u0061tus": "r\u00fcn \"x\""}"#).as_deref(),
+            Some("rün \"x\"")
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value() {
+        assert_eq!(
+            top_level_status(r#"{"status": "a", "status": "b"}"#).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            merge_patch(r#"{"a": 1, "a": 2}"#, "{}").unwrap(),
+            r#"{"a": 2}"#
+        );
+    }
+
     fn json_value() -> impl Strategy<Value = serde_json::Value> {
         let leaf = prop_oneof![
             Just(serde_json::Value::Null),
@@ -342,6 +483,22 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn scanning_arbitrary_text_never_panics(text in "[{}\\[\\]\":,\\\\a-c0-9 u]{0,40}|\\PC{0,40}") {
+            let _ = top_level_status(&text);
+            let _ = object_members(&text);
+            let _ = merge_patch(&text, &text);
+        }
+
+        #[test]
+        fn status_matches_serde_json_on_valid_objects(
+            members in proptest::collection::btree_map("[a-z]{1,6}|status", json_value(), 0..5),
+        ) {
+            let document = serde_json::Value::Object(members.into_iter().collect());
+            let expected = document.get("status").and_then(|s| s.as_str()).map(str::to_owned);
+            prop_assert_eq!(top_level_status(&document.to_string()), expected);
+        }
+
         #[test]
         fn merge_matches_the_rfc_reference_algorithm(
             target in proptest::collection::btree_map("[a-d]", json_value(), 0..5),

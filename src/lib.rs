@@ -14,6 +14,7 @@
 //! - [`config`]: options and `redis://` URL parsing.
 //! - [`document`]: JSON document validation and order-preserving merge patches.
 //! - [`store`]: task semantics — ids, keys, documents, TTLs.
+//! - [`text`]: untrusted text made safe for messages.
 //! - `component` (wasm32 only): WIT bindings and the one mapping to the WIT error.
 
 pub mod client;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod document;
 pub mod resp;
 pub mod store;
+pub mod text;
 pub mod transport;
 
 #[cfg(not(target_arch = "wasm32"))]

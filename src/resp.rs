@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::text::excerpt;
+
 pub use redis_protocol::resp2::types::OwnedFrame as Reply;
 
 /// Bounds applied to every reply before it is decoded.
@@ -200,8 +202,8 @@ fn parse_integer(line: &[u8]) -> Option<i64> {
 }
 
 fn invalid_header(what: &str, line: &[u8]) -> ProtocolError {
-    let shown: String = String::from_utf8_lossy(line).chars().take(32).collect();
-    ProtocolError(format!("invalid {what} {shown:?} in reply"))
+    let shown = excerpt(&String::from_utf8_lossy(line), 32);
+    ProtocolError(format!("invalid {what} {shown} in reply"))
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ impl<C: Connector> TaskStore<C> {
         match self.client.get(&key)? {
             None => Ok(None),
             Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| {
-                StoreError::CorruptData(format!("the value of task {id:?} is not UTF-8 text"))
+                StoreError::CorruptData(format!("the value of task \"{id}\" is not UTF-8 text"))
             }),
         }
     }
@@ -303,7 +303,7 @@ impl<C: Connector> TaskStore<C> {
             }
         }
         Err(StoreError::Contended(format!(
-            "gave up updating task {id:?} after {UPDATE_ATTEMPTS} concurrent modifications"
+            "gave up updating task \"{id}\" after {UPDATE_ATTEMPTS} concurrent modifications"
         )))
     }
 
@@ -315,7 +315,7 @@ impl<C: Connector> TaskStore<C> {
         options: &UpdateOptions,
     ) -> Result<String, StoreError> {
         let current = std::str::from_utf8(current).map_err(|_| {
-            StoreError::CorruptData(format!("the value of task {id:?} is not UTF-8 text"))
+            StoreError::CorruptData(format!("the value of task \"{id}\" is not UTF-8 text"))
         })?;
         if let Some(expected) = &options.expect_status {
             if top_level_status(current).as_deref() != Some(expected.as_str()) {
@@ -324,7 +324,7 @@ impl<C: Connector> TaskStore<C> {
         }
         let merged = merge_patch(current, patch).map_err(|err| match err.0 {
             message if message.starts_with("stored document") => {
-                StoreError::CorruptData(format!("task {id:?} cannot be patched: {message}"))
+                StoreError::CorruptData(format!("task \"{id}\" cannot be patched: {message}"))
             }
             message => StoreError::InvalidInput(message),
         })?;
@@ -370,7 +370,7 @@ impl<C: Connector> TaskStore<C> {
             .map(|(id, value)| match value {
                 None => Ok(None),
                 Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| {
-                    StoreError::CorruptData(format!("the value of task {id:?} is not UTF-8 text"))
+                    StoreError::CorruptData(format!("the value of task \"{id}\" is not UTF-8 text"))
                 }),
             })
             .collect()
@@ -390,7 +390,7 @@ impl<C: Connector> TaskStore<C> {
         for task in tasks {
             keys.push(self.key(&task.id)?);
             validate_document(&task.document, self.max_document_bytes).map_err(|err| {
-                StoreError::InvalidInput(format!("task {:?}: {}", task.id, err.0))
+                StoreError::InvalidInput(format!("task \"{}\": {}", task.id, err.0))
             })?;
         }
         if tasks.is_empty() {
@@ -546,7 +546,8 @@ fn parse_cursor(text: &str) -> Result<(u64, usize), StoreError> {
         .and_then(|(scan, skip)| Some((scan.parse().ok()?, skip.parse().ok()?)))
         .ok_or_else(|| {
             StoreError::InvalidInput(
-                "cursor is not one this store returned; start again without a cursor".into(),
+                "cursor is malformed: pass the cursor of the previous page, or none to start over"
+                    .into(),
             )
         })
 }

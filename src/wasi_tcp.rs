@@ -6,7 +6,10 @@
 //!   wasmtime): the host never sets TCP_NODELAY, so splitting a command stalls ~40 ms on
 //!   Nagle + delayed ACK;
 //! - child resources (pollables, then streams) must be dropped before their socket, or the
-//!   guest traps; struct fields drop in declaration order, so the order below is load-bearing.
+//!   guest traps; struct fields drop in declaration order, so the order below is load-bearing;
+//! - dropping an output stream makes wasmtime-wasi 48 wait for the stream's pending write,
+//!   and so does shutting the socket down: with a peer that stopped reading, forever. A
+//!   connection given up with a write in flight is therefore leaked (see `Drop`).
 
 use std::time::Duration;
 
@@ -33,16 +36,22 @@ const MAX_READ: u64 = 1024 * 1024;
 pub struct WasiConnector;
 
 pub struct WasiTcp {
-    // Drop order matters: pollables, then streams, then the socket (see module docs).
-    input_ready: Pollable,
-    output_ready: Pollable,
+    /// `None` only while being dropped.
+    connection: Option<Connection>,
     /// Timer of the current operation, created on its first wait only.
     timer: Option<Pollable>,
-    input: InputStream,
-    output: OutputStream,
-    _socket: TcpSocket,
     deadline: monotonic_clock::Instant,
     read_len: u64,
+}
+
+/// The socket and its child resources. Drop order matters: pollables, then streams, then
+/// the socket (see module docs).
+struct Connection {
+    input_ready: Pollable,
+    output_ready: Pollable,
+    input: InputStream,
+    output: OutputStream,
+    socket: TcpSocket,
 }
 
 impl Connector for WasiConnector {
@@ -153,12 +162,14 @@ fn connect_one(
         }
     };
     Ok(WasiTcp {
-        input_ready: input.subscribe(),
-        output_ready: output.subscribe(),
+        connection: Some(Connection {
+            input_ready: input.subscribe(),
+            output_ready: output.subscribe(),
+            input,
+            output,
+            socket,
+        }),
         timer: None,
-        input,
-        output,
-        _socket: socket,
         deadline,
         read_len: INITIAL_READ,
     })
@@ -189,16 +200,46 @@ fn stream_error(err: StreamError) -> IoError {
     }
 }
 
+impl Drop for WasiTcp {
+    fn drop(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        // A permit of 0 means a write is still in flight (or the socket buffer is full):
+        // dropping the output stream, or the socket, would block this call until the peer
+        // reads — maybe never. Leak both instead; the host frees them with the instance.
+        if matches!(connection.output.check_write(), Ok(0)) {
+            let Connection {
+                input_ready,
+                output_ready,
+                input,
+                output,
+                socket,
+            } = connection;
+            drop(input_ready);
+            drop(output_ready);
+            drop(input);
+            std::mem::forget(output);
+            std::mem::forget(socket);
+        }
+    }
+}
+
 impl WasiTcp {
+    fn connection(&self) -> Result<&Connection, IoError> {
+        self.connection.as_ref().ok_or(IoError::Closed)
+    }
+
     /// Waits for `which` (one of this connection's pollables) or the operation deadline.
     fn wait(&mut self, which: Readiness) -> Result<(), IoError> {
         let deadline = self.deadline;
         let timer = self
             .timer
             .get_or_insert_with(|| monotonic_clock::subscribe_instant(deadline));
+        let connection = self.connection.as_ref().ok_or(IoError::Closed)?;
         let ready = match which {
-            Readiness::Input => &self.input_ready,
-            Readiness::Output => &self.output_ready,
+            Readiness::Input => &connection.input_ready,
+            Readiness::Output => &connection.output_ready,
         };
         wait_until(ready, timer)
     }
@@ -218,7 +259,11 @@ impl Transport for WasiTcp {
     fn send(&mut self, bytes: &[u8]) -> Result<(), IoError> {
         let mut rest = bytes;
         while !rest.is_empty() {
-            let permit = self.output.check_write().map_err(stream_error)?;
+            let permit = self
+                .connection()?
+                .output
+                .check_write()
+                .map_err(stream_error)?;
             if permit == 0 {
                 self.wait(Readiness::Output)?;
                 continue;
@@ -226,17 +271,24 @@ impl Transport for WasiTcp {
             let take = rest
                 .len()
                 .min(usize::try_from(permit).unwrap_or(usize::MAX));
-            self.output.write(&rest[..take]).map_err(stream_error)?;
+            self.connection()?
+                .output
+                .write(&rest[..take])
+                .map_err(stream_error)?;
             rest = &rest[take..];
         }
         // Start transmission now; completion need not be awaited, since the reply can only
         // arrive after the request was sent and a failed write surfaces on the next call.
-        self.output.flush().map_err(stream_error)
+        self.connection()?.output.flush().map_err(stream_error)
     }
 
     fn receive(&mut self, buf: &mut Vec<u8>) -> Result<(), IoError> {
         loop {
-            let chunk = self.input.read(self.read_len).map_err(stream_error)?;
+            let chunk = self
+                .connection()?
+                .input
+                .read(self.read_len)
+                .map_err(stream_error)?;
             if chunk.is_empty() {
                 self.wait(Readiness::Input)?;
                 continue;

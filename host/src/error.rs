@@ -6,7 +6,7 @@ use crate::bindings::exports::taskstore::storage::task_storage as wit;
 
 /// Why a store operation failed.
 ///
-/// The first eight cases are the component's own (the WIT `error` variant, see
+/// The first ten cases are the component's own (the WIT `error` variant, see
 /// `wit/task-storage.wit` for what each means); [`TaskError::Host`] is the host's: the
 /// component could not be instantiated, trapped, or the host could not set it up.
 ///
@@ -27,8 +27,14 @@ pub enum TaskError {
     /// The input was rejected before anything was sent: a bad id, document, TTL, option or
     /// URL. Retrying with the same input fails the same way.
     InvalidInput(String),
-    /// The stored value cannot be returned as a document (it is not UTF-8).
+    /// The stored value cannot be returned as a document (it is not UTF-8), or cannot be
+    /// patched (it is not a JSON object).
     CorruptData(String),
+    /// `update`'s status precondition failed. Carries the task's current document, exactly
+    /// as stored; nothing was changed.
+    Conflict(String),
+    /// `update` gave up after the task kept changing underneath it; nothing was changed.
+    Contended(String),
     /// Anything else the component reports.
     Other(String),
     /// The host failed: the component could not be compiled or instantiated, or it trapped.
@@ -47,6 +53,8 @@ impl TaskError {
             | TaskError::Server(m)
             | TaskError::InvalidInput(m)
             | TaskError::CorruptData(m)
+            | TaskError::Conflict(m)
+            | TaskError::Contended(m)
             | TaskError::Other(m)
             | TaskError::Host(m) => m,
         }
@@ -61,6 +69,8 @@ impl TaskError {
             TaskError::Server(_) => "Redis error",
             TaskError::InvalidInput(_) => "invalid input",
             TaskError::CorruptData(_) => "corrupt data",
+            TaskError::Conflict(_) => "conflict",
+            TaskError::Contended(_) => "contended",
             TaskError::Other(_) => "error",
             TaskError::Host(_) => "host error",
         }
@@ -76,6 +86,8 @@ impl TaskError {
             wit::Error::Server(m) => TaskError::Server(m),
             wit::Error::InvalidInput(m) => TaskError::InvalidInput(m),
             wit::Error::CorruptData(m) => TaskError::CorruptData(m),
+            wit::Error::Conflict(document) => TaskError::Conflict(document),
+            wit::Error::Contended(m) => TaskError::Contended(m),
             wit::Error::Other(m) => TaskError::Other(m),
         }
     }
@@ -97,6 +109,9 @@ impl TaskError {
             TaskError::Server(m) => TaskError::Server(clean(m)),
             TaskError::InvalidInput(m) => TaskError::InvalidInput(clean(m)),
             TaskError::CorruptData(m) => TaskError::CorruptData(clean(m)),
+            // A document is the caller's data, not a message of ours: returned untouched.
+            TaskError::Conflict(document) => TaskError::Conflict(document),
+            TaskError::Contended(m) => TaskError::Contended(clean(m)),
             TaskError::Other(m) => TaskError::Other(clean(m)),
             TaskError::Host(m) => TaskError::Host(clean(m)),
         }

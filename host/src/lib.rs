@@ -17,32 +17,44 @@
 //! Each store gets its own instance with exactly the access the WIT world asks for: TCP
 //! connections to the addresses the URL's host resolves to (resolved by the host), name
 //! lookup only when the URL names a host, no UDP, no listening, no environment, arguments
-//! or preopened directories, an empty stdin, and a memory cap. Its stdout and stderr are
-//! kept in a small in-memory buffer whose last line is quoted when it traps.
+//! or preopened directories, an empty stdin, a memory cap, and a deadline on every call
+//! ([`Runtime::with_call_deadline`]). Its stdout and stderr are kept in a small in-memory
+//! buffer whose last line is quoted when it traps.
 //!
 //! # Layout
 //!
 //! - [`runtime`]: [`Runtime`], the compiled and linked component, and the embedded
 //!   [`COMPONENT`] that `build.rs` builds from the workspace's root package.
-//! - `store`: [`AsyncTaskStore`] (one instance, async calls) and [`TaskStore`] (blocking).
+//! - `store`: [`AsyncTaskStore`] (one instance, async calls) and [`TaskStore`] (blocking),
+//!   and the records their calls take and return ([`Task`], [`UpdateOptions`],
+//!   [`ListOptions`], [`Page`], ...).
 //! - `options`: [`Options`] and reading the Redis address from the URL.
 //! - `network`: the socket allow-list derived from that address.
+//! - `sandbox`: the component's WASI context: that network, nothing else.
 //! - `error`: [`TaskError`], the component's error variant plus host failures.
 //! - `output`: the bounded buffer behind the component's stdout and stderr.
 //! - [`redis_server`]: a throwaway `redis-server` for tests and the CLI's `demo`.
+//! - [`cache`]: [`ComponentCache`], the compiled component kept on disk for the CLI.
+//! - [`bench`]: `taskstore bench`, the component against a native build of the same client.
 
+pub mod bench;
+pub mod cache;
 mod error;
 mod network;
 mod options;
 mod output;
 pub mod redis_server;
 pub mod runtime;
+mod sandbox;
 mod store;
 
+pub use cache::{CacheOutcome, ComponentCache};
 pub use error::TaskError;
 pub use options::{redact_url, Options};
 pub use runtime::{Runtime, COMPONENT, DEFAULT_MEMORY_LIMIT};
-pub use store::{AsyncTaskStore, TaskStore, TimeToLive};
+pub use store::{
+    AsyncTaskStore, ListOptions, Page, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
+};
 
 mod bindings {
     wasmtime::component::bindgen!({

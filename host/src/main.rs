@@ -1,7 +1,9 @@
 //! `taskstore`: research tasks in Redis from the command line, through the component.
 //!
 //! Exit codes: 0 success; 1 not found; 2 usage error or invalid input; 3 any other failure
-//! (connection, timeout, authentication, protocol, server, corrupt data, host).
+//! (connection, timeout, authentication, protocol, server, corrupt data, contention, host);
+//! 4 the task exists (`set --if-absent`) or is not in the expected state (`update
+//! --expect-status`).
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -10,9 +12,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use taskstore_host::redis_server::RedisServer;
-use taskstore_host::{Options, Runtime, TaskError, TaskStore, TimeToLive};
+use taskstore_host::{
+    ListOptions, Options, Runtime, TaskError, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
+};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+/// Pages `list --all` reads at most, so that a keyspace that keeps changing underneath it
+/// cannot keep it going forever.
+const MAX_LIST_PAGES: usize = 100_000;
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +59,9 @@ enum Command {
     /// Walk a research task through its life; without --redis or REDIS_URL, on a throwaway
     /// redis-server
     Demo,
+    /// Measure the component against a native build of the same client (release builds
+    /// only); without --redis, REDIS_URL or --port, on a private redis-server
+    Bench(taskstore_host::bench::BenchArgs),
 }
 
 /// The commands that act on one task.
@@ -65,6 +75,49 @@ enum TaskCommand {
         /// Expire after this many seconds [default: 604800, 7 days]
         #[arg(long, value_name = "SECS")]
         ttl: Option<u64>,
+        /// Only create the task: if it exists, leave it unchanged and exit with code 4
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Apply a JSON merge patch (RFC 7386) to a task atomically and print the new document
+    ///
+    /// Members the patch does not name keep their exact text; `null` removes a member. With
+    /// --expect-status, a task whose "status" differs is left unchanged, its current
+    /// document printed, and the exit code is 4.
+    Update {
+        id: String,
+        /// The patch, a JSON object; `-` reads it from stdin (one trailing newline dropped)
+        patch: String,
+        /// Apply the patch only if the task's top-level "status" is this string
+        #[arg(long, value_name = "S")]
+        expect_status: Option<String>,
+        /// Expire this many seconds from now [default: keep the time left]
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u64>,
+    },
+    /// Make a task expire this many seconds from now, without rewriting it
+    Expire {
+        id: String,
+        #[arg(value_name = "SECS")]
+        seconds: u64,
+    },
+    /// Print tasks, one JSON document per line; `next-cursor: C` on stderr when more remain
+    ///
+    /// Line breaks in a document, which JSON allows only as whitespace between tokens, are
+    /// printed as spaces so that each document stays on one line.
+    List {
+        /// Only tasks whose top-level "status" is this string
+        #[arg(long, value_name = "S")]
+        status: Option<String>,
+        /// Most tasks per page, 1..=10000 [default: 100]
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Continue from the `next-cursor` a previous run printed
+        #[arg(long, value_name = "C")]
+        cursor: Option<String>,
+        /// Follow the cursors to the end, printing every page
+        #[arg(long)]
+        all: bool,
     },
     /// Print a task's document
     Get { id: String },
@@ -82,6 +135,8 @@ enum Failure {
     NotFound(String),
     /// No such task, and stdout already says so (exit 1, no message).
     Absent,
+    /// The task exists, or is not in the expected state (exit 4).
+    Conflict(String),
     /// Input the CLI itself rejects (exit 2).
     Usage(String),
     /// The store's error: exit 2 for invalid input, else 3.
@@ -105,7 +160,9 @@ fn main() -> ExitCode {
                 Failure::NotFound(message) => (1, message),
                 Failure::Absent => return ExitCode::from(1),
                 Failure::Usage(message) => (2, message),
+                Failure::Conflict(message) => (4, message),
                 Failure::Task(error @ TaskError::InvalidInput(_)) => (2, error.to_string()),
+                Failure::Task(error @ TaskError::Conflict(_)) => (4, error.to_string()),
                 Failure::Task(error) => (3, error.to_string()),
                 Failure::Other(message) => (3, message),
             };
@@ -118,6 +175,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Demo => demo(&cli),
+        Command::Bench(args) => {
+            taskstore_host::bench::run(args, cli.redis.clone(), cli.prefix.clone())
+                .map_err(|e| Failure::Other(format!("bench: {e:#}")))
+        }
         Command::Task(command) => {
             let url = cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
             let mut store = open(&cli, url)?;
@@ -129,12 +190,92 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn execute(store: &mut TaskStore, command: &TaskCommand) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     match command {
-        TaskCommand::Set { id, document, ttl } => {
+        TaskCommand::Set {
+            id,
+            document,
+            ttl,
+            if_absent,
+        } => {
             let document = match document.as_deref() {
                 None | Some("-") => read_stdin()?,
                 Some(text) => text.to_owned(),
             };
-            store.set(id, &document, *ttl)?;
+            if !*if_absent {
+                store.set(id, &document, *ttl)?;
+            } else if !store.create(id, &document, *ttl)? {
+                return Err(Failure::Conflict(format!(
+                    "task {id:?} already exists; left unchanged"
+                )));
+            }
+        }
+        TaskCommand::Update {
+            id,
+            patch,
+            expect_status,
+            ttl,
+        } => {
+            let patch = match patch.as_str() {
+                "-" => read_stdin()?,
+                text => text.to_owned(),
+            };
+            let options = UpdateOptions {
+                expect_status: expect_status.clone(),
+                ttl: ttl.map_or(TtlPolicy::Keep, TtlPolicy::Set),
+            };
+            match store.update(id, &patch, &options) {
+                Ok(Some(document)) => print(&mut stdout, &document)?,
+                Ok(None) => return Err(not_found(id)),
+                Err(TaskError::Conflict(current)) => {
+                    print(&mut stdout, &current)?;
+                    let expected = expect_status.as_deref().unwrap_or_default();
+                    return Err(Failure::Conflict(format!(
+                        "task {id:?} {}, not {expected:?}; left unchanged",
+                        describe_status(&current)
+                    )));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        TaskCommand::Expire { id, seconds } => {
+            if !store.expire(id, *seconds)? {
+                return Err(not_found(id));
+            }
+        }
+        TaskCommand::List {
+            status,
+            limit,
+            cursor,
+            all,
+        } => {
+            let mut options = ListOptions {
+                status: status.clone(),
+                limit: *limit,
+                cursor: cursor.clone(),
+            };
+            let mut pages = 0;
+            loop {
+                let page = store.list(&options)?;
+                pages += 1;
+                for task in &page.tasks {
+                    print(&mut stdout, &task.document.replace(['\r', '\n'], " "))?;
+                }
+                match page.cursor {
+                    None => break,
+                    Some(next) if *all && pages < MAX_LIST_PAGES => options.cursor = Some(next),
+                    Some(next) => {
+                        stdout
+                            .flush()
+                            .map_err(|e| Failure::Other(format!("cannot write to stdout: {e}")))?;
+                        eprintln!("next-cursor: {next}");
+                        if *all {
+                            return Err(Failure::Other(format!(
+                                "stopped after {MAX_LIST_PAGES} pages; continue with --cursor"
+                            )));
+                        }
+                        break;
+                    }
+                }
+            }
         }
         TaskCommand::Get { id } => match store.get(id)? {
             Some(document) => print(&mut stdout, &document)?,
@@ -162,8 +303,8 @@ fn execute(store: &mut TaskStore, command: &TaskCommand) -> Result<(), Failure> 
 }
 
 fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
-    let runtime =
-        Runtime::new().map_err(|e| Failure::Other(format!("cannot load the component: {e:#}")))?;
+    let runtime = Runtime::cached()
+        .map_err(|e| Failure::Other(format!("cannot load the component: {e:#}")))?;
     let options = Options {
         key_prefix: cli.prefix.clone(),
         timeout_ms: cli.timeout_ms,
@@ -174,6 +315,19 @@ fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
 
 fn not_found(id: &str) -> Failure {
     Failure::NotFound(format!("no task {id:?}"))
+}
+
+/// `has status "x"` or `has no string status`, read from a document for a message.
+fn describe_status(document: &str) -> String {
+    match serde_json::from_str::<Value>(document)
+        .ok()
+        .as_ref()
+        .and_then(|document| document.get("status"))
+        .and_then(Value::as_str)
+    {
+        Some(status) => format!("has status {status:?}"),
+        None => "has no string status".to_owned(),
+    }
 }
 
 /// The document from stdin, minus one trailing newline so that `get | set` round-trips.
@@ -236,7 +390,7 @@ fn demo(cli: &Cli) -> Result<(), Failure> {
 }
 
 fn demo_steps(store: &mut TaskStore, id: &str) -> Result<(), Failure> {
-    let mut task = json!({
+    let task = json!({
         "id": id,
         "status": "pending",
         "query": "Compare cold-start latency of WebAssembly components and containers for edge functions",
@@ -245,28 +399,45 @@ fn demo_steps(store: &mut TaskStore, id: &str) -> Result<(), Failure> {
         "sources": [],
         "result": null,
     });
-    store.set(id, &task.to_string(), None)?;
+    if !store.create(id, &task.to_string(), None)? {
+        return Err(Failure::Conflict(format!("task {id} already exists")));
+    }
     println!("1. created task {id}: status pending, progress 0");
 
-    task["status"] = json!("running");
-    task["progress"] = json!(40);
-    task["sources"] = json!([
-        {"url": "https://example.org/papers/wasm-edge", "title": "Wasm at the Edge",
-         "snippet": "Cold starts below 1 ms.", "relevance": 0.93},
-        {"url": "https://example.org/bench/containers", "title": "Containers vs Wasm",
-         "snippet": "Containers: 300-900 ms.", "relevance": 0.81},
-    ]);
-    store.set(id, &task.to_string(), None)?;
+    // Each step moves the task on only from the state it expects, as a worker would: a
+    // second worker picking up the same task gets a conflict instead of overwriting it.
+    let running = json!({
+        "status": "running",
+        "progress": 40,
+        "sources": [
+            {"url": "https://example.org/papers/wasm-edge", "title": "Wasm at the Edge",
+             "snippet": "Cold starts below 1 ms.", "relevance": 0.93},
+            {"url": "https://example.org/bench/containers", "title": "Containers vs Wasm",
+             "snippet": "Containers: 300-900 ms.", "relevance": 0.81},
+        ],
+    });
+    advance(store, id, "pending", &running)?;
     println!("2. running: progress 40, 2 sources found");
 
-    task["status"] = json!("completed");
-    task["progress"] = json!(100);
-    task["result"] = json!(
-        "Wasm components start 10-100x faster than containers and use far less memory; \
-         containers remain simpler for full POSIX workloads."
-    );
-    store.set(id, &task.to_string(), None)?;
+    let completed = json!({
+        "status": "completed",
+        "progress": 100,
+        "result": "Wasm components start 10-100x faster than containers and use far less memory; \
+                   containers remain simpler for full POSIX workloads.",
+    });
+    advance(store, id, "running", &completed)?;
     println!("3. completed: progress 100, result written");
+    match advance(store, id, "running", &completed) {
+        Err(Failure::Task(TaskError::Conflict(_))) => {
+            println!("   a second \"running -> completed\" update is refused: conflict")
+        }
+        Ok(()) => {
+            return Err(Failure::Other(format!(
+                "task {id} was completed twice: the status precondition did not hold"
+            )))
+        }
+        Err(other) => return Err(other),
+    }
 
     let stored = store
         .get(id)?
@@ -311,6 +482,20 @@ fn demo_steps(store: &mut TaskStore, id: &str) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// Applies `patch` to task `id` only if its status is `from`.
+fn advance(store: &mut TaskStore, id: &str, from: &str, patch: &Value) -> Result<(), Failure> {
+    let options = UpdateOptions {
+        expect_status: Some(from.to_owned()),
+        ttl: TtlPolicy::Keep,
+    };
+    match store.update(id, &patch.to_string(), &options)? {
+        Some(_) => Ok(()),
+        None => Err(Failure::Other(format!(
+            "task {id} vanished while it was {from}"
+        ))),
+    }
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SS+00:00`, the shape of `created_at`.

@@ -1,8 +1,11 @@
 //! Stores: one wasmtime `Store` and component instance each, holding one guest `store`.
 
+use std::future::Future;
+use std::time::Duration;
+
 use wasmtime::component::{ResourceAny, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::exports::taskstore::storage::task_storage as wit;
 use crate::bindings::RedisTaskStore;
@@ -10,7 +13,8 @@ use crate::error::TaskError;
 use crate::network::NetworkPolicy;
 use crate::options::{url_secrets, Endpoint, Options};
 use crate::output::GuestOutput;
-use crate::runtime::Runtime;
+use crate::runtime::{deadline_ticks, Runtime};
+use crate::sandbox::wasi_context;
 
 /// Bytes of the component's stdout/stderr kept for error reports.
 const GUEST_OUTPUT_BYTES: usize = 16 * 1024;
@@ -22,6 +26,58 @@ pub enum TimeToLive {
     ExpiresIn(u64),
     /// The task never expires.
     Persistent,
+}
+
+/// One task: its id and its document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// The task's id (the key without the prefix).
+    pub id: String,
+    /// The task's JSON document, exactly as stored.
+    pub document: String,
+}
+
+/// What [`AsyncTaskStore::update`] does to the task's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TtlPolicy {
+    /// Keep the time left, whatever it is; a task without expiry stays without.
+    #[default]
+    Keep,
+    /// Expire this many seconds from now (1..=3153600000).
+    Set(u64),
+}
+
+/// Options of [`AsyncTaskStore::update`]; the default applies the patch unconditionally and
+/// keeps the TTL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateOptions {
+    /// Apply the patch only if the task's top-level `"status"` is this string; otherwise
+    /// fail with [`TaskError::Conflict`].
+    pub expect_status: Option<String>,
+    /// What happens to the task's expiry.
+    pub ttl: TtlPolicy,
+}
+
+/// Options of [`AsyncTaskStore::list`]; the default lists every task, 100 per page, from
+/// the beginning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Only tasks whose top-level `"status"` is this string.
+    pub status: Option<String>,
+    /// Most tasks in the page: 1..=10000; `None` is 100.
+    pub limit: Option<u32>,
+    /// The [`Page::cursor`] of the previous page; `None` starts from the beginning.
+    pub cursor: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// At most `limit` tasks, in no particular order. It may hold fewer, even none, while
+    /// more remain: only `cursor` says whether the listing is over.
+    pub tasks: Vec<Task>,
+    /// Pass it as [`ListOptions::cursor`] to continue; `None` once every task was visited.
+    pub cursor: Option<String>,
 }
 
 /// Per-instance host state: the component's WASI context and its resources.
@@ -46,6 +102,11 @@ struct Instance {
     guest: RedisTaskStore,
     handle: ResourceAny,
     output: GuestOutput,
+    /// How long each call may run; see [`Runtime::with_call_deadline`].
+    call_deadline: Duration,
+    /// The same in epoch ticks: the bound on guest code, where the timer above bounds the
+    /// host calls it waits on.
+    deadline_ticks: u64,
 }
 
 /// A task store backed by one component instance; the async API.
@@ -54,12 +115,13 @@ struct Instance {
 /// that drives the tokio runtime (a current-thread runtime, or inside a spawned task);
 /// blocking on them from elsewhere costs a thread hop per socket operation.
 ///
-/// If the component traps, the call fails with [`TaskError::Host`], the instance is thrown
-/// away, and the next call starts a new one and opens the store again with the same
-/// options. The same happens when a call's future is dropped before it completes (a
-/// timeout around it, say): the instance may have sent half a command. Dropping an `AsyncTaskStore` releases everything, including the Redis
-/// connection, but without running the component's destructor; [`AsyncTaskStore::close`]
-/// runs it.
+/// If the component traps, or a call runs past the runtime's per-call deadline
+/// ([`Runtime::with_call_deadline`]), the call fails with [`TaskError::Host`], the instance
+/// is thrown away, and the next call starts a new one and opens the store again with the
+/// same options. The same happens when a call's future is dropped before it completes (a
+/// timeout around it, say): the instance may have sent half a command. Dropping an
+/// `AsyncTaskStore` releases everything, including the Redis connection, but without
+/// running the component's destructor; [`AsyncTaskStore::close`] runs it.
 pub struct AsyncTaskStore {
     runtime: Runtime,
     options: Options,
@@ -107,6 +169,7 @@ impl AsyncTaskStore {
             .taskstore_storage_task_storage()
             .store()
             .call_get(&mut instance.store, instance.handle, id)
+            .bounded(instance.call_deadline)
             .await;
         self.finish(instance, outcome)
     }
@@ -136,6 +199,7 @@ impl AsyncTaskStore {
                 document,
                 ttl_seconds,
             )
+            .bounded(instance.call_deadline)
             .await;
         self.finish(instance, outcome)
     }
@@ -153,6 +217,7 @@ impl AsyncTaskStore {
             .taskstore_storage_task_storage()
             .store()
             .call_delete(&mut instance.store, instance.handle, id)
+            .bounded(instance.call_deadline)
             .await;
         self.finish(instance, outcome)
     }
@@ -168,6 +233,7 @@ impl AsyncTaskStore {
             .taskstore_storage_task_storage()
             .store()
             .call_ttl(&mut instance.store, instance.handle, id)
+            .bounded(instance.call_deadline)
             .await;
         let ttl = self.finish(instance, outcome)?;
         Ok(ttl.map(|ttl| match ttl {
@@ -187,6 +253,208 @@ impl AsyncTaskStore {
             .taskstore_storage_task_storage()
             .store()
             .call_exists(&mut instance.store, instance.handle, id)
+            .bounded(instance.call_deadline)
+            .await;
+        self.finish(instance, outcome)
+    }
+
+    /// Stores `document` as task `id` only if there is no such task, expiring after
+    /// `ttl_seconds` (or the default TTL); `true` if it was created, `false` if a task with
+    /// this id exists (it is left unchanged).
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::set`]. It is never resent on a new connection, so after
+    /// [`TaskError::Connection`] or [`TaskError::Timeout`] the task may or may not have been
+    /// created.
+    pub async fn create(
+        &mut self,
+        id: &str,
+        document: &str,
+        ttl_seconds: Option<u64>,
+    ) -> Result<bool, TaskError> {
+        let mut instance = self.take_instance().await?;
+        let outcome = instance
+            .guest
+            .taskstore_storage_task_storage()
+            .store()
+            .call_create(
+                &mut instance.store,
+                instance.handle,
+                id,
+                document,
+                ttl_seconds,
+            )
+            .bounded(instance.call_deadline)
+            .await;
+        self.finish(instance, outcome)
+    }
+
+    /// Applies the JSON merge patch `patch` (RFC 7386, a JSON object) to task `id`
+    /// atomically and returns the new document, or `None` if there is no such task (nothing
+    /// is written then).
+    ///
+    /// Concurrent writers, whether other stores, other processes or plain Redis clients,
+    /// never lose an update: the read-modify-write is retried when the task changes
+    /// underneath it. Members the patch does not name keep their exact text; see the WIT
+    /// `update` for the layout of what it does rewrite.
+    ///
+    /// # Errors
+    /// [`TaskError::Conflict`], carrying the current document, when
+    /// [`UpdateOptions::expect_status`] does not match (nothing is written);
+    /// [`TaskError::Contended`] when it gave up after the task changed on every attempt;
+    /// [`TaskError::InvalidInput`] for a malformed id, a patch that is not a JSON object, a
+    /// result larger than the document limit, or a TTL out of range;
+    /// [`TaskError::CorruptData`] when the stored value is not a UTF-8 JSON object;
+    /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`] (the update
+    /// may or may not have been applied, never twice); [`TaskError::Host`] if the component
+    /// trapped.
+    pub async fn update(
+        &mut self,
+        id: &str,
+        patch: &str,
+        options: &UpdateOptions,
+    ) -> Result<Option<String>, TaskError> {
+        let options = wit::UpdateOptions {
+            expect_status: options.expect_status.clone(),
+            ttl: Some(match options.ttl {
+                TtlPolicy::Keep => wit::TtlPolicy::Keep,
+                TtlPolicy::Set(seconds) => wit::TtlPolicy::Set(seconds),
+            }),
+        };
+        let mut instance = self.take_instance().await?;
+        let outcome = instance
+            .guest
+            .taskstore_storage_task_storage()
+            .store()
+            .call_update(&mut instance.store, instance.handle, id, patch, &options)
+            .bounded(instance.call_deadline)
+            .await;
+        self.finish(instance, outcome)
+    }
+
+    /// Sets task `id` to expire `ttl_seconds` from now without rewriting it; `false` if
+    /// there is no such task.
+    ///
+    /// # Errors
+    /// [`TaskError::InvalidInput`] for a malformed id or a TTL outside 1..=3153600000;
+    /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`];
+    /// [`TaskError::Host`] if the component trapped.
+    pub async fn expire(&mut self, id: &str, ttl_seconds: u64) -> Result<bool, TaskError> {
+        let mut instance = self.take_instance().await?;
+        let outcome = instance
+            .guest
+            .taskstore_storage_task_storage()
+            .store()
+            .call_expire(&mut instance.store, instance.handle, id, ttl_seconds)
+            .bounded(instance.call_deadline)
+            .await;
+        self.finish(instance, outcome)
+    }
+
+    /// One page of tasks, optionally only those with a given status.
+    ///
+    /// Tasks written by any client are found (keys are enumerated with `SCAN`, never
+    /// `KEYS`); a task deleted or expired before it is read is not returned. While the set
+    /// of tasks does not change, following the cursors from `None` to `None` returns every
+    /// task exactly once.
+    ///
+    /// # Errors
+    /// [`TaskError::InvalidInput`] for a limit out of range or a malformed cursor;
+    /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`];
+    /// [`TaskError::Host`] if the component trapped.
+    pub async fn list(&mut self, options: &ListOptions) -> Result<Page, TaskError> {
+        let options = wit::ListOptions {
+            status: options.status.clone(),
+            limit: options.limit,
+            cursor: options.cursor.clone(),
+        };
+        let mut instance = self.take_instance().await?;
+        let outcome = instance
+            .guest
+            .taskstore_storage_task_storage()
+            .store()
+            .call_list(&mut instance.store, instance.handle, &options)
+            .bounded(instance.call_deadline)
+            .await;
+        let page = self.finish(instance, outcome)?;
+        Ok(Page {
+            tasks: page.tasks.into_iter().map(Task::from).collect(),
+            cursor: page.cursor,
+        })
+    }
+
+    /// The documents of `ids`, in order, `None` where there is no such task; one round trip.
+    ///
+    /// # Errors
+    /// [`TaskError::InvalidInput`] if any id is malformed or there are more than 10000 ids
+    /// (nothing is sent); [`TaskError::CorruptData`] if any value is not UTF-8;
+    /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`];
+    /// [`TaskError::Host`] if the component trapped.
+    pub async fn get_many(&mut self, ids: &[String]) -> Result<Vec<Option<String>>, TaskError> {
+        let mut instance = self.take_instance().await?;
+        let outcome = instance
+            .guest
+            .taskstore_storage_task_storage()
+            .store()
+            .call_get_many(&mut instance.store, instance.handle, ids)
+            .bounded(instance.call_deadline)
+            .await;
+        self.finish(instance, outcome)
+    }
+
+    /// Stores every task in `tasks`, each expiring after `ttl_seconds` (or the default TTL),
+    /// in one round trip. The result has one entry per task, in order: `Ok`, or the
+    /// [`TaskError::Server`] error Redis gave that write (e.g. `OOM`).
+    ///
+    /// # Errors
+    /// [`TaskError::InvalidInput`] if any id or document is invalid, the TTL is out of range,
+    /// or there are more than 10000 tasks (nothing is written); [`TaskError::Connection`],
+    /// [`TaskError::Timeout`] (some writes may have been applied); [`TaskError::Host`] if
+    /// the component trapped.
+    pub async fn set_many(
+        &mut self,
+        tasks: &[Task],
+        ttl_seconds: Option<u64>,
+    ) -> Result<Vec<Result<(), TaskError>>, TaskError> {
+        let tasks: Vec<wit::Task> = tasks
+            .iter()
+            .map(|task| wit::Task {
+                id: task.id.clone(),
+                document: task.document.clone(),
+            })
+            .collect();
+        let mut instance = self.take_instance().await?;
+        let outcome = instance
+            .guest
+            .taskstore_storage_task_storage()
+            .store()
+            .call_set_many(&mut instance.store, instance.handle, &tasks, ttl_seconds)
+            .bounded(instance.call_deadline)
+            .await;
+        let results = self.finish(instance, outcome)?;
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.map_err(|error| TaskError::from_guest(error).redact(&self.secrets))
+            })
+            .collect())
+    }
+
+    /// Removes every task in `ids` in one round trip; per id, in order, whether it was
+    /// there.
+    ///
+    /// # Errors
+    /// [`TaskError::InvalidInput`] if any id is malformed or there are more than 10000 ids
+    /// (nothing is sent); [`TaskError::Server`]; [`TaskError::Connection`],
+    /// [`TaskError::Timeout`]; [`TaskError::Host`] if the component trapped.
+    pub async fn delete_many(&mut self, ids: &[String]) -> Result<Vec<bool>, TaskError> {
+        let mut instance = self.take_instance().await?;
+        let outcome = instance
+            .guest
+            .taskstore_storage_task_storage()
+            .store()
+            .call_delete_many(&mut instance.store, instance.handle, ids)
+            .bounded(instance.call_deadline)
             .await;
         self.finish(instance, outcome)
     }
@@ -201,10 +469,18 @@ impl AsyncTaskStore {
 
     pub(crate) async fn shut_down(&mut self) {
         if let Some(Instance {
-            mut store, handle, ..
+            mut store,
+            handle,
+            call_deadline,
+            deadline_ticks,
+            ..
         }) = self.instance.take()
         {
-            let _ = handle.resource_drop_async(&mut store).await;
+            store.set_epoch_deadline(deadline_ticks);
+            let _ = handle
+                .resource_drop_async(&mut store)
+                .bounded(call_deadline)
+                .await;
         }
     }
 
@@ -214,12 +490,15 @@ impl AsyncTaskStore {
     /// [`AsyncTaskStore::finish`]. A call whose future is dropped midway thus drops the
     /// instance with it, and with it a connection that may hold half a command.
     async fn take_instance(&mut self) -> Result<Instance, TaskError> {
-        match self.instance.take() {
-            Some(instance) => Ok(instance),
+        let mut instance = match self.instance.take() {
+            Some(instance) => instance,
             None => start(&self.runtime, &self.options)
                 .await
-                .map_err(|e| e.redact(&self.secrets)),
-        }
+                .map_err(|e| e.redact(&self.secrets))?,
+        };
+        // Each call gets the whole deadline, whatever earlier calls used.
+        instance.store.set_epoch_deadline(instance.deadline_ticks);
+        Ok(instance)
     }
 
     /// Maps a call's outcome and keeps the instance unless it trapped: the component's
@@ -246,14 +525,6 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
     let policy = NetworkPolicy::resolve(&endpoint).await?;
     let output = GuestOutput::new(GUEST_OUTPUT_BYTES);
 
-    // Deny by default; grant only what the WIT world says the component needs. No env, no
-    // args, no preopens, empty stdin.
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.stdin(tokio::io::empty())
-        .stdout(output.clone())
-        .stderr(output.clone());
-    policy.apply(&mut wasi);
-
     let limits = StoreLimitsBuilder::new()
         .memory_size(runtime.memory_limit())
         // A clear trap beats a failed `memory.grow`, which the guest's allocator turns
@@ -263,12 +534,17 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
     let mut store = Store::new(
         runtime.engine(),
         HostState {
-            wasi: wasi.build(),
+            wasi: wasi_context(policy, &output),
             table: ResourceTable::new(),
             limits,
         },
     );
     store.limiter(|state| &mut state.limits);
+    // Instantiation and `open` share one deadline; every later call is given its own.
+    let call_deadline = runtime.call_deadline(options.timeout_ms);
+    let deadline_ticks = deadline_ticks(call_deadline);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(deadline_ticks);
 
     let guest = runtime
         .pre()
@@ -284,6 +560,7 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
         .taskstore_storage_task_storage()
         .store()
         .call_open(&mut store, &to_wit(options))
+        .bounded(call_deadline)
         .await;
     match opened {
         Ok(Ok(handle)) => Ok(Instance {
@@ -291,9 +568,20 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
             guest,
             handle,
             output,
+            call_deadline,
+            deadline_ticks,
         }),
         Ok(Err(error)) => Err(TaskError::from_guest(error)),
         Err(trap) => Err(trapped(&trap, &output)),
+    }
+}
+
+impl From<wit::Task> for Task {
+    fn from(task: wit::Task) -> Task {
+        Task {
+            id: task.id,
+            document: task.document,
+        }
     }
 }
 
@@ -322,11 +610,37 @@ fn trapped(error: &wasmtime::Error, output: &GuestOutput) -> TaskError {
 /// else the innermost cause.
 fn one_line(error: &wasmtime::Error) -> String {
     let text = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            "the call ran past the host's per-call deadline".to_owned()
+        }
         Some(trap) => trap.to_string(),
         None => error.root_cause().to_string(),
     };
     text.replace(['\n', '\r'], " ")
 }
+
+/// Bounds a guest call in wall-clock time.
+///
+/// The epoch deadline stops guest code that runs too long, but not a guest blocked in a host
+/// call that never completes: wasmtime-wasi 48, for one, waits without end for a pending
+/// TCP write when the guest drops the stream of a connection whose peer stopped reading.
+trait Bounded: Future + Sized {
+    /// The call, or the interrupt trap once `deadline` has passed (the call is dropped, and
+    /// with it the instance's progress: the caller discards the instance).
+    fn bounded<T>(self, deadline: Duration) -> impl Future<Output = wasmtime::Result<T>>
+    where
+        Self: Future<Output = wasmtime::Result<T>>,
+    {
+        async move {
+            match tokio::time::timeout(deadline, self).await {
+                Ok(outcome) => outcome,
+                Err(_elapsed) => Err(wasmtime::Trap::Interrupt.into()),
+            }
+        }
+    }
+}
+
+impl<F: Future> Bounded for F {}
 
 /// The blocking API: an [`AsyncTaskStore`] driven by its own current-thread tokio runtime.
 ///
@@ -398,6 +712,77 @@ impl TaskStore {
     /// As [`AsyncTaskStore::exists`].
     pub fn exists(&mut self, id: &str) -> Result<bool, TaskError> {
         self.tokio.block_on(self.inner.exists(id))
+    }
+
+    /// See [`AsyncTaskStore::create`].
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::create`].
+    pub fn create(
+        &mut self,
+        id: &str,
+        document: &str,
+        ttl_seconds: Option<u64>,
+    ) -> Result<bool, TaskError> {
+        self.tokio
+            .block_on(self.inner.create(id, document, ttl_seconds))
+    }
+
+    /// See [`AsyncTaskStore::update`].
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::update`].
+    pub fn update(
+        &mut self,
+        id: &str,
+        patch: &str,
+        options: &UpdateOptions,
+    ) -> Result<Option<String>, TaskError> {
+        self.tokio.block_on(self.inner.update(id, patch, options))
+    }
+
+    /// See [`AsyncTaskStore::expire`].
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::expire`].
+    pub fn expire(&mut self, id: &str, ttl_seconds: u64) -> Result<bool, TaskError> {
+        self.tokio.block_on(self.inner.expire(id, ttl_seconds))
+    }
+
+    /// See [`AsyncTaskStore::list`].
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::list`].
+    pub fn list(&mut self, options: &ListOptions) -> Result<Page, TaskError> {
+        self.tokio.block_on(self.inner.list(options))
+    }
+
+    /// See [`AsyncTaskStore::get_many`].
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::get_many`].
+    pub fn get_many(&mut self, ids: &[String]) -> Result<Vec<Option<String>>, TaskError> {
+        self.tokio.block_on(self.inner.get_many(ids))
+    }
+
+    /// See [`AsyncTaskStore::set_many`].
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::set_many`].
+    pub fn set_many(
+        &mut self,
+        tasks: &[Task],
+        ttl_seconds: Option<u64>,
+    ) -> Result<Vec<Result<(), TaskError>>, TaskError> {
+        self.tokio.block_on(self.inner.set_many(tasks, ttl_seconds))
+    }
+
+    /// See [`AsyncTaskStore::delete_many`].
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::delete_many`].
+    pub fn delete_many(&mut self, ids: &[String]) -> Result<Vec<bool>, TaskError> {
+        self.tokio.block_on(self.inner.delete_many(ids))
     }
 
     /// Drops the guest `store` and the instance; see [`AsyncTaskStore::close`].

@@ -369,3 +369,293 @@ fn demo_on_a_given_redis_leaves_nothing_behind() {
     );
     assert_eq!(raw(&server, &[b"DBSIZE"]), b":0\r\n");
 }
+
+// --- set --if-absent, update, expire, list ----------------------------------------------
+
+const RUNNING: &str = r#"{"id": "t1", "status": "running", "progress": 10}"#;
+
+/// The integer reply `:<n>\r\n` as a number.
+fn integer(reply: &[u8]) -> i64 {
+    let text = std::str::from_utf8(reply).expect("ASCII reply");
+    text.strip_prefix(':')
+        .and_then(|rest| rest.strip_suffix("\r\n"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not an integer reply: {text:?}"))
+}
+
+/// The value of `next-cursor: C` in `stderr`, if there is one.
+fn next_cursor(run: &Run) -> Option<String> {
+    run.stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("next-cursor: "))
+        .map(str::to_owned)
+}
+
+/// The lines of `run`'s stdout, sorted.
+fn sorted_lines(run: &Run) -> Vec<String> {
+    let mut lines: Vec<String> = run.stdout.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn set_if_absent_creates_once_then_exits_4_leaving_the_task() {
+    let server = RedisServer::start().unwrap();
+    let first = on(&server, &["set", "t1", DOC, "--if-absent", "--ttl", "100"]);
+    assert_eq!((first.code, first.stderr.as_str()), (0, ""), "{first:?}");
+
+    let second = on(&server, &["set", "t1", RUNNING, "--if-absent"]);
+    assert_eq!(second.code, 4, "{second:?}");
+    assert_eq!(second.stdout, "", "{second:?}");
+    assert_one_error_line(&second);
+    assert!(second.stderr.contains("already exists"), "{second:?}");
+
+    assert_eq!(raw(&server, &[b"GET", b"research_task:t1"]), bulk(DOC));
+    let ttl = integer(&raw(&server, &[b"TTL", b"research_task:t1"]));
+    assert!((95..=100).contains(&ttl), "TTL {ttl}");
+}
+
+#[test]
+fn update_prints_the_patched_document_and_keeps_the_ttl() {
+    let server = RedisServer::start().unwrap();
+    assert_eq!(on(&server, &["set", "t1", RUNNING, "--ttl", "100"]).code, 0);
+
+    let run = on(
+        &server,
+        &[
+            "update",
+            "t1",
+            r#"{"status": "completed", "progress": 100}"#,
+            "--expect-status",
+            "running",
+        ],
+    );
+    let expected = r#"{"id": "t1", "status": "completed", "progress": 100}"#;
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (0, format!("{expected}\n").as_str(), ""),
+        "{run:?}"
+    );
+    assert_eq!(raw(&server, &[b"GET", b"research_task:t1"]), bulk(expected));
+    let ttl = integer(&raw(&server, &[b"TTL", b"research_task:t1"]));
+    assert!((95..=100).contains(&ttl), "TTL {ttl}");
+}
+
+#[test]
+fn update_with_ttl_gives_the_task_a_new_ttl() {
+    let server = RedisServer::start().unwrap();
+    assert_eq!(on(&server, &["set", "t1", RUNNING, "--ttl", "100"]).code, 0);
+    let run = on(
+        &server,
+        &["update", "t1", r#"{"progress": 50}"#, "--ttl", "5000"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let ttl = integer(&raw(&server, &[b"TTL", b"research_task:t1"]));
+    assert!((4990..=5000).contains(&ttl), "TTL {ttl}");
+}
+
+#[test]
+fn update_reads_the_patch_from_stdin_when_given_dash() {
+    let server = RedisServer::start().unwrap();
+    assert_eq!(on(&server, &["set", "t1", RUNNING]).code, 0);
+    let run = on_with_stdin(&server, &["update", "t1", "-"], "{\"note\": \"a b\"}\n");
+    let expected = r#"{"id": "t1", "status": "running", "progress": 10, "note": "a b"}"#;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, format!("{expected}\n").as_str()),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn update_with_another_status_exits_4_printing_the_current_document() {
+    let server = RedisServer::start().unwrap();
+    let completed = r#"{"id": "t1", "status": "completed"}"#;
+    assert_eq!(on(&server, &["set", "t1", completed]).code, 0);
+
+    let run = on(
+        &server,
+        &[
+            "update",
+            "t1",
+            r#"{"status": "failed"}"#,
+            "--expect-status",
+            "running",
+        ],
+    );
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(run.stdout, format!("{completed}\n"), "{run:?}");
+    assert_one_error_line(&run);
+    assert!(run.stderr.contains("\"completed\""), "{run:?}");
+    assert!(run.stderr.contains("\"running\""), "{run:?}");
+    assert_eq!(
+        raw(&server, &[b"GET", b"research_task:t1"]),
+        bulk(completed)
+    );
+}
+
+#[test]
+fn update_of_a_missing_task_exits_1_and_creates_nothing() {
+    let server = RedisServer::start().unwrap();
+    let run = on(&server, &["update", "ghost", r#"{"status": "running"}"#]);
+    assert_eq!((run.code, run.stdout.as_str()), (1, ""), "{run:?}");
+    assert_one_error_line(&run);
+    assert_eq!(raw(&server, &[b"DBSIZE"]), b":0\r\n");
+}
+
+#[test]
+fn update_with_an_invalid_patch_exits_2_and_changes_nothing() {
+    let server = RedisServer::start().unwrap();
+    assert_eq!(on(&server, &["set", "t1", RUNNING]).code, 0);
+    for patch in ["[1]", "{", "null"] {
+        let run = on(&server, &["update", "t1", patch]);
+        assert_eq!(run.code, 2, "{patch}: {run:?}");
+        assert_one_error_line(&run);
+    }
+    assert_eq!(raw(&server, &[b"GET", b"research_task:t1"]), bulk(RUNNING));
+}
+
+#[test]
+fn expire_sets_the_ttl_and_exits_1_for_a_missing_task() {
+    let server = RedisServer::start().unwrap();
+    assert_eq!(
+        raw(&server, &[b"SET", b"research_task:t1", RUNNING.as_bytes()]),
+        b"+OK\r\n"
+    );
+    let run = on(&server, &["expire", "t1", "300"]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
+    let ttl = integer(&raw(&server, &[b"TTL", b"research_task:t1"]));
+    assert!((295..=300).contains(&ttl), "TTL {ttl}");
+    assert_eq!(raw(&server, &[b"GET", b"research_task:t1"]), bulk(RUNNING));
+
+    let missing = on(&server, &["expire", "ghost", "300"]);
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert_one_error_line(&missing);
+
+    let zero = on(&server, &["expire", "t1", "0"]);
+    assert_eq!(zero.code, 2, "{zero:?}");
+    assert_one_error_line(&zero);
+}
+
+#[test]
+fn list_prints_one_document_per_line_filtered_by_status() {
+    let server = RedisServer::start().unwrap();
+    let documents = [
+        ("a", r#"{"id": "a", "status": "running"}"#),
+        ("b", r#"{"id": "b", "status": "completed"}"#),
+        ("c", r#"{"id": "c", "status": "running", "note": "x y"}"#),
+    ];
+    for (id, document) in documents {
+        assert_eq!(on(&server, &["set", id, document]).code, 0);
+    }
+
+    let all = on(&server, &["list"]);
+    assert_eq!((all.code, all.stderr.as_str()), (0, ""), "{all:?}");
+    let mut expected: Vec<String> = documents.iter().map(|(_, d)| (*d).to_owned()).collect();
+    expected.sort();
+    assert_eq!(sorted_lines(&all), expected);
+
+    let running = on(&server, &["list", "--status", "running"]);
+    assert_eq!(running.code, 0, "{running:?}");
+    assert_eq!(
+        sorted_lines(&running),
+        [documents[0].1.to_owned(), documents[2].1.to_owned()]
+    );
+
+    let none = on(&server, &["list", "--status", "archived"]);
+    assert_eq!((none.code, none.stdout.as_str()), (0, ""), "{none:?}");
+}
+
+#[test]
+fn list_pages_with_next_cursor_on_stderr_and_all_follows_them() {
+    let server = RedisServer::start().unwrap();
+    let mut expected = Vec::new();
+    for n in 0..5 {
+        let document = format!(r#"{{"n": {n}}}"#);
+        assert_eq!(on(&server, &["set", &format!("t{n}"), &document]).code, 0);
+        expected.push(document);
+    }
+    expected.sort();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let mut args = vec!["list", "--limit", "2"];
+        if let Some(cursor) = &cursor {
+            args.extend(["--cursor", cursor.as_str()]);
+        }
+        let run = on(&server, &args);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stdout.lines().count() <= 2, "{run:?}");
+        seen.extend(run.stdout.lines().map(str::to_owned));
+        cursor = next_cursor(&run);
+        if cursor.is_none() {
+            assert_eq!(run.stderr, "", "{run:?}");
+            break;
+        }
+    }
+    assert_eq!(cursor, None, "the listing did not end within 10 pages");
+    seen.sort();
+    assert_eq!(seen, expected);
+
+    let all = on(&server, &["list", "--limit", "2", "--all"]);
+    assert_eq!((all.code, all.stderr.as_str()), (0, ""), "{all:?}");
+    assert_eq!(sorted_lines(&all), expected);
+}
+
+#[test]
+fn list_prints_a_multi_line_document_on_one_line() {
+    let server = RedisServer::start().unwrap();
+    let pretty = "{\r\n  \"id\": \"p\",\n  \"status\": \"done\"\n}";
+    assert_eq!(
+        raw(&server, &[b"SET", b"research_task:p", pretty.as_bytes()]),
+        b"+OK\r\n"
+    );
+    let run = on(&server, &["list"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
+    let line = run.stdout.trim_end_matches('\n');
+    let printed: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+    let stored: serde_json::Value = serde_json::from_str(pretty).unwrap();
+    assert_eq!(printed, stored);
+}
+
+#[test]
+fn list_with_a_malformed_cursor_or_limit_exits_2() {
+    let server = RedisServer::start().unwrap();
+    for args in [
+        &["list", "--cursor", "nonsense"][..],
+        &["list", "--limit", "0"],
+        &["list", "--limit", "10001"],
+    ] {
+        let run = on(&server, args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert_one_error_line(&run);
+    }
+}
+
+#[test]
+fn new_commands_reject_bad_usage_with_exit_2() {
+    let cases: &[&[&str]] = &[
+        &["update", "t1"],
+        &["update", "t1", "{}", "--ttl", "soon"],
+        &["expire", "t1"],
+        &["expire", "t1", "soon"],
+        &["expire", "t1", "-1"],
+        &["list", "--limit", "many"],
+        &["list", "extra"],
+        &["set", "t1", "{}", "--if-absent", "yes"],
+    ];
+    for args in cases {
+        let run = taskstore(args, &[], "");
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(!run.stderr.is_empty(), "{args:?}: {run:?}");
+    }
+}
+
+#[test]
+fn demo_refuses_a_second_completion_with_a_conflict() {
+    let run = taskstore(&["demo"], &[], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("is refused: conflict"), "{run:?}");
+}

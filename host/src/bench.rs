@@ -1,0 +1,1294 @@
+//! `taskstore bench`: one workload through the component in this host and through a native
+//! build of the same client and store code (`taskstore::store::TaskStore<StdConnector>`),
+//! side by side, so that the ratio between them is what the WebAssembly layer costs.
+//!
+//! # Workload
+//! One connection per client, sequential calls, `--n` distinct ids per repetition after a
+//! warm-up: `set` (7-day TTL), `get`, `lifecycle` (`update` with a merge patch setting
+//! `status` and `progress`), `delete`; then `set-many` and `get-many` in batches of 100;
+//! then `list`: every page (100 tasks each) of a filtered listing (`status = "running"`,
+//! a quarter of them) over `--list-tasks` tasks. Repetitions alternate which client goes
+//! first. Each line reads `<client>:<op> <ops_per_s> <p50_us> <p99_us>`; for batches and
+//! `list`, ops/s counts tasks and the latencies are per call.
+//!
+//! The component runs as [`AsyncTaskStore`] on a current-thread tokio runtime, each
+//! repetition inside one `block_on` on the thread that drives it (no thread hop per socket
+//! operation). The blocking [`crate::TaskStore`] is the same with one `block_on` per call.
+//!
+//! It also reports the component's size, compile and cache-load times, instantiation from
+//! `InstancePre`, cold and warm CLI starts (separate processes), and memory per idle store.
+//!
+//! Timings on a shared 2-core machine vary: unpinned, cross-core wake-ups can triple every
+//! latency. Compare the two clients within one run; `--pin` puts this process and a private
+//! `redis-server` on one CPU.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use serde_json::Value;
+use taskstore::config::{RedisUrl, StoreOptions};
+use taskstore::std_tcp::StdConnector;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::exports::taskstore::storage::task_storage as wit;
+use crate::bindings::RedisTaskStorePre;
+use crate::cache::{CacheOutcome, ComponentCache, CACHE_DIR_ENV};
+use crate::network::NetworkPolicy;
+use crate::options::Endpoint;
+use crate::output::GuestOutput;
+use crate::redis_server::RedisServer;
+use crate::runtime::{deadline_ticks, engine_config, to_anyhow, Runtime, COMPONENT};
+use crate::sandbox::wasi_context;
+use crate::{AsyncTaskStore, ListOptions, Options, Task, TaskStore, UpdateOptions};
+
+type NativeStore = taskstore::store::TaskStore<StdConnector>;
+
+/// The research task the benchmark stores unless `--doc` names another (1 KiB).
+pub const DEFAULT_DOCUMENT: &str = include_str!("../benches/task.json");
+
+/// TTL of every task written: 7 days.
+const TTL_SECONDS: u64 = 604_800;
+const BATCH: usize = 100;
+const LIST_PAGE: u32 = 100;
+const LIST_STATUSES: [&str; 4] = ["pending", "running", "completed", "failed"];
+const LIST_FILTER: &str = "running";
+/// Sequential calls of each kind before the timed ones, per client.
+const WARM_UP: usize = 1_000;
+/// Stores opened to measure memory per idle store.
+const IDLE_STORES: usize = 100;
+/// Every CLI process the benchmark starts gets this timeout, so none can hang.
+const CLI_TIMEOUT_MS: &str = "5000";
+
+/// Arguments of `taskstore bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Port of a Redis on 127.0.0.1, instead of --redis [default: a private redis-server]
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+    /// Distinct task ids per sequential op and repetition
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub n: usize,
+    /// JSON object to store [default: the embedded 1 KiB research task]
+    #[arg(long, value_name = "FILE")]
+    pub doc: Option<PathBuf>,
+    /// Repetitions; the two clients alternate within each
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    pub reps: usize,
+    /// What to run, comma-separated [default: all]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub ops: Vec<Section>,
+    /// Tasks the `list` op lists
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub list_tasks: usize,
+    /// Pin this process, its threads and children, and a private redis-server to CPU C
+    /// (default 0)
+    #[arg(long, value_name = "C", num_args = 0..=1, default_missing_value = "0")]
+    pub pin: Option<usize>,
+    /// Internal: open a native store, get ID, exit (the baseline of the CLI start figures)
+    #[arg(long, value_name = "ID", hide = true)]
+    pub native_get: Option<String>,
+}
+
+/// What `--ops` selects: the workload's operations, and the other measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Section {
+    Set,
+    Get,
+    Lifecycle,
+    Delete,
+    SetMany,
+    GetMany,
+    List,
+    /// Component size, compile and cache-load times, instantiation, CLI starts.
+    Start,
+    /// Memory per idle store.
+    Memory,
+}
+
+const WORKLOAD: [Section; 7] = [
+    Section::Set,
+    Section::Get,
+    Section::Lifecycle,
+    Section::Delete,
+    Section::SetMany,
+    Section::GetMany,
+    Section::List,
+];
+const SEQUENTIAL: [Section; 4] = [
+    Section::Set,
+    Section::Get,
+    Section::Lifecycle,
+    Section::Delete,
+];
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::Set => "set",
+            Section::Get => "get",
+            Section::Lifecycle => "lifecycle",
+            Section::Delete => "delete",
+            Section::SetMany => "set-many",
+            Section::GetMany => "get-many",
+            Section::List => "list",
+            Section::Start => "start",
+            Section::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Component,
+    Native,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Component => "component",
+            Kind::Native => "native",
+        }
+    }
+
+    /// First letter of this client's ids: both write ids of the same length.
+    fn tag(self) -> char {
+        match self {
+            Kind::Component => 'c',
+            Kind::Native => 'n',
+        }
+    }
+}
+
+/// Runs `taskstore bench`. `redis` is the CLI's `--redis` (or `REDIS_URL`), `prefix` its
+/// `--prefix`.
+///
+/// # Errors
+/// Bad arguments, a Redis that is not on this machine or cannot be reached, a failed
+/// operation, or an operation that returned something other than what was written.
+pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> anyhow::Result<()> {
+    if let Some(cpu) = args.pin {
+        pin_to_cpu(cpu)?;
+    }
+    if let Some(id) = &args.native_get {
+        return native_get(redis.as_deref(), args.port, id);
+    }
+    ensure!(args.n > 0, "--n must be at least 1");
+    ensure!(args.reps > 0, "--reps must be at least 1");
+    ensure!(
+        args.list_tasks <= 1_000_000,
+        "--list-tasks must be at most 1000000"
+    );
+    let sections: Vec<Section> = if args.ops.is_empty() {
+        let mut all = WORKLOAD.to_vec();
+        all.extend([Section::Start, Section::Memory]);
+        all
+    } else {
+        args.ops.clone()
+    };
+    let document = match &args.doc {
+        None => DEFAULT_DOCUMENT.trim_end().to_owned(),
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .trim_end()
+            .to_owned(),
+    };
+    ensure!(
+        serde_json::from_str::<Value>(&document).is_ok_and(|v| v.is_object()),
+        "the document must be one JSON object"
+    );
+
+    let (server, url) = match (redis, args.port) {
+        (Some(_), Some(_)) => bail!("give either --redis (or REDIS_URL) or --port, not both"),
+        (Some(url), None) => (None, url),
+        (None, Some(port)) => (None, format!("redis://127.0.0.1:{port}")),
+        (None, None) => {
+            let server = RedisServer::start().context("cannot start a private redis-server")?;
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let where_ = check_loopback(&url)?;
+    let prefix = prefix.unwrap_or_else(|| format!("taskstore-bench-{}:", std::process::id()));
+
+    println!(
+        "# taskstore bench: n={} reps={} document={} B, Redis {where_}{}, {}, {} CPUs",
+        args.n,
+        args.reps,
+        document.len(),
+        if server.is_some() { " (private)" } else { "" },
+        match args.pin {
+            Some(cpu) => format!("pinned to CPU {cpu}"),
+            None => "unpinned".to_owned(),
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+
+    let bench = Bench {
+        url,
+        prefix,
+        document,
+        n: args.n,
+        reps: args.reps,
+        list_tasks: args.list_tasks,
+        sections,
+    };
+    let mut report = Report::default();
+    if WORKLOAD.iter().any(|op| bench.has(*op)) {
+        bench.workload(&mut report)?;
+        report.print_workload(&bench);
+    }
+    if bench.has(Section::Start) {
+        bench.start_up(&mut report)?;
+    }
+    if bench.has(Section::Memory) {
+        bench.memory(&mut report)?;
+    }
+    report.print_targets();
+    drop(server);
+    Ok(())
+}
+
+struct Bench {
+    url: String,
+    prefix: String,
+    document: String,
+    n: usize,
+    reps: usize,
+    list_tasks: usize,
+    sections: Vec<Section>,
+}
+
+/// Latencies of one client and op, and how many tasks they covered.
+#[derive(Default)]
+struct Samples {
+    nanos: Vec<u64>,
+    tasks: u64,
+}
+
+impl Samples {
+    fn record(&mut self, started: Instant, tasks: usize) {
+        self.nanos.push(started.elapsed().as_nanos() as u64);
+        self.tasks += tasks as u64;
+    }
+
+    /// Tasks per second over the time spent inside the calls.
+    fn per_second(&self) -> f64 {
+        let total: u64 = self.nanos.iter().sum();
+        if total == 0 {
+            0.0
+        } else {
+            self.tasks as f64 * 1e9 / total as f64
+        }
+    }
+
+    fn percentile_us(&self, p: f64) -> f64 {
+        percentile(&self.nanos, p) as f64 / 1e3
+    }
+}
+
+/// The `p` quantile (0..=1) by nearest rank.
+fn percentile(values: &[u64], p: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn median(values: &[u64]) -> u64 {
+    percentile(values, 0.5)
+}
+
+#[derive(Default)]
+struct Report {
+    samples: HashMap<(Kind, Section), Samples>,
+    component_bytes: usize,
+    warm_cli_overhead_ms: Option<f64>,
+    idle_linear_bytes: Option<usize>,
+    idle_rss_bytes: Option<i64>,
+}
+
+impl Report {
+    fn samples(&mut self, kind: Kind, op: Section) -> &mut Samples {
+        self.samples.entry((kind, op)).or_default()
+    }
+
+    fn print_workload(&self, bench: &Bench) {
+        println!("# <client>:<op> <ops_per_s> <p50_us> <p99_us>  (set-many, get-many, list: tasks/s, latency per call)");
+        for op in WORKLOAD.into_iter().filter(|op| bench.has(*op)) {
+            for kind in [Kind::Component, Kind::Native] {
+                if let Some(s) = self.samples.get(&(kind, op)) {
+                    println!(
+                        "{}:{} {:.0} {:.1} {:.1}",
+                        kind.name(),
+                        op.name(),
+                        s.per_second(),
+                        s.percentile_us(0.5),
+                        s.percentile_us(0.99)
+                    );
+                }
+            }
+        }
+        println!("# ratio component/native: <op> p50 <x> ops/s <y>");
+        for op in WORKLOAD.into_iter().filter(|op| bench.has(*op)) {
+            if let Some((c, n)) = self.pair(op) {
+                println!(
+                    "ratio:{} p50 {:.2} ops/s {:.2}",
+                    op.name(),
+                    c.percentile_us(0.5) / n.percentile_us(0.5),
+                    c.per_second() / n.per_second()
+                );
+            }
+        }
+    }
+
+    fn pair(&self, op: Section) -> Option<(&Samples, &Samples)> {
+        Some((
+            self.samples.get(&(Kind::Component, op))?,
+            self.samples.get(&(Kind::Native, op))?,
+        ))
+    }
+
+    fn print_targets(&self) {
+        println!("# targets (issue 5)");
+        for op in SEQUENTIAL {
+            if let Some((c, n)) = self.pair(op) {
+                let ratio = c.percentile_us(0.5) / n.percentile_us(0.5);
+                println!(
+                    "target:{} p50 component/native {ratio:.2} <= 1.25: {}",
+                    op.name(),
+                    verdict(ratio <= 1.25)
+                );
+            }
+        }
+        for (batch, single) in [
+            (Section::SetMany, Section::Set),
+            (Section::GetMany, Section::Get),
+        ] {
+            for kind in [Kind::Component, Kind::Native] {
+                let (Some(b), Some(s)) = (
+                    self.samples.get(&(kind, batch)),
+                    self.samples.get(&(kind, single)),
+                ) else {
+                    continue;
+                };
+                let ratio = b.per_second() / s.per_second();
+                println!(
+                    "target:{}:{} {:.0} tasks/s = {ratio:.1} x {} {:.0}/s >= 5: {}",
+                    kind.name(),
+                    batch.name(),
+                    b.per_second(),
+                    single.name(),
+                    s.per_second(),
+                    verdict(ratio >= 5.0)
+                );
+            }
+        }
+        if self.component_bytes > 0 {
+            let kib = self.component_bytes as f64 / 1024.0;
+            println!(
+                "target:component-size {kib:.1} KiB <= 160 KiB: {}",
+                verdict(kib <= 160.0)
+            );
+        }
+        if let Some(ms) = self.warm_cli_overhead_ms {
+            println!(
+                "target:warm-cli host time beyond the native process {ms:.2} ms < 5 ms: {}",
+                verdict(ms < 5.0)
+            );
+        }
+        if let Some(bytes) = self.idle_linear_bytes {
+            let rss = self.idle_rss_bytes.unwrap_or(0);
+            let worst = (bytes as i64).max(rss) as f64 / (1024.0 * 1024.0);
+            println!(
+                "target:idle-store {worst:.2} MiB (larger of linear memory and RSS per store) <= 2 MiB: {}",
+                verdict(worst <= 2.0)
+            );
+        }
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT MET"
+    }
+}
+
+/// The two clients behind one interface. Native calls are synchronous; running them inside
+/// the same async code costs a poll of a ready future.
+enum Client {
+    Component(AsyncTaskStore),
+    Native(Box<NativeStore>),
+}
+
+/// Ids and documents of one batch, built for both clients before the clock starts.
+struct Batch {
+    ids: Vec<String>,
+    host: Vec<Task>,
+    native: Vec<taskstore::store::Task>,
+}
+
+impl Batch {
+    fn new(ids: Vec<String>, document: impl Fn(usize) -> String) -> Batch {
+        let host: Vec<Task> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Task {
+                id: id.clone(),
+                document: document(i),
+            })
+            .collect();
+        let native = host
+            .iter()
+            .map(|task| taskstore::store::Task {
+                id: task.id.clone(),
+                document: task.document.clone(),
+            })
+            .collect();
+        Batch { ids, host, native }
+    }
+}
+
+impl Client {
+    async fn open(
+        kind: Kind,
+        runtime: &Runtime,
+        url: &str,
+        prefix: &str,
+    ) -> anyhow::Result<Client> {
+        Ok(match kind {
+            Kind::Component => {
+                let options = Options {
+                    key_prefix: Some(prefix.to_owned()),
+                    ..Options::new(url)
+                };
+                Client::Component(runtime.open_async(options).await?)
+            }
+            Kind::Native => {
+                let options = StoreOptions {
+                    key_prefix: Some(prefix.to_owned()),
+                    ..StoreOptions::new(url)
+                };
+                Client::Native(Box::new(NativeStore::open(&options, StdConnector)?))
+            }
+        })
+    }
+
+    async fn set(&mut self, id: &str, document: &str) -> anyhow::Result<()> {
+        match self {
+            Client::Component(s) => s.set(id, document, Some(TTL_SECONDS)).await?,
+            Client::Native(s) => s.set(id, document, Some(TTL_SECONDS))?,
+        }
+        Ok(())
+    }
+
+    async fn get(&mut self, id: &str) -> anyhow::Result<Option<String>> {
+        Ok(match self {
+            Client::Component(s) => s.get(id).await?,
+            Client::Native(s) => s.get(id)?,
+        })
+    }
+
+    async fn update(&mut self, id: &str, patch: &str) -> anyhow::Result<Option<String>> {
+        Ok(match self {
+            Client::Component(s) => s.update(id, patch, &UpdateOptions::default()).await?,
+            Client::Native(s) => s.update(id, patch, &Default::default())?,
+        })
+    }
+
+    async fn delete(&mut self, id: &str) -> anyhow::Result<bool> {
+        Ok(match self {
+            Client::Component(s) => s.delete(id).await?,
+            Client::Native(s) => s.delete(id)?,
+        })
+    }
+
+    async fn set_many(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        let failed = match self {
+            Client::Component(s) => s
+                .set_many(&batch.host, Some(TTL_SECONDS))
+                .await?
+                .into_iter()
+                .filter(Result::is_err)
+                .count(),
+            Client::Native(s) => s
+                .set_many(&batch.native, Some(TTL_SECONDS))?
+                .into_iter()
+                .filter(Result::is_err)
+                .count(),
+        };
+        ensure!(failed == 0, "{failed} writes of a set-many failed");
+        Ok(())
+    }
+
+    async fn get_many(&mut self, ids: &[String]) -> anyhow::Result<usize> {
+        let found = match self {
+            Client::Component(s) => s.get_many(ids).await?,
+            Client::Native(s) => s.get_many(ids)?,
+        };
+        Ok(found.iter().filter(|d| d.is_some()).count())
+    }
+
+    async fn delete_many(&mut self, ids: &[String]) -> anyhow::Result<()> {
+        match self {
+            Client::Component(s) => {
+                s.delete_many(ids).await?;
+            }
+            Client::Native(s) => {
+                s.delete_many(ids)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One page of the filtered listing: how many tasks it held, and the next cursor.
+    async fn list_page(
+        &mut self,
+        cursor: Option<String>,
+    ) -> anyhow::Result<(usize, Option<String>)> {
+        Ok(match self {
+            Client::Component(s) => {
+                let options = ListOptions {
+                    status: Some(LIST_FILTER.to_owned()),
+                    limit: Some(LIST_PAGE),
+                    cursor,
+                };
+                let page = s.list(&options).await?;
+                (page.tasks.len(), page.cursor)
+            }
+            Client::Native(s) => {
+                let options = taskstore::store::ListOptions {
+                    status: Some(LIST_FILTER.to_owned()),
+                    limit: Some(LIST_PAGE),
+                    cursor,
+                };
+                let page = s.list(&options)?;
+                (page.tasks.len(), page.cursor)
+            }
+        })
+    }
+
+    async fn close(self) {
+        if let Client::Component(s) = self {
+            s.close().await;
+        }
+    }
+}
+
+impl Bench {
+    fn has(&self, section: Section) -> bool {
+        self.sections.contains(&section)
+    }
+
+    fn workload(&self, report: &mut Report) -> anyhow::Result<()> {
+        let runtime = Runtime::new()?;
+        let tokio = current_thread()?;
+        let list_ids: Vec<String> = (0..self.list_tasks)
+            .map(|i| format!("list-{i:07}"))
+            .collect();
+        let list_set = if self.has(Section::List) {
+            let template: serde_json::Map<String, Value> = serde_json::from_str(&self.document)?;
+            Some(Batch::new(list_ids.clone(), |i| {
+                let mut document = template.clone();
+                document.insert("id".into(), Value::from(list_ids[i].clone()));
+                document.insert("status".into(), Value::from(LIST_STATUSES[i % 4]));
+                Value::Object(document).to_string()
+            }))
+        } else {
+            None
+        };
+
+        tokio.block_on(async {
+            let mut clients = Vec::new();
+            for kind in [Kind::Component, Kind::Native] {
+                clients.push((
+                    kind,
+                    Client::open(kind, &runtime, &self.url, &self.prefix).await?,
+                ));
+            }
+            if let Some(batch) = &list_set {
+                let native = native_client(&mut clients);
+                for (ids, chunk) in batch.ids.chunks(BATCH).zip(batch.native.chunks(BATCH)) {
+                    let part = Batch {
+                        ids: ids.to_vec(),
+                        host: Vec::new(),
+                        native: chunk.to_vec(),
+                    };
+                    native.set_many(&part).await?;
+                }
+            }
+            for (kind, client) in &mut clients {
+                eprintln!("# warming up {}", kind.name());
+                self.warm_up(*kind, client).await?;
+            }
+            for rep in 0..self.reps {
+                if rep % 2 == 1 {
+                    clients.reverse();
+                }
+                for (kind, client) in &mut clients {
+                    eprintln!("# rep {}/{}: {}", rep + 1, self.reps, kind.name());
+                    self.repetition(*kind, client, rep, report).await?;
+                }
+                if rep % 2 == 1 {
+                    clients.reverse();
+                }
+            }
+            if list_set.is_some() {
+                for chunk in list_ids.chunks(BATCH) {
+                    native_client(&mut clients).delete_many(chunk).await?;
+                }
+            }
+            for (_, client) in clients {
+                client.close().await;
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    async fn warm_up(&self, kind: Kind, client: &mut Client) -> anyhow::Result<()> {
+        let patch = r#"{"status":"running","progress":1}"#;
+        for i in 0..WARM_UP.min(self.n) {
+            let id = format!("{}w-{i:07}", kind.tag());
+            client.set(&id, &self.document).await?;
+            client.get(&id).await?;
+            client.update(&id, patch).await?;
+            client.delete(&id).await?;
+        }
+        let batch = Batch::new(
+            (0..BATCH)
+                .map(|i| format!("{}w-b{i:06}", kind.tag()))
+                .collect(),
+            |_| self.document.clone(),
+        );
+        client.set_many(&batch).await?;
+        client.get_many(&batch.ids).await?;
+        client.delete_many(&batch.ids).await?;
+        Ok(())
+    }
+
+    /// One repetition of the workload for one client.
+    async fn repetition(
+        &self,
+        kind: Kind,
+        client: &mut Client,
+        rep: usize,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let tag = kind.tag();
+        if SEQUENTIAL.iter().any(|op| self.has(*op)) {
+            let ids: Vec<String> = (0..self.n).map(|i| format!("{tag}{rep}-{i:07}")).collect();
+            let mut set = Samples::default();
+            for id in &ids {
+                let started = Instant::now();
+                client.set(id, &self.document).await?;
+                set.record(started, 1);
+            }
+            if self.has(Section::Set) {
+                merge(report.samples(kind, Section::Set), set);
+            }
+            if self.has(Section::Get) {
+                let samples = report.samples(kind, Section::Get);
+                for id in &ids {
+                    let started = Instant::now();
+                    let document = client.get(id).await?;
+                    samples.record(started, 1);
+                    ensure!(
+                        document.is_some_and(|d| d.len() == self.document.len()),
+                        "get {id} did not return what was set"
+                    );
+                }
+            }
+            if self.has(Section::Lifecycle) {
+                let samples = report.samples(kind, Section::Lifecycle);
+                for (i, id) in ids.iter().enumerate() {
+                    let patch = format!(r#"{{"status":"running","progress":{}}}"#, i % 100);
+                    let started = Instant::now();
+                    let updated = client.update(id, &patch).await?;
+                    samples.record(started, 1);
+                    ensure!(updated.is_some(), "update {id}: the task is gone");
+                }
+            }
+            if self.has(Section::Delete) {
+                let samples = report.samples(kind, Section::Delete);
+                for id in &ids {
+                    let started = Instant::now();
+                    let deleted = client.delete(id).await?;
+                    samples.record(started, 1);
+                    ensure!(deleted, "delete {id}: the task was not there");
+                }
+            } else {
+                for chunk in ids.chunks(BATCH) {
+                    client.delete_many(chunk).await?;
+                }
+            }
+        }
+
+        if self.has(Section::SetMany) || self.has(Section::GetMany) {
+            let batches: Vec<Batch> = (0..self.n.div_ceil(BATCH))
+                .map(|b| {
+                    let ids = (b * BATCH..((b + 1) * BATCH).min(self.n))
+                        .map(|i| format!("{tag}{rep}-b{i:06}"))
+                        .collect();
+                    Batch::new(ids, |_| self.document.clone())
+                })
+                .collect();
+            let mut set_many = Samples::default();
+            for batch in &batches {
+                let started = Instant::now();
+                client.set_many(batch).await?;
+                set_many.record(started, batch.ids.len());
+            }
+            if self.has(Section::SetMany) {
+                merge(report.samples(kind, Section::SetMany), set_many);
+            }
+            if self.has(Section::GetMany) {
+                let samples = report.samples(kind, Section::GetMany);
+                for batch in &batches {
+                    let started = Instant::now();
+                    let found = client.get_many(&batch.ids).await?;
+                    samples.record(started, batch.ids.len());
+                    ensure!(found == batch.ids.len(), "get-many missed tasks");
+                }
+            }
+            for batch in &batches {
+                client.delete_many(&batch.ids).await?;
+            }
+        }
+
+        if self.has(Section::List) {
+            let samples = report.samples(kind, Section::List);
+            let (mut cursor, mut listed) = (None, 0);
+            // Bounded: a page holds at least one task unless a scan budget ran out; the
+            // listing over a keyspace that does not change ends well within this.
+            for _ in 0..self.list_tasks + 100 {
+                let started = Instant::now();
+                let (tasks, next) = client.list_page(cursor).await?;
+                samples.record(started, tasks);
+                listed += tasks;
+                cursor = next;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            let expected = (0..self.list_tasks)
+                .filter(|i| LIST_STATUSES[i % 4] == LIST_FILTER)
+                .count();
+            ensure!(
+                cursor.is_none() && listed == expected,
+                "list returned {listed} tasks with status {LIST_FILTER:?}, expected {expected}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Size, compile and load times, instantiation, CLI starts.
+    fn start_up(&self, report: &mut Report) -> anyhow::Result<()> {
+        report.component_bytes = COMPONENT.len();
+        println!(
+            "component:size {} bytes ({:.1} KiB)",
+            COMPONENT.len(),
+            COMPONENT.len() as f64 / 1024.0
+        );
+
+        let engine = wasmtime::Engine::new(&engine_config()).map_err(to_anyhow)?;
+        let mut compile = Vec::new();
+        let mut compiled = None;
+        for _ in 0..5 {
+            let started = Instant::now();
+            compiled = Some(Component::new(&engine, COMPONENT).map_err(to_anyhow)?);
+            compile.push(started.elapsed().as_nanos() as u64);
+        }
+        let serialized = compiled
+            .expect("compiled at least once")
+            .serialize()
+            .map_err(to_anyhow)?;
+        let mut deserialize = Vec::new();
+        for _ in 0..20 {
+            let started = Instant::now();
+            // SAFETY: these bytes were serialized just above by an engine of this
+            // configuration, in this process.
+            unsafe { Component::deserialize(&engine, &serialized) }.map_err(to_anyhow)?;
+            deserialize.push(started.elapsed().as_nanos() as u64);
+        }
+        let dir = tempfile::tempdir()?;
+        let cache = ComponentCache::new(dir.path().join("cache"));
+        cache.load_or_compile(&engine, COMPONENT)?;
+        let mut cached = Vec::new();
+        for _ in 0..20 {
+            let started = Instant::now();
+            let (_, outcome) = cache.load_or_compile(&engine, COMPONENT)?;
+            cached.push(started.elapsed().as_nanos() as u64);
+            ensure!(outcome == CacheOutcome::Hit, "cache load: {outcome:?}");
+        }
+        let mut runtime_cached = Vec::new();
+        for _ in 0..20 {
+            let started = Instant::now();
+            let (runtime, outcome) = Runtime::from_bytes_cached(COMPONENT, &cache)?;
+            runtime_cached.push(started.elapsed().as_nanos() as u64);
+            ensure!(outcome == CacheOutcome::Hit, "cache load: {outcome:?}");
+            drop(runtime);
+        }
+        println!(
+            "component:compile Component::new {:.1} ms (median of 5); precompiled {} bytes ({:.0} KiB)",
+            ms(median(&compile)),
+            serialized.len(),
+            serialized.len() as f64 / 1024.0
+        );
+        println!(
+            "component:deserialize Component::deserialize {:.2} ms; from the cache file (read, SHA-256, deserialize) {:.2} ms; whole Runtime from the cache (engine, load, link) {:.2} ms (medians of 20)",
+            ms(median(&deserialize)),
+            ms(median(&cached)),
+            ms(median(&runtime_cached))
+        );
+
+        self.instantiation()?;
+        self.cli_starts(report)?;
+        Ok(())
+    }
+
+    /// Instantiation from `InstancePre`, and opening a whole store.
+    fn instantiation(&self) -> anyhow::Result<()> {
+        let runtime = Runtime::new()?;
+        let tokio = current_thread()?;
+        let probe = ProbePre::new(&runtime)?;
+        let (instantiate, with_store, open) = tokio.block_on(async {
+            let policy = NetworkPolicy::resolve(&Endpoint::from_url(&self.url)?).await?;
+            let (mut instantiate, mut with_store) = (Vec::new(), Vec::new());
+            for _ in 0..200 {
+                let started = Instant::now();
+                let mut store = probe.store(policy.clone());
+                let before = Instant::now();
+                probe
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(to_anyhow)?;
+                instantiate.push(before.elapsed().as_nanos() as u64);
+                with_store.push(started.elapsed().as_nanos() as u64);
+            }
+            let mut open = Vec::new();
+            for _ in 0..50 {
+                let started = Instant::now();
+                let store = runtime.open_async(Options::new(&self.url)).await?;
+                open.push(started.elapsed().as_nanos() as u64);
+                store.close().await;
+            }
+            anyhow::Ok((instantiate, with_store, open))
+        })?;
+        println!(
+            "component:instantiate InstancePre {:.1} us (p99 {:.1}); with a new Store and WASI context {:.1} us; open a store (resolve, instantiate, connect, handshake) {:.1} us (medians)",
+            us(median(&instantiate)),
+            us(percentile(&instantiate, 0.99)),
+            us(median(&with_store)),
+            us(median(&open))
+        );
+        Ok(())
+    }
+
+    /// Separate `taskstore get <absent id>` processes: cold (compiling) and warm (cached)
+    /// against a native process of the same binary doing the same get.
+    fn cli_starts(&self, report: &mut Report) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let id = "bench-absent-task";
+        let run = |args: &[&str], cache_dir: Option<&std::path::Path>| -> anyhow::Result<u64> {
+            let mut command = Command::new(&exe);
+            command
+                .args(["--timeout-ms", CLI_TIMEOUT_MS])
+                .args(args)
+                .env("REDIS_URL", &self.url)
+                .env_remove(CACHE_DIR_ENV)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            match cache_dir {
+                Some(dir) => command.env(CACHE_DIR_ENV, dir),
+                None => command.env(CACHE_DIR_ENV, ""),
+            };
+            let started = Instant::now();
+            let output = command.output().context("cannot run taskstore")?;
+            let elapsed = started.elapsed().as_nanos() as u64;
+            // `get` of an absent task exits with 1; the native probe with 0.
+            ensure!(
+                matches!(output.status.code(), Some(0 | 1)),
+                "taskstore {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            Ok(elapsed)
+        };
+        let get = ["get", id];
+        let mut cold = Vec::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir()?;
+            cold.push(run(&get, Some(&dir.path().join("cache")))?);
+        }
+        let mut uncached = Vec::new();
+        for _ in 0..5 {
+            uncached.push(run(&get, None)?);
+        }
+        let warm_dir = tempfile::tempdir()?;
+        let warm_cache = warm_dir.path().join("cache");
+        run(&get, Some(&warm_cache))?;
+        let (mut warm, mut native) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            warm.push(run(&get, Some(&warm_cache))?);
+            native.push(run(&["bench", "--native-get", id], None)?);
+        }
+        let overhead = ms(median(&warm)) - ms(median(&native));
+        report.warm_cli_overhead_ms = Some(overhead);
+        println!(
+            "cli:get cold (empty cache: compile, store) {:.1} ms; cache off {:.1} ms; warm {:.1} ms (min {:.1}); native process, same get {:.1} ms (min {:.1}); warm host time beyond the native process {:.2} ms (medians; process spawn to exit)",
+            ms(median(&cold)),
+            ms(median(&uncached)),
+            ms(median(&warm)),
+            ms(*warm.iter().min().unwrap_or(&0)),
+            ms(median(&native)),
+            ms(*native.iter().min().unwrap_or(&0)),
+            overhead
+        );
+
+        // The same steps in this process, to see where a warm start goes.
+        let cache = ComponentCache::new(&warm_cache);
+        let (mut load, mut open, mut first_get, mut native_total) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let started = Instant::now();
+            let (runtime, outcome) = Runtime::from_bytes_cached(COMPONENT, &cache)?;
+            load.push(started.elapsed().as_nanos() as u64);
+            ensure!(outcome == CacheOutcome::Hit, "warm cache: {outcome:?}");
+            let started = Instant::now();
+            let mut store = TaskStore::open(&runtime, Options::new(&self.url))?;
+            open.push(started.elapsed().as_nanos() as u64);
+            let started = Instant::now();
+            store.get(id)?;
+            first_get.push(started.elapsed().as_nanos() as u64);
+            store.close();
+
+            let started = Instant::now();
+            let mut native = NativeStore::open(&StoreOptions::new(&self.url), StdConnector)?;
+            native.get(id)?;
+            native_total.push(started.elapsed().as_nanos() as u64);
+        }
+        println!(
+            "cli:in-process warm load (engine, cache file, link) {:.2} ms; open (tokio, instantiate, connect) {:.2} ms; first get {:.3} ms; native open + get {:.3} ms (medians of 20)",
+            ms(median(&load)),
+            ms(median(&open)),
+            ms(median(&first_get)),
+            ms(median(&native_total)),
+        );
+        Ok(())
+    }
+
+    /// Memory per idle store: wasm linear memory, and the process's RSS growth.
+    fn memory(&self, report: &mut Report) -> anyhow::Result<()> {
+        let runtime = Runtime::new()?;
+        let tokio = current_thread()?;
+        let probe = ProbePre::new(&runtime)?;
+        let (linear, rss) = tokio.block_on(async {
+            let policy = NetworkPolicy::resolve(&Endpoint::from_url(&self.url)?).await?;
+            let mut probes = Vec::new();
+            for _ in 0..IDLE_STORES {
+                probes.push(probe.open(policy.clone(), &self.url).await?);
+            }
+            let linear: usize = probes.iter().map(|s| s.data().memory_bytes).sum();
+            drop(probes);
+
+            // Warm the allocator and the runtime's shared state before the baseline.
+            runtime
+                .open_async(Options::new(&self.url))
+                .await?
+                .close()
+                .await;
+            let before = rss_bytes();
+            let mut stores = Vec::new();
+            for _ in 0..IDLE_STORES {
+                stores.push(runtime.open_async(Options::new(&self.url)).await?);
+            }
+            let after = rss_bytes();
+            for store in stores {
+                store.close().await;
+            }
+            let rss = match (before, after) {
+                (Some(b), Some(a)) => Some((a as i64 - b as i64) / IDLE_STORES as i64),
+                _ => None,
+            };
+            anyhow::Ok((linear / IDLE_STORES, rss))
+        })?;
+        report.idle_linear_bytes = Some(linear);
+        report.idle_rss_bytes = rss;
+        let mut line = format!(
+            "memory:idle-store linear memory {} KiB per instance",
+            linear / 1024
+        );
+        if let Some(rss) = rss {
+            let _ = write!(
+                line,
+                "; RSS growth {:.0} KiB per store",
+                rss as f64 / 1024.0
+            );
+        }
+        let _ = write!(line, " ({IDLE_STORES} open stores)");
+        println!("{line}");
+        Ok(())
+    }
+}
+
+fn native_client(clients: &mut [(Kind, Client)]) -> &mut Client {
+    let (_, client) = clients
+        .iter_mut()
+        .find(|(kind, _)| *kind == Kind::Native)
+        .expect("both clients are open");
+    client
+}
+
+fn merge(into: &mut Samples, from: Samples) {
+    into.nanos.extend(from.nanos);
+    into.tasks += from.tasks;
+}
+
+fn ms(nanos: u64) -> f64 {
+    nanos as f64 / 1e6
+}
+
+fn us(nanos: u64) -> f64 {
+    nanos as f64 / 1e3
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a tokio runtime")
+}
+
+/// The process's resident set, from `/proc/self/statm` (Linux only).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Instances like a store's, in a store whose state counts linear memory as it grows.
+struct ProbePre {
+    pre: RedisTaskStorePre<Probe>,
+    engine: wasmtime::Engine,
+}
+
+struct Probe {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory_bytes: usize,
+}
+
+impl WasiView for Probe {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for Probe {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.memory_bytes += desired.saturating_sub(current);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+impl ProbePre {
+    fn new(runtime: &Runtime) -> anyhow::Result<ProbePre> {
+        let engine = runtime.engine().clone();
+        let component: &Component = runtime.pre().instance_pre().component();
+        let mut linker = Linker::<Probe>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
+        let pre = linker.instantiate_pre(component).map_err(to_anyhow)?;
+        Ok(ProbePre {
+            pre: RedisTaskStorePre::new(pre).map_err(to_anyhow)?,
+            engine,
+        })
+    }
+
+    fn store(&self, policy: NetworkPolicy) -> Store<Probe> {
+        let mut store = Store::new(
+            &self.engine,
+            Probe {
+                wasi: wasi_context(policy, &GuestOutput::new(1024)),
+                table: ResourceTable::new(),
+                memory_bytes: 0,
+            },
+        );
+        store.limiter(|probe| probe);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(Duration::from_secs(60)));
+        store
+    }
+
+    /// An instance with an open guest store, as [`AsyncTaskStore`] keeps it between calls.
+    async fn open(&self, policy: NetworkPolicy, url: &str) -> anyhow::Result<Store<Probe>> {
+        let mut store = self.store(policy);
+        let guest = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(to_anyhow)?;
+        let options = wit::Options {
+            url: url.to_owned(),
+            key_prefix: None,
+            default_ttl_seconds: None,
+            timeout_ms: None,
+            max_document_bytes: None,
+        };
+        let handle = guest
+            .taskstore_storage_task_storage()
+            .store()
+            .call_open(&mut store, &options)
+            .await
+            .map_err(to_anyhow)?
+            .map_err(|e| anyhow::anyhow!("open failed: {}", crate::TaskError::from_guest(e)))?;
+        // The handle stays open (its connection too) until the store is dropped.
+        let _ = handle;
+        Ok(store)
+    }
+}
+
+/// Refuses a Redis that is not on this machine: the benchmark floods it and deletes keys.
+fn check_loopback(url: &str) -> anyhow::Result<String> {
+    let parsed = RedisUrl::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let endpoint = parsed.endpoint;
+    let addresses: Vec<_> = (endpoint.host.as_str(), endpoint.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}", endpoint.host))?
+        .collect();
+    ensure!(
+        !addresses.is_empty() && addresses.iter().all(|a| a.ip().is_loopback()),
+        "the benchmark runs only against a Redis on this machine (a loopback address), not {}",
+        endpoint.host
+    );
+    Ok(format!("{}:{}", endpoint.host, endpoint.port))
+}
+
+/// `--native-get`: what a CLI process does, natively: open a store, get `id`, exit.
+fn native_get(redis: Option<&str>, port: Option<u16>, id: &str) -> anyhow::Result<()> {
+    let url = match (redis, port) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(port)) => format!("redis://127.0.0.1:{port}"),
+        (None, None) => "redis://127.0.0.1:6379".to_owned(),
+    };
+    let mut store = NativeStore::open(&StoreOptions::new(url), StdConnector)?;
+    store.get(id)?;
+    Ok(())
+}
+
+/// Pins the calling thread, and so every thread and process it starts afterwards, to `cpu`.
+fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET checks nothing but writes
+    // within the set, and `cpu` is checked against its size first.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        ensure!(
+            cpu < 8 * std::mem::size_of::<libc::cpu_set_t>(),
+            "no such CPU: {cpu}"
+        );
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&values, 0.5), 50);
+        assert_eq!(percentile(&values, 0.99), 99);
+        assert_eq!(percentile(&values, 1.0), 100);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn default_document_is_a_json_object_of_about_a_kibibyte() {
+        let document: Value = serde_json::from_str(DEFAULT_DOCUMENT).unwrap();
+        assert!(document.is_object());
+        assert!((900..1200).contains(&DEFAULT_DOCUMENT.trim_end().len()));
+    }
+
+    #[test]
+    fn redis_off_this_machine_is_refused() {
+        assert!(check_loopback("redis://127.0.0.1:6379").is_ok());
+        assert!(check_loopback("redis://localhost:6379").is_ok());
+        let error = check_loopback("redis://192.0.2.1:6379").unwrap_err();
+        assert!(error.to_string().contains("loopback"), "{error}");
+    }
+
+    #[test]
+    fn a_short_run_of_every_section_completes() {
+        let server = RedisServer::start().unwrap();
+        let args = BenchArgs {
+            port: Some(server.port()),
+            n: 20,
+            doc: None,
+            reps: 2,
+            ops: WORKLOAD.to_vec(),
+            list_tasks: 250,
+            pin: None,
+            native_get: None,
+        };
+        run(&args, None, None).unwrap();
+    }
+
+    #[test]
+    fn instantiation_and_memory_measurements_complete() {
+        let server = RedisServer::start().unwrap();
+        let bench = Bench {
+            url: server.url(),
+            prefix: "bench-test:".to_owned(),
+            document: DEFAULT_DOCUMENT.to_owned(),
+            n: 1,
+            reps: 1,
+            list_tasks: 0,
+            sections: vec![Section::Memory],
+        };
+        bench.instantiation().unwrap();
+        let mut report = Report::default();
+        bench.memory(&mut report).unwrap();
+        // Not a timing: a store's memory is at least the guest's one 64 KiB page.
+        assert!(report.idle_linear_bytes.unwrap() >= 64 * 1024);
+    }
+}

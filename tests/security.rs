@@ -1,0 +1,388 @@
+//! Authentication, secrets and least privilege.
+//!
+//! Credentials come from the URL (`redis://:password@host` for `requirepass`,
+//! `redis://user:password@host` for an ACL user) and are checked when the store opens. The
+//! password must never show in an error, in `Debug` output, or in a trap report. The
+//! component gets TCP to the Redis address and nothing else; `host/src/sandbox.rs` checks
+//! that on the WASI context itself, the test here from outside.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, TcpListener};
+use std::time::Duration;
+
+use support::fault::{Fault, FaultProxy};
+use support::*;
+use taskstore_host::{ListOptions, Options, Runtime, TaskError, UpdateOptions};
+
+const DOC: &str = r#"{"id": "t1", "status": "pending", "progress": 0}"#;
+const SECRET: &str = "hunter2-S3CRET";
+
+fn key(id: &str) -> String {
+    format!("{DEFAULT_PREFIX}{id}")
+}
+
+fn requirepass(password: &str) -> RedisServer {
+    RedisServer::builder()
+        .arg("--requirepass")
+        .arg(password)
+        .start()
+        .unwrap()
+}
+
+#[track_caller]
+fn assert_authentication<T>(result: Result<T, TaskError>) -> String {
+    match result {
+        Err(TaskError::Authentication(message)) => message,
+        Err(other) => panic!("expected Authentication, got {other:?}"),
+        Ok(_) => panic!("expected Authentication, got Ok"),
+    }
+}
+
+/// Every rendering of `error` a caller might log.
+fn shown(error: &TaskError) -> String {
+    format!("{error} / {error:?} / {}", error.message())
+}
+
+// --- authentication ---------------------------------------------------------------------
+
+#[test]
+fn requirepass_password_from_the_url_authenticates() {
+    let server = requirepass("right-password");
+    let url = format!("redis://:right-password@127.0.0.1:{}", server.port());
+    let mut store = open_with(Options::new(url)).unwrap();
+    store.set("t1", DOC, None).unwrap();
+    let mut con = plain_url(&format!(
+        "redis://:right-password@127.0.0.1:{}",
+        server.port()
+    ));
+    assert_eq!(
+        plain_get(&mut con, &key("t1")),
+        Some(DOC.as_bytes().to_vec())
+    );
+}
+
+#[test]
+fn percent_encoded_password_from_the_url_authenticates() {
+    let server = requirepass("p@ss w:rd/%");
+    let url = format!("redis://:p%40ss%20w%3Ard%2F%25@127.0.0.1:{}", server.port());
+    let mut store = open_with(Options::new(url.as_str())).unwrap();
+    store.set("t1", DOC, None).unwrap();
+    assert_eq!(store.get("t1").unwrap().as_deref(), Some(DOC));
+}
+
+#[test]
+fn acl_user_and_password_from_the_url_authenticate() {
+    let server = server();
+    let mut con = plain(&server);
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", "alice", "on", ">alice-pw", "~*", "+@all"])
+        .query(&mut con)
+        .unwrap();
+    let url = format!("redis://alice:alice-pw@127.0.0.1:{}", server.port());
+    let mut store = open_with(Options::new(url.as_str())).unwrap();
+    store.set("t1", DOC, None).unwrap();
+    assert_eq!(
+        plain_get(&mut con, &key("t1")),
+        Some(DOC.as_bytes().to_vec())
+    );
+    let whoami: Vec<String> = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query::<String>(&mut con)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            line.split(' ')
+                .find_map(|field| field.strip_prefix("user="))
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(whoami.contains(&"alice".to_owned()), "{whoami:?}");
+}
+
+#[test]
+fn wrong_password_is_an_authentication_error_at_open() {
+    let server = requirepass("right-password");
+    let url = format!("redis://:wrong-password@127.0.0.1:{}", server.port());
+    let message = assert_authentication(open_with(Options::new(url)));
+    assert!(!message.contains("wrong-password"), "{message}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{}", server.port())),
+        "{message}"
+    );
+}
+
+#[test]
+fn wrong_acl_password_or_disabled_user_is_an_authentication_error() {
+    let server = server();
+    let mut con = plain(&server);
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", "alice", "on", ">alice-pw", "~*", "+@all"])
+        .query(&mut con)
+        .unwrap();
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", "bob", "off", ">bob-pw", "~*", "+@all"])
+        .query(&mut con)
+        .unwrap();
+    for url in [
+        format!("redis://alice:not-alice-pw@127.0.0.1:{}", server.port()),
+        format!("redis://nobody:alice-pw@127.0.0.1:{}", server.port()),
+        format!("redis://bob:bob-pw@127.0.0.1:{}", server.port()),
+    ] {
+        let message = assert_authentication(open_with(Options::new(url.as_str())));
+        assert!(!message.contains("-pw"), "{url}: {message}");
+    }
+}
+
+#[test]
+fn missing_password_is_an_authentication_error_at_open() {
+    let server = requirepass("right-password");
+    // `open` checks the connection (PING), so a missing password fails there, not later.
+    let message = assert_authentication(open_with(Options::new(server.url())));
+    assert!(message.contains("password"), "{message}");
+}
+
+#[test]
+fn reconnect_authenticates_again() {
+    // The handshake (AUTH) is repeated on every new connection.
+    let server = requirepass("right-password");
+    let url = format!("redis://:right-password@127.0.0.1:{}", server.port());
+    let mut store = open_with(Options::new(url)).unwrap();
+    store.set("t1", DOC, None).unwrap();
+    let mut con = plain_url(&format!(
+        "redis://:right-password@127.0.0.1:{}",
+        server.port()
+    ));
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal"])
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(killed, 1);
+    assert_eq!(store.get("t1").unwrap().as_deref(), Some(DOC));
+}
+
+// --- secrets ----------------------------------------------------------------------------
+
+#[test]
+fn password_never_appears_in_error_messages() {
+    let server = requirepass("right-password");
+    let port = closed_port();
+    let urls = [
+        // Unreachable.
+        format!("redis://:{SECRET}@127.0.0.1:{port}"),
+        format!("redis://someone:{SECRET}@127.0.0.1:{port}"),
+        // Malformed.
+        format!("redis://:{SECRET}@127.0.0.1:notaport"),
+        format!("redis://user:{SECRET}@127.0.0.1:{}/x", server.port()),
+        format!("http://user:{SECRET}@127.0.0.1:{}", server.port()),
+        format!("redis://:{SECRET}@127.0.0.1:{}?db=1", server.port()),
+        format!("redis://:{SECRET}%zz@127.0.0.1:{}", server.port()),
+        // Rejected by the server.
+        format!("redis://:{SECRET}@127.0.0.1:{}", server.port()),
+        format!("redis://someone:{SECRET}@127.0.0.1:{}", server.port()),
+        // Percent-encoded: neither the encoded nor the decoded form may show.
+        format!("redis://:{SECRET}%21@127.0.0.1:{}", server.port()),
+    ];
+    for url in urls {
+        match open_with(Options::new(url.as_str())) {
+            Err(e) => {
+                let shown = shown(&e);
+                assert!(!shown.contains(SECRET), "{url}: {shown}");
+            }
+            Ok(_) => panic!("{url}: opened a store"),
+        }
+    }
+}
+
+#[test]
+fn password_never_appears_in_timeout_protocol_or_server_errors() {
+    let server = requirepass(SECRET);
+    let proxy = FaultProxy::start(server.addr());
+    let url = format!("redis://:{SECRET}@{}", proxy.addr());
+    let mut store = open_with(Options {
+        timeout_ms: Some(300),
+        ..Options::new(url.as_str())
+    })
+    .unwrap();
+    store.set("t1", DOC, None).unwrap();
+
+    let mut errors = Vec::new();
+    proxy.arm("GET", Fault::Hang, 1);
+    errors.push(store.get("t1").unwrap_err());
+    proxy.arm("GET", Fault::Reply(b"?nonsense\r\n".to_vec()), 1);
+    errors.push(store.get("t1").unwrap_err());
+    proxy.arm("GET", Fault::Reply(b"-ERR out of luck\r\n".to_vec()), 1);
+    errors.push(store.get("t1").unwrap_err());
+    proxy.arm("GET", Fault::ReplyThenReset(b"$3\r\n".to_vec()), 2);
+    errors.push(store.get("t1").unwrap_err());
+    // A server that echoes the password back: the host scrubs what the component passes on.
+    proxy.arm(
+        "AUTH",
+        Fault::Reply(format!("-WRONGPASS {SECRET} is not it\r\n").into_bytes()),
+        1,
+    );
+    proxy.arm("GET", Fault::Close, 1);
+    errors.push(store.get("t1").unwrap_err());
+    proxy.arm(
+        "GET",
+        Fault::Reply(format!("-ERR unknown key {SECRET}\r\n").into_bytes()),
+        1,
+    );
+    errors.push(store.get("t1").unwrap_err());
+
+    assert_eq!(errors.len(), 6);
+    for error in &errors {
+        let shown = shown(error);
+        assert!(!shown.contains(SECRET), "{shown}");
+    }
+    assert!(
+        matches!(errors[0], TaskError::Timeout(_)),
+        "{:?}",
+        errors[0]
+    );
+    assert!(
+        matches!(errors[1], TaskError::Protocol(_)),
+        "{:?}",
+        errors[1]
+    );
+    assert!(matches!(errors[2], TaskError::Server(_)), "{:?}", errors[2]);
+    assert!(
+        matches!(errors[3], TaskError::Connection(_)),
+        "{:?}",
+        errors[3]
+    );
+    assert!(
+        matches!(errors[4], TaskError::Authentication(_)),
+        "{:?}",
+        errors[4]
+    );
+    assert!(matches!(errors[5], TaskError::Server(_)), "{:?}", errors[5]);
+    assert_eq!(store.get("t1").unwrap().as_deref(), Some(DOC));
+}
+
+#[test]
+fn password_never_appears_in_debug_output_or_trap_reports() {
+    let server = requirepass(SECRET);
+    let url = format!("redis://user:{SECRET}@127.0.0.1:{}/0", server.port());
+    let mut con = plain_url(&format!("redis://:{SECRET}@127.0.0.1:{}", server.port()));
+    let () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "user",
+            "on",
+            &format!(">{SECRET}"),
+            "~*",
+            "+@all",
+        ])
+        .query(&mut con)
+        .unwrap();
+
+    let options = Options::new(url.as_str());
+    let options_debug = format!("{options:?}");
+    assert!(!options_debug.contains(SECRET), "{options_debug}");
+
+    let runtime = Runtime::new().unwrap().with_memory_limit(4 * 1024 * 1024);
+    let mut store = taskstore_host::TaskStore::open(&runtime, options).unwrap();
+    let store_debug = format!("{store:?} {runtime:?}");
+    assert!(!store_debug.contains(SECRET), "{store_debug}");
+
+    // A trap report quotes the component's last output line; it holds no secret either.
+    let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(6 * 1024 * 1024));
+    let trapped = store.set("big", &big, None).unwrap_err();
+    assert!(matches!(trapped, TaskError::Host(_)), "{trapped:?}");
+    assert!(!shown(&trapped).contains(SECRET), "{}", shown(&trapped));
+}
+
+// --- least privilege --------------------------------------------------------------------
+
+/// Counts connections to a loopback port nobody should use, until dropped.
+struct Tripwire {
+    listener: TcpListener,
+}
+
+impl Tripwire {
+    fn new() -> Tripwire {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Tripwire { listener }
+    }
+
+    fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
+    }
+
+    fn touched(&self) -> bool {
+        match self.listener.accept() {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn component_connects_to_the_configured_redis_and_nowhere_else() {
+    let tripwire = Tripwire::new();
+    let mut server = RedisServer::builder()
+        .args(["--appendonly", "yes"])
+        .start()
+        .unwrap();
+    // A host name: the component resolves it itself, and may still only reach this port.
+    let url = format!("redis://localhost:{}", server.port());
+    let mut store = open_with(Options::new(url)).unwrap();
+
+    // Every operation, a reconnect after a restart, and a store reopened after a trap.
+    store.set("t1", DOC, None).unwrap();
+    store.get("t1").unwrap();
+    store.exists("t1").unwrap();
+    store.ttl("t1").unwrap();
+    store.expire("t1", 100).unwrap();
+    store.create("t2", DOC, None).unwrap();
+    store
+        .update("t1", r#"{"progress": 1}"#, &UpdateOptions::default())
+        .unwrap();
+    store.list(&ListOptions::default()).unwrap();
+    store.get_many(&["t1".to_owned(), "t2".to_owned()]).unwrap();
+    server.restart().unwrap();
+    store.delete_many(&["t1".to_owned()]).unwrap();
+    store.delete("t2").unwrap();
+    store.close();
+
+    assert!(
+        !tripwire.touched(),
+        "port {} saw a connection",
+        tripwire.port()
+    );
+    // Positive control: the same check does notice a connection.
+    let _probe = std::net::TcpStream::connect_timeout(
+        &tripwire.listener.local_addr().unwrap(),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(1), || tripwire.touched()));
+}
+
+#[test]
+fn password_changed_under_an_open_store_is_an_authentication_error_on_reconnect() {
+    let server = requirepass("old-password");
+    let url = format!("redis://:old-password@127.0.0.1:{}", server.port());
+    let mut store = open_with(Options::new(url)).unwrap();
+    store.set("t1", DOC, None).unwrap();
+
+    let mut con = plain_url(&format!(
+        "redis://:old-password@127.0.0.1:{}",
+        server.port()
+    ));
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "new-password"])
+        .query(&mut con)
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal"])
+        .query(&mut con)
+        .unwrap();
+
+    let message = assert_authentication(store.get("t1"));
+    assert!(!message.contains("old-password"), "{message}");
+}
