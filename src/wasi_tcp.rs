@@ -29,7 +29,7 @@ use crate::transport::{Connector, Endpoint, IoError, Transport};
 
 /// Reads start at this size and grow while reads fill the buffer: wasmtime zero-fills the
 /// requested length on every read, so a large fixed length costs time on every reply.
-const INITIAL_READ: u64 = 16 * 1024;
+const INITIAL_READ: u64 = 4 * 1024;
 const MAX_READ: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,9 +38,11 @@ pub struct WasiConnector;
 pub struct WasiTcp {
     /// `None` only while being dropped.
     connection: Option<Connection>,
-    /// Timer of the current operation, created on its first wait only.
+    /// Timer of the current operation, created on its first wait only: an operation whose
+    /// reply is already there makes no clock call at all.
     timer: Option<Pollable>,
-    deadline: monotonic_clock::Instant,
+    /// Timeout of the current operation, in nanoseconds.
+    timeout_ns: u64,
     read_len: u64,
 }
 
@@ -74,8 +76,11 @@ impl Connector for WasiConnector {
 }
 
 fn deadline_after(timeout: Duration) -> monotonic_clock::Instant {
-    let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    monotonic_clock::now().saturating_add(nanos)
+    monotonic_clock::now().saturating_add(nanos(timeout))
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Blocks until `ready` fires or `timer` does. A fired timer wins even when data is ready
@@ -170,7 +175,7 @@ fn connect_one(
             socket,
         }),
         timer: None,
-        deadline,
+        timeout_ns: 0,
         read_len: INITIAL_READ,
     })
 }
@@ -231,11 +236,14 @@ impl WasiTcp {
     }
 
     /// Waits for `which` (one of this connection's pollables) or the operation deadline.
+    ///
+    /// The operation's clock starts at its first wait, microseconds after the operation
+    /// itself started: the time before it is the guest's own work, not a wait on Redis.
     fn wait(&mut self, which: Readiness) -> Result<(), IoError> {
-        let deadline = self.deadline;
+        let timeout_ns = self.timeout_ns;
         let timer = self
             .timer
-            .get_or_insert_with(|| monotonic_clock::subscribe_instant(deadline));
+            .get_or_insert_with(|| monotonic_clock::subscribe_duration(timeout_ns));
         let connection = self.connection.as_ref().ok_or(IoError::Closed)?;
         let ready = match which {
             Readiness::Input => &connection.input_ready,
@@ -252,7 +260,7 @@ enum Readiness {
 
 impl Transport for WasiTcp {
     fn start_operation(&mut self, timeout: Duration) {
-        self.deadline = deadline_after(timeout);
+        self.timeout_ns = nanos(timeout);
         self.timer = None;
     }
 

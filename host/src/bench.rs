@@ -219,7 +219,7 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
     let prefix = prefix.unwrap_or_else(|| format!("taskstore-bench-{}:", std::process::id()));
 
     println!(
-        "# taskstore bench: n={} reps={} document={} B, Redis {where_}{}, {}, {} CPUs",
+        "# taskstore bench: n={} reps={} document={} B, Redis {where_}{}, {}, {} CPUs online",
         args.n,
         args.reps,
         document.len(),
@@ -228,7 +228,7 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
             Some(cpu) => format!("pinned to CPU {cpu}"),
             None => "unpinned".to_owned(),
         },
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        online_cpus(),
     );
 
     let bench = Bench {
@@ -429,7 +429,7 @@ fn verdict(met: bool) -> &'static str {
 /// The two clients behind one interface. Native calls are synchronous; running them inside
 /// the same async code costs a poll of a ready future.
 enum Client {
-    Component(AsyncTaskStore),
+    Component(Box<AsyncTaskStore>),
     Native(Box<NativeStore>),
 }
 
@@ -474,7 +474,7 @@ impl Client {
                     key_prefix: Some(prefix.to_owned()),
                     ..Options::new(url)
                 };
-                Client::Component(runtime.open_async(options).await?)
+                Client::Component(Box::new(runtime.open_async(options).await?))
             }
             Kind::Native => {
                 let options = StoreOptions {
@@ -1070,6 +1070,12 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start a tokio runtime")
+}
+
+/// CPUs online on the machine, whatever this process is pinned to.
+fn online_cpus() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
 }
 
 /// The process's resident set, from `/proc/self/statm` (Linux only).

@@ -400,6 +400,16 @@ mod tests {
     }
 
     #[test]
+    fn runtime_loads_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ComponentCache::new(dir.path());
+        let (_, first) = Runtime::from_bytes_cached(COMPONENT, &cache).unwrap();
+        assert!(matches!(first, CacheOutcome::Miss { .. }), "{first:?}");
+        let (_, second) = Runtime::from_bytes_cached(COMPONENT, &cache).unwrap();
+        assert_eq!(second, CacheOutcome::Hit);
+    }
+
+    #[test]
     fn truncated_file_is_recompiled_and_rewritten() {
         let (_dir, cache, engine, path) = filled();
         let bytes = fs::read(&path).unwrap();
