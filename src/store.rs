@@ -67,7 +67,9 @@ impl From<ConfigError> for StoreError {
 /// Time left before a task expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeToLive {
+    /// The task expires in this many seconds (0: within the second).
     ExpiresIn(u64),
+    /// The task never expires.
     Persistent,
 }
 
@@ -101,7 +103,9 @@ pub struct ListOptions {
 /// One task as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
+    /// The task's id (the key without the prefix).
     pub id: String,
+    /// The task's JSON document, exactly as stored.
     pub document: String,
 }
 

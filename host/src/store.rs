@@ -19,66 +19,9 @@ use crate::sandbox::wasi_context;
 /// Bytes of the component's stdout/stderr kept for error reports.
 const GUEST_OUTPUT_BYTES: usize = 16 * 1024;
 
-/// Time left before a task expires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeToLive {
-    /// The task expires in this many seconds (0: within the second).
-    ExpiresIn(u64),
-    /// The task never expires.
-    Persistent,
-}
-
-/// One task: its id and its document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Task {
-    /// The task's id (the key without the prefix).
-    pub id: String,
-    /// The task's JSON document, exactly as stored.
-    pub document: String,
-}
-
-/// What [`AsyncTaskStore::update`] does to the task's expiry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TtlPolicy {
-    /// Keep the time left, whatever it is; a task without expiry stays without.
-    #[default]
-    Keep,
-    /// Expire this many seconds from now (1..=3153600000).
-    Set(u64),
-}
-
-/// Options of [`AsyncTaskStore::update`]; the default applies the patch unconditionally and
-/// keeps the TTL.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UpdateOptions {
-    /// Apply the patch only if the task's top-level `"status"` is this string; otherwise
-    /// fail with [`TaskError::Conflict`].
-    pub expect_status: Option<String>,
-    /// What happens to the task's expiry.
-    pub ttl: TtlPolicy,
-}
-
-/// Options of [`AsyncTaskStore::list`]; the default lists every task, 100 per page, from
-/// the beginning.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListOptions {
-    /// Only tasks whose top-level `"status"` is this string.
-    pub status: Option<String>,
-    /// Most tasks in the page: 1..=10000; `None` is 100.
-    pub limit: Option<u32>,
-    /// The [`Page::cursor`] of the previous page; `None` starts from the beginning.
-    pub cursor: Option<String>,
-}
-
-/// One page of a listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
-    /// At most `limit` tasks, in no particular order. It may hold fewer, even none, while
-    /// more remain: only `cursor` says whether the listing is over.
-    pub tasks: Vec<Task>,
-    /// Pass it as [`ListOptions::cursor`] to continue; `None` once every task was visited.
-    pub cursor: Option<String>,
-}
+// The host API's value types are the component's own (its crate builds natively too): one
+// definition, documented there.
+pub use taskstore::store::{ListOptions, Page, Task, TimeToLive, TtlPolicy, UpdateOptions};
 
 /// Per-instance host state: the component's WASI context and its resources.
 pub(crate) struct HostState {
