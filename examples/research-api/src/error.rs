@@ -1,0 +1,419 @@
+//! API errors: each has a status, a stable machine-readable code and a message, and becomes
+//! `{"error": {"code", "message"}}` (a 409 also carries the current `"task"`).
+//!
+//! Storage errors are mapped here and nowhere else ([`ApiError::from_storage`]). A 5xx never
+//! repeats the store's message to the client (it may name the Redis address); callers log it.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::settings::SettingsError;
+use crate::storage::StorageError;
+
+/// Seconds a client should wait before retrying a transient failure.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
+/// An HTTP response, independent of `wasi:http`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response whose body is already JSON text.
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type", "application/json".to_string())],
+            body: body.into(),
+        }
+    }
+
+    /// A JSON response serialising `value`. Serialisation of this crate's response shapes
+    /// cannot fail (string keys only); if it ever did, the client gets a plain 500, not a trap.
+    pub fn serialize(status: u16, value: &impl Serialize) -> Response {
+        match serde_json::to_vec(value) {
+            Ok(body) => Response::json(status, body),
+            Err(_) => Response::json(
+                500,
+                r#"{"error": {"code": "internal", "message": "response serialisation failed"}}"#,
+            ),
+        }
+    }
+
+    pub fn no_content() -> Response {
+        Response {
+            status: 204,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A request that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    /// Adds `Retry-After` (transient failures).
+    pub retry_after: bool,
+    /// `Allow` of a 405.
+    pub allow: Option<&'static str>,
+    /// The current document, returned with a 409.
+    pub task: Option<String>,
+    /// What operators need and clients must not see (a 5xx's underlying cause).
+    pub log: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: false,
+            allow: None,
+            task: None,
+            log: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(400, code, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(500, "internal", message)
+    }
+
+    pub fn route_not_found() -> ApiError {
+        ApiError::new(404, "not_found", "no such resource")
+    }
+
+    pub fn task_not_found(id: &str) -> ApiError {
+        ApiError::new(404, "task_not_found", format!("no task with id {id:?}"))
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+        let mut err = ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("this resource allows only {allow}"),
+        );
+        err.allow = Some(allow);
+        err
+    }
+
+    fn transient(mut self) -> ApiError {
+        self.retry_after = true;
+        self
+    }
+
+    fn logged(mut self, log: String) -> ApiError {
+        self.log = Some(log);
+        self
+    }
+
+    /// The function's configuration is missing, malformed, or could not be read.
+    pub fn from_settings(err: SettingsError) -> ApiError {
+        match &err {
+            // A config source (Vault, a ConfigMap, ...) may recover by itself.
+            SettingsError::Unavailable { message, .. } => {
+                let log = format!("{err}: {message}");
+                ApiError::new(503, "configuration_unavailable", err.to_string())
+                    .transient()
+                    .logged(log)
+            }
+            // A deployment mistake: retrying cannot help, so not 503.
+            SettingsError::Missing(_) | SettingsError::Invalid { .. } => {
+                let message = err.to_string();
+                ApiError::new(500, "configuration", message.clone()).logged(message)
+            }
+        }
+    }
+
+    /// `open` failed: as [`ApiError::from_storage`], except that `invalid-input` means the
+    /// configured URL or options are unusable.
+    pub fn from_open(err: StorageError) -> ApiError {
+        match err {
+            StorageError::InvalidInput(message) => ApiError::new(
+                500,
+                "configuration",
+                "the task store rejected the configured Redis URL or options",
+            )
+            .logged(format!("opening the task store: invalid-input: {message}")),
+            other => ApiError::from_storage("opening the task store", other),
+        }
+    }
+
+    /// The one mapping of storage errors to HTTP. `operation` names the call, for logs.
+    ///
+    /// - `connection`, `timeout`, `contended` → 503 with `Retry-After` (transient);
+    /// - `authentication` → 503 without it (credentials need fixing; Redis is unavailable to us);
+    /// - `server` → 503 with `Retry-After` for Redis's transient states (`LOADING`, `BUSY`,
+    ///   `TRYAGAIN`, `MASTERDOWN`, `READONLY`, `OOM`, `CLUSTERDOWN`), else 502;
+    /// - `protocol`, `corrupt-data`, `other` → 502 (the upstream answered something unusable);
+    /// - `invalid-input` → 400 with the store's message (it describes the request's data);
+    /// - `conflict` → 409 with the current task (only `update` returns it; elsewhere a bug: 500).
+    pub fn from_storage(operation: &str, err: StorageError) -> ApiError {
+        let log = format!("{operation}: {err}");
+        let mapped = match &err {
+            StorageError::Connection(_) => {
+                ApiError::new(503, "storage_unavailable", "the task store is unreachable")
+                    .transient()
+            }
+            StorageError::Timeout(_) => ApiError::new(
+                503,
+                "storage_timeout",
+                "the task store did not answer in time",
+            )
+            .transient(),
+            StorageError::Contended(_) => ApiError::new(
+                503,
+                "storage_contended",
+                "the task kept changing concurrently; retry",
+            )
+            .transient(),
+            StorageError::Authentication(_) => ApiError::new(
+                503,
+                "storage_authentication",
+                "the task store refused this function's credentials",
+            ),
+            StorageError::Server(message) if is_transient_redis_error(message) => ApiError::new(
+                503,
+                "storage_busy",
+                "the task store is temporarily unable to serve",
+            )
+            .transient(),
+            StorageError::Server(_) => ApiError::new(
+                502,
+                "storage_server",
+                "the task store answered with an error",
+            ),
+            StorageError::Protocol(_) => ApiError::new(
+                502,
+                "storage_protocol",
+                "the task store sent an invalid reply",
+            ),
+            StorageError::CorruptData(_) => ApiError::new(
+                502,
+                "corrupt_data",
+                "the stored task is not a readable JSON object",
+            ),
+            StorageError::Other(_) => ApiError::new(502, "storage_error", "the task store failed"),
+            StorageError::InvalidInput(message) => {
+                return ApiError::bad_request("invalid_input", message.clone());
+            }
+            StorageError::Conflict(document) if operation == UPDATE => {
+                let mut conflict = ApiError::new(
+                    409,
+                    "status_conflict",
+                    "the task's status is not the one X-Expect-Status names",
+                );
+                conflict.task = Some(document.clone());
+                return conflict;
+            }
+            StorageError::Conflict(_) => {
+                ApiError::internal("the task store reported an unexpected conflict")
+            }
+        };
+        mapped.logged(log)
+    }
+
+    pub fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Detail<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            task: Option<&'a RawValue>,
+        }
+        #[derive(Serialize)]
+        struct Detail<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        // The current document goes out as stored; text that is not JSON cannot be embedded.
+        let task = self
+            .task
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+        let mut response = Response::serialize(
+            self.status,
+            &Body {
+                error: Detail {
+                    code: self.code,
+                    message: &self.message,
+                },
+                task,
+            },
+        );
+        if self.retry_after {
+            response
+                .headers
+                .push(("retry-after", RETRY_AFTER_SECONDS.to_string()));
+        }
+        if let Some(allow) = self.allow {
+            response.headers.push(("allow", allow.to_string()));
+        }
+        response
+    }
+}
+
+/// The operation name under which `update` reports, the only one whose conflict is expected.
+pub const UPDATE: &str = "updating the task";
+
+/// Redis error replies that describe a passing state of the server, not of the request.
+fn is_transient_redis_error(message: &str) -> bool {
+    const TRANSIENT: [&str; 7] = [
+        "LOADING",
+        "BUSY",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "READONLY",
+        "OOM",
+        "CLUSTERDOWN",
+    ];
+    let prefix = message.split_whitespace().next().unwrap_or("");
+    TRANSIENT.contains(&prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(response: &Response) -> serde_json::Value {
+        serde_json::from_slice(&response.body).expect("error bodies are JSON")
+    }
+
+    #[test]
+    fn every_storage_error_is_mapped_deliberately() {
+        let cases = [
+            (
+                StorageError::Connection("127.0.0.1:6379 refused".into()),
+                503,
+                "storage_unavailable",
+                true,
+            ),
+            (
+                StorageError::Timeout("t".into()),
+                503,
+                "storage_timeout",
+                true,
+            ),
+            (
+                StorageError::Contended("c".into()),
+                503,
+                "storage_contended",
+                true,
+            ),
+            (
+                StorageError::Authentication("a".into()),
+                503,
+                "storage_authentication",
+                false,
+            ),
+            (
+                StorageError::Server("LOADING Redis is loading".into()),
+                503,
+                "storage_busy",
+                true,
+            ),
+            (
+                StorageError::Server("OOM command not allowed".into()),
+                503,
+                "storage_busy",
+                true,
+            ),
+            (
+                StorageError::Server("WRONGTYPE Operation".into()),
+                502,
+                "storage_server",
+                false,
+            ),
+            (
+                StorageError::Protocol("p".into()),
+                502,
+                "storage_protocol",
+                false,
+            ),
+            (
+                StorageError::CorruptData("d".into()),
+                502,
+                "corrupt_data",
+                false,
+            ),
+            (StorageError::Other("o".into()), 502, "storage_error", false),
+            (
+                StorageError::InvalidInput("bad cursor".into()),
+                400,
+                "invalid_input",
+                false,
+            ),
+            (StorageError::Conflict("{}".into()), 500, "internal", false),
+        ];
+        for (err, status, code, retry) in cases {
+            let mapped = ApiError::from_storage("reading the task", err.clone());
+            assert_eq!((mapped.status, mapped.code), (status, code), "{err:?}");
+            let response = mapped.into_response();
+            assert_eq!(response.header("retry-after").is_some(), retry, "{err:?}");
+            assert_eq!(body(&response)["error"]["code"], code);
+        }
+    }
+
+    #[test]
+    fn server_side_messages_reach_the_log_not_the_client() {
+        let mapped = ApiError::from_storage(
+            "reading the task",
+            StorageError::Connection("could not connect to redis.internal:6379".into()),
+        );
+        assert!(mapped
+            .log
+            .as_deref()
+            .unwrap()
+            .contains("redis.internal:6379"));
+        let response = mapped.into_response();
+        assert!(!String::from_utf8_lossy(&response.body).contains("redis.internal"));
+    }
+
+    #[test]
+    fn conflict_of_an_update_carries_the_current_task() {
+        let current = r#"{"id": "t", "status": "running", "n": 12345678901234567890}"#;
+        let response =
+            ApiError::from_storage(UPDATE, StorageError::Conflict(current.into())).into_response();
+        assert_eq!(response.status, 409);
+        let text = String::from_utf8(response.body).unwrap();
+        assert!(
+            text.contains(r#""task":{"id": "t", "status": "running", "n": 12345678901234567890}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn open_with_rejected_options_is_a_configuration_error() {
+        let mapped = ApiError::from_open(StorageError::InvalidInput("url: bad port".into()));
+        assert_eq!((mapped.status, mapped.code), (500, "configuration"));
+        assert!(!mapped.message.contains("bad port"));
+        let mapped = ApiError::from_open(StorageError::Authentication("WRONGPASS".into()));
+        assert_eq!(
+            (mapped.status, mapped.code),
+            (503, "storage_authentication")
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_lists_the_allowed_methods() {
+        let response = ApiError::method_not_allowed("GET, POST").into_response();
+        assert_eq!(response.status, 405);
+        assert_eq!(response.header("allow"), Some("GET, POST"));
+    }
+}

@@ -1,0 +1,209 @@
+//! Test doubles: an in-memory task store with the WIT semantics this crate relies on, and an
+//! environment with a scripted config, clock, RNG and body.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::request::{read_capped, BodyError};
+use crate::service::Environment;
+use crate::settings::Settings;
+use crate::storage::{ListQuery, Page, StorageError, StoredTask, TaskStorage};
+
+#[derive(Debug, Default)]
+pub struct FakeStorage {
+    pub tasks: BTreeMap<String, String>,
+    /// Returned by the next call instead of doing anything.
+    pub fail_next: Option<StorageError>,
+    /// The operations called, in order (`"create <id>"`, ...).
+    pub calls: Vec<String>,
+}
+
+impl FakeStorage {
+    fn begin(&mut self, call: String) -> Result<(), StorageError> {
+        self.calls.push(call);
+        match self.fail_next.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// RFC 7386.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    if let Value::Object(target) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+impl TaskStorage for FakeStorage {
+    fn get(&mut self, id: &str) -> Result<Option<String>, StorageError> {
+        self.begin(format!("get {id}"))?;
+        Ok(self.tasks.get(id).cloned())
+    }
+
+    fn create(&mut self, id: &str, document: &str) -> Result<bool, StorageError> {
+        self.begin(format!("create {id}"))?;
+        if self.tasks.contains_key(id) {
+            return Ok(false);
+        }
+        self.tasks.insert(id.to_string(), document.to_string());
+        Ok(true)
+    }
+
+    fn update(
+        &mut self,
+        id: &str,
+        patch: &str,
+        expect_status: Option<&str>,
+    ) -> Result<Option<String>, StorageError> {
+        self.begin(format!("update {id}"))?;
+        let Some(current) = self.tasks.get(id) else {
+            return Ok(None);
+        };
+        let mut document: Value = serde_json::from_str(current)
+            .map_err(|_| StorageError::CorruptData("not JSON".into()))?;
+        if let Some(expected) = expect_status {
+            if document.get("status").and_then(Value::as_str) != Some(expected) {
+                return Err(StorageError::Conflict(current.clone()));
+            }
+        }
+        let patch: Value = serde_json::from_str(patch)
+            .map_err(|_| StorageError::InvalidInput("patch is not JSON".into()))?;
+        merge_patch(&mut document, &patch);
+        let text = document.to_string();
+        self.tasks.insert(id.to_string(), text.clone());
+        Ok(Some(text))
+    }
+
+    fn delete(&mut self, id: &str) -> Result<bool, StorageError> {
+        self.begin(format!("delete {id}"))?;
+        Ok(self.tasks.remove(id).is_some())
+    }
+
+    /// Pages in id order; the cursor is the next id to visit.
+    fn list(&mut self, query: &ListQuery) -> Result<Page, StorageError> {
+        self.begin(format!(
+            "list {:?} {} {:?}",
+            query.status, query.limit, query.cursor
+        ))?;
+        let start = query.cursor.clone().unwrap_or_default();
+        let mut page = Page::default();
+        for (id, document) in self.tasks.range(start..) {
+            if page.tasks.len() == query.limit as usize {
+                page.cursor = Some(id.clone());
+                break;
+            }
+            let status = serde_json::from_str::<Value>(document)
+                .ok()
+                .and_then(|value| {
+                    value
+                        .get("status")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                });
+            if query.status.is_none() || status == query.status {
+                page.tasks.push(StoredTask {
+                    id: id.clone(),
+                    document: document.clone(),
+                });
+            }
+        }
+        Ok(page)
+    }
+}
+
+pub struct FakeEnvironment {
+    pub config: BTreeMap<String, String>,
+    /// Makes every config lookup fail with this message.
+    pub config_error: Option<String>,
+    /// Makes the next `open` fail.
+    pub open_error: Option<StorageError>,
+    /// The store the next successful `open` returns.
+    pub next_storage: Option<FakeStorage>,
+    pub opened: Vec<Settings>,
+    pub body: Vec<u8>,
+    pub body_reads: usize,
+    pub body_error: Option<BodyError>,
+    pub now: (u64, u32),
+    /// Byte `n` of the `k`-th random draw is `random_seed + k`.
+    pub random_seed: u8,
+    pub random_draws: u8,
+    pub logs: Vec<String>,
+}
+
+impl FakeEnvironment {
+    pub fn new() -> FakeEnvironment {
+        FakeEnvironment {
+            config: BTreeMap::from([(
+                "redis-url".to_string(),
+                "redis://:s3cret@10.1.2.3:6379".to_string(),
+            )]),
+            config_error: None,
+            open_error: None,
+            next_storage: None,
+            opened: Vec::new(),
+            body: Vec::new(),
+            body_reads: 0,
+            body_error: None,
+            now: (1_709_210_096, 123_456_789),
+            random_seed: 0x11,
+            random_draws: 0,
+            logs: Vec::new(),
+        }
+    }
+}
+
+impl Environment for FakeEnvironment {
+    type Storage = FakeStorage;
+
+    fn config(&mut self, key: &str) -> Result<Option<String>, String> {
+        match &self.config_error {
+            Some(message) => Err(message.clone()),
+            None => Ok(self.config.get(key).cloned()),
+        }
+    }
+
+    fn open(&mut self, settings: &Settings) -> Result<FakeStorage, StorageError> {
+        if let Some(err) = self.open_error.take() {
+            return Err(err);
+        }
+        self.opened.push(settings.clone());
+        Ok(self.next_storage.take().unwrap_or_default())
+    }
+
+    fn read_body(&mut self, limit: usize) -> Result<Vec<u8>, BodyError> {
+        self.body_reads += 1;
+        if let Some(err) = self.body_error.take() {
+            return Err(err);
+        }
+        read_capped(&self.body[..], limit)
+    }
+
+    fn now(&mut self) -> (u64, u32) {
+        self.now
+    }
+
+    fn random_bytes(&mut self) -> [u8; 16] {
+        let byte = self.random_seed.wrapping_add(self.random_draws);
+        self.random_draws = self.random_draws.wrapping_add(1);
+        [byte; 16]
+    }
+
+    fn log(&mut self, line: &str) {
+        self.logs.push(line.to_string());
+    }
+}

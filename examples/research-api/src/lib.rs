@@ -1,0 +1,28 @@
+//! research-api: the research-task HTTP API as a serverless `wasi:http` function.
+//!
+//! The component exports `wasi:http/incoming-handler` and keeps tasks through the
+//! `taskstore:storage/task-storage` interface, which a composition plugs with the Redis-backed
+//! `taskstore` component; its settings come from `wasi:config/store`. Everything but the glue
+//! to those interfaces is plain Rust that builds and is tested natively.
+//!
+//! # Layout
+//! - [`storage`]: the [`storage::TaskStorage`] seam and the storage error (the WIT `error`).
+//! - [`settings`]: the `wasi:config/store` keys, parsed strictly.
+//! - [`request`]: the request head, routing, query and header parsing, bounded body reads.
+//! - [`document`]: task documents — parsing request objects, building new tasks, ids, times.
+//! - [`error`]: API errors, their status codes, and the one mapping from storage errors.
+//! - [`service`]: one request from head to response, over an [`service::Environment`].
+//! - `component` (wasm32 only): WIT bindings, the `wasi:http` export, the per-instance store.
+
+pub mod document;
+pub mod error;
+pub mod request;
+pub mod service;
+pub mod settings;
+pub mod storage;
+
+#[cfg(target_arch = "wasm32")]
+mod component;
+
+#[cfg(test)]
+mod fake;

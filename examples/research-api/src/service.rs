@@ -1,0 +1,330 @@
+//! One request, from head to response. The world outside — configuration, the store, the
+//! request body, the clock, randomness, the log — comes through [`Environment`], so all of it
+//! runs natively in tests.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::document::{self, Members, RESERVED_ON_CREATE};
+use crate::error::{self, ApiError, Response};
+use crate::request::{self, BodyError, RequestHead, Route};
+use crate::settings::Settings;
+use crate::storage::{ListQuery, TaskStorage};
+
+/// Header holding `update`'s status precondition.
+pub const EXPECT_STATUS_HEADER: &str = "x-expect-status";
+
+/// What a path segment may hold unescaped: RFC 3986's unreserved characters.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// New ids tried before giving up; a UUID v4 collision is itself a sign of a broken RNG.
+const CREATE_ATTEMPTS: usize = 3;
+
+/// What the function needs from the component world.
+pub trait Environment {
+    type Storage: TaskStorage;
+    /// One `wasi:config/store.get`; `Err` is the config source's own message.
+    fn config(&mut self, key: &str) -> Result<Option<String>, String>;
+    /// `store.open` with the settings' URL and options.
+    fn open(&mut self, settings: &Settings) -> Result<Self::Storage, crate::storage::StorageError>;
+    /// The request body, at most `limit` bytes (see [`request::read_capped`]).
+    fn read_body(&mut self, limit: usize) -> Result<Vec<u8>, BodyError>;
+    /// Wall-clock time: seconds and nanoseconds since the Unix epoch.
+    fn now(&mut self) -> (u64, u32);
+    fn random_bytes(&mut self) -> [u8; 16];
+    /// One line for operators (stderr in the component).
+    fn log(&mut self, line: &str);
+}
+
+/// The open store and the settings it was opened with, kept for the life of an instance so
+/// that a reused instance reuses its Redis connection.
+pub struct Connected<S> {
+    pub settings: Settings,
+    pub storage: S,
+}
+
+/// Serves one request. `instance` is the per-instance cache: filled on first use, left empty
+/// when the configuration or `open` fails, so the next request tries again.
+pub fn handle<E: Environment>(
+    head: &RequestHead,
+    env: &mut E,
+    instance: &mut Option<Connected<E::Storage>>,
+) -> Response {
+    match try_handle(head, env, instance) {
+        Ok(response) => response,
+        Err(err) => {
+            if let Some(line) = &err.log {
+                env.log(&format!(
+                    "research-api: {} {}: {line}",
+                    err.status, err.code
+                ));
+            }
+            err.into_response()
+        }
+    }
+}
+
+fn try_handle<E: Environment>(
+    head: &RequestHead,
+    env: &mut E,
+    instance: &mut Option<Connected<E::Storage>>,
+) -> Result<Response, ApiError> {
+    // Routing and header checks first: a malformed request never costs a Redis connection.
+    let route = request::route(&head.method, head.path_with_query.as_deref())?;
+    let expect_status = match route {
+        Route::Update(_) => parse_expect_status(head)?,
+        _ => None,
+    };
+    if route.takes_body() {
+        request::check_content_type(head.header("content-type")?)?;
+    }
+    let connected = connect(env, instance)?;
+    let limit = connected.settings.max_document_bytes();
+    let storage = &mut connected.storage;
+    match route {
+        Route::Create => {
+            let body = read_body(head, env, limit)?;
+            create(storage, env, &body, limit)
+        }
+        Route::Get(id) => get(storage, &id),
+        Route::List(query) => list(storage, env, &query),
+        Route::Update(id) => {
+            let body = read_body(head, env, limit)?;
+            update(storage, &id, body, expect_status.as_deref())
+        }
+        Route::Delete(id) => delete(storage, &id),
+    }
+}
+
+fn connect<'a, E: Environment>(
+    env: &mut E,
+    instance: &'a mut Option<Connected<E::Storage>>,
+) -> Result<&'a mut Connected<E::Storage>, ApiError> {
+    if instance.is_none() {
+        let settings = Settings::load(|key| env.config(key)).map_err(ApiError::from_settings)?;
+        let storage = env.open(&settings).map_err(ApiError::from_open)?;
+        return Ok(instance.insert(Connected { settings, storage }));
+    }
+    instance
+        .as_mut()
+        .ok_or_else(|| ApiError::internal("the store vanished"))
+}
+
+fn parse_expect_status(head: &RequestHead) -> Result<Option<String>, ApiError> {
+    match head.header(EXPECT_STATUS_HEADER)? {
+        None => Ok(None),
+        Some("") => Err(ApiError::bad_request(
+            "invalid_header",
+            "X-Expect-Status must not be empty",
+        )),
+        Some(status) => Ok(Some(status.to_string())),
+    }
+}
+
+fn read_body(
+    head: &RequestHead,
+    env: &mut impl Environment,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    request::check_content_length(head.header("content-length")?, limit)?;
+    env.read_body(limit)
+        .map_err(|err| err.into_api_error(limit))
+}
+
+fn parse_members(body: &[u8]) -> Result<Members, ApiError> {
+    Members::parse(body).map_err(|reason| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body must be one JSON object: {reason}"),
+        )
+    })
+}
+
+fn create(
+    storage: &mut impl TaskStorage,
+    env: &mut impl Environment,
+    body: &[u8],
+    limit: usize,
+) -> Result<Response, ApiError> {
+    let members = parse_members(body)?;
+    match members.get("query").and_then(document::as_string) {
+        Some(query) if !query.trim().is_empty() => {}
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_task",
+                "\"query\" must be a non-blank string",
+            ))
+        }
+    }
+    if let Some(reserved) = RESERVED_ON_CREATE
+        .iter()
+        .find(|name| members.get(name).is_some())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_task",
+            format!("{reserved:?} is set by the server"),
+        ));
+    }
+    let (seconds, nanoseconds) = env.now();
+    let created_at = document::rfc3339_utc_micros(seconds, nanoseconds)
+        .ok_or_else(|| ApiError::internal("the wall clock is out of range"))?;
+    for _ in 0..CREATE_ATTEMPTS {
+        let id = document::uuid_v4(env.random_bytes());
+        let task = document::new_task_document(&id, &created_at, &members);
+        if task.len() > limit {
+            return Err(ApiError::new(
+                413,
+                "document_too_large",
+                format!("the task would be larger than {limit} bytes"),
+            ));
+        }
+        if storage
+            .create(&id, &task)
+            .map_err(|err| ApiError::from_storage("creating the task", err))?
+        {
+            return Ok(created(&id, &created_at, &task));
+        }
+        env.log(&format!(
+            "research-api: generated id {id} already exists; drawing another"
+        ));
+    }
+    Err(ApiError::internal("could not generate an unused task id"))
+}
+
+fn created(id: &str, created_at: &str, task: &str) -> Response {
+    #[derive(Serialize)]
+    struct Created<'a> {
+        task_id: &'a str,
+        status: &'a str,
+        created_at: &'a str,
+        task: Option<&'a RawValue>,
+    }
+    let mut response = Response::serialize(
+        201,
+        &Created {
+            task_id: id,
+            status: "pending",
+            created_at,
+            task: document::as_object(task),
+        },
+    );
+    response.headers.push((
+        "location",
+        format!(
+            "/research/tasks/{}",
+            percent_encoding::utf8_percent_encode(id, PATH_SEGMENT)
+        ),
+    ));
+    response
+}
+
+fn get(storage: &mut impl TaskStorage, id: &str) -> Result<Response, ApiError> {
+    match storage
+        .get(id)
+        .map_err(|err| ApiError::from_storage("reading the task", err))?
+    {
+        Some(document) => document_response(id, document),
+        None => Err(ApiError::task_not_found(id)),
+    }
+}
+
+/// A stored document, sent as stored, if it is a JSON object (the store does not re-check
+/// what other clients wrote).
+fn document_response(id: &str, document: String) -> Result<Response, ApiError> {
+    if document::as_object(&document).is_none() {
+        let mut err = ApiError::new(
+            502,
+            "corrupt_data",
+            "the stored task is not a readable JSON object",
+        );
+        err.log = Some(format!(
+            "task {id:?} holds a value that is not a JSON object"
+        ));
+        return Err(err);
+    }
+    Ok(Response::json(200, document))
+}
+
+fn list(
+    storage: &mut impl TaskStorage,
+    env: &mut impl Environment,
+    query: &ListQuery,
+) -> Result<Response, ApiError> {
+    #[derive(Serialize)]
+    struct Listing<'a> {
+        tasks: Vec<&'a RawValue>,
+        next_cursor: Option<&'a str>,
+    }
+    let page = storage.list(query).map_err(|err| match err {
+        // Everything else in the query was validated here; what the store refuses is the cursor.
+        crate::storage::StorageError::InvalidInput(message) => {
+            ApiError::bad_request("invalid_query", message)
+        }
+        other => ApiError::from_storage("listing tasks", other),
+    })?;
+    let mut tasks = Vec::with_capacity(page.tasks.len());
+    for task in &page.tasks {
+        match document::as_object(&task.document) {
+            Some(raw) => tasks.push(raw),
+            // Skipped as the store skips undecodable values: one bad key must not make the
+            // listing unusable.
+            None => env.log(&format!(
+                "research-api: listing skipped task {:?}: not a JSON object",
+                task.id
+            )),
+        }
+    }
+    Ok(Response::serialize(
+        200,
+        &Listing {
+            tasks,
+            next_cursor: page.cursor.as_deref(),
+        },
+    ))
+}
+
+fn update(
+    storage: &mut impl TaskStorage,
+    id: &str,
+    body: Vec<u8>,
+    expect_status: Option<&str>,
+) -> Result<Response, ApiError> {
+    let members = parse_members(&body)?;
+    if let Some(new_id) = members.get("id") {
+        if document::as_string(new_id).as_deref() != Some(id) {
+            return Err(ApiError::bad_request(
+                "immutable_field",
+                "a patch may not change or remove \"id\"",
+            ));
+        }
+    }
+    let patch = String::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8"))?;
+    match storage
+        .update(id, &patch, expect_status)
+        .map_err(|err| ApiError::from_storage(error::UPDATE, err))?
+    {
+        Some(document) => document_response(id, document),
+        None => Err(ApiError::task_not_found(id)),
+    }
+}
+
+fn delete(storage: &mut impl TaskStorage, id: &str) -> Result<Response, ApiError> {
+    if storage
+        .delete(id)
+        .map_err(|err| ApiError::from_storage("deleting the task", err))?
+    {
+        Ok(Response::no_content())
+    } else {
+        Err(ApiError::task_not_found(id))
+    }
+}
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;

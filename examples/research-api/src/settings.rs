@@ -1,0 +1,260 @@
+//! The function's settings, read from `wasi:config/store` and parsed strictly: a malformed
+//! value is an error naming the key, never a silent default. No message quotes a value, so the
+//! Redis URL (and the password in it) never reaches a response or a log.
+
+use std::fmt;
+
+/// The store's own default for `max-document-bytes` (16 MiB), which also caps request bodies
+/// when the key is unset.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Config keys, as the host's `wasi:config/store` names them.
+pub const REDIS_URL: &str = "redis-url";
+pub const KEY_PREFIX: &str = "key-prefix";
+pub const TIMEOUT_MS: &str = "timeout-ms";
+pub const DEFAULT_TTL_SECONDS: &str = "default-ttl-seconds";
+pub const MAX_DOCUMENT_BYTES: &str = "max-document-bytes";
+
+/// Everything the function reads from its configuration. Unset optional keys are `None`,
+/// meaning the store's documented default.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub redis_url: String,
+    pub key_prefix: Option<String>,
+    pub timeout_ms: Option<u32>,
+    pub default_ttl_seconds: Option<u64>,
+    pub max_document_bytes: Option<u32>,
+}
+
+// Hand-written so that no `{:?}` can ever print the URL.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("redis_url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("default_ttl_seconds", &self.default_ttl_seconds)
+            .field("max_document_bytes", &self.max_document_bytes)
+            .finish()
+    }
+}
+
+/// Why the settings could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingsError {
+    /// A required key is not set (or is empty).
+    Missing(&'static str),
+    /// A key is set to a value this function does not accept.
+    Invalid {
+        key: &'static str,
+        expected: &'static str,
+    },
+    /// The config source itself failed; `message` is the host's and is for logs only.
+    Unavailable { key: &'static str, message: String },
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingsError::Missing(key) => write!(f, "config key `{key}` is not set"),
+            SettingsError::Invalid { key, expected } => {
+                write!(f, "config key `{key}` must be {expected}")
+            }
+            SettingsError::Unavailable { key, .. } => {
+                write!(f, "the config source failed to read `{key}`")
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Reads every key through `lookup` (one `wasi:config/store.get` each).
+    ///
+    /// Errors: `Missing` when `redis-url` is unset or empty; `Invalid` for a number that is
+    /// not plain decimal digits or is outside the store's documented range; `Unavailable` when
+    /// `lookup` fails.
+    pub fn load(
+        mut lookup: impl FnMut(&str) -> Result<Option<String>, String>,
+    ) -> Result<Settings, SettingsError> {
+        let mut get = |key: &'static str| {
+            lookup(key).map_err(|message| SettingsError::Unavailable { key, message })
+        };
+        let redis_url = match get(REDIS_URL)? {
+            Some(url) if !url.is_empty() => url,
+            _ => return Err(SettingsError::Missing(REDIS_URL)),
+        };
+        let key_prefix = get(KEY_PREFIX)?;
+        let timeout_ms = parse_in_range(
+            TIMEOUT_MS,
+            get(TIMEOUT_MS)?,
+            1,
+            3_600_000,
+            "an integer from 1 to 3600000",
+        )?;
+        let default_ttl_seconds = parse_in_range(
+            DEFAULT_TTL_SECONDS,
+            get(DEFAULT_TTL_SECONDS)?,
+            1,
+            3_153_600_000,
+            "an integer from 1 to 3153600000",
+        )?;
+        let max_document_bytes = parse_in_range(
+            MAX_DOCUMENT_BYTES,
+            get(MAX_DOCUMENT_BYTES)?,
+            2,
+            536_870_912,
+            "an integer from 2 to 536870912",
+        )?;
+        Ok(Settings {
+            redis_url,
+            key_prefix,
+            timeout_ms: timeout_ms.map(narrow_u32),
+            default_ttl_seconds,
+            max_document_bytes: max_document_bytes.map(narrow_u32),
+        })
+    }
+
+    /// The largest request body read, and the largest document created: the store's
+    /// `max-document-bytes`.
+    pub fn max_document_bytes(&self) -> usize {
+        usize::try_from(
+            self.max_document_bytes
+                .unwrap_or(DEFAULT_MAX_DOCUMENT_BYTES),
+        )
+        .unwrap_or(usize::MAX)
+    }
+}
+
+/// Plain ASCII decimal digits only: `+5`, ` 5`, `5.0` and `0x5` are all rejected.
+fn parse_in_range(
+    key: &'static str,
+    value: Option<String>,
+    min: u64,
+    max: u64,
+    expected: &'static str,
+) -> Result<Option<u64>, SettingsError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let invalid = SettingsError::Invalid { key, expected };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid);
+    }
+    match value.parse::<u64>() {
+        Ok(number) if (min..=max).contains(&number) => Ok(Some(number)),
+        _ => Err(invalid),
+    }
+}
+
+/// Only called on values already checked against a `u32` range.
+fn narrow_u32(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(|key| Ok(map.get(key).cloned()))
+    }
+
+    #[test]
+    fn only_the_url_is_required() {
+        let settings = load(&[(REDIS_URL, "redis://127.0.0.1:6379")]).unwrap();
+        assert_eq!(settings.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(settings.key_prefix, None);
+        assert_eq!(settings.timeout_ms, None);
+        assert_eq!(settings.default_ttl_seconds, None);
+        assert_eq!(settings.max_document_bytes, None);
+        assert_eq!(settings.max_document_bytes(), 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let settings = load(&[
+            (REDIS_URL, "redis://:pw@127.0.0.1:6379/2"),
+            (KEY_PREFIX, ""),
+            (TIMEOUT_MS, "250"),
+            (DEFAULT_TTL_SECONDS, "3153600000"),
+            (MAX_DOCUMENT_BYTES, "4096"),
+        ])
+        .unwrap();
+        assert_eq!(settings.key_prefix.as_deref(), Some(""));
+        assert_eq!(settings.timeout_ms, Some(250));
+        assert_eq!(settings.default_ttl_seconds, Some(3_153_600_000));
+        assert_eq!(settings.max_document_bytes, Some(4096));
+        assert_eq!(settings.max_document_bytes(), 4096);
+    }
+
+    #[test]
+    fn missing_or_empty_url_is_an_error() {
+        assert_eq!(load(&[]), Err(SettingsError::Missing(REDIS_URL)));
+        assert_eq!(
+            load(&[(REDIS_URL, "")]),
+            Err(SettingsError::Missing(REDIS_URL))
+        );
+    }
+
+    #[test]
+    fn numbers_must_be_plain_decimal_within_range() {
+        for (key, bad) in [
+            (TIMEOUT_MS, "0"),
+            (TIMEOUT_MS, "3600001"),
+            (TIMEOUT_MS, "+5"),
+            (TIMEOUT_MS, " 5"),
+            (TIMEOUT_MS, ""),
+            (DEFAULT_TTL_SECONDS, "3153600001"),
+            (DEFAULT_TTL_SECONDS, "1e3"),
+            (DEFAULT_TTL_SECONDS, "99999999999999999999999"),
+            (MAX_DOCUMENT_BYTES, "1"),
+            (MAX_DOCUMENT_BYTES, "536870913"),
+            (MAX_DOCUMENT_BYTES, "-1"),
+        ] {
+            let err = load(&[(REDIS_URL, "redis://h"), (key, bad)]).unwrap_err();
+            assert!(
+                matches!(err, SettingsError::Invalid { key: k, .. } if k == key),
+                "{key}={bad:?} gave {err:?}"
+            );
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn config_source_failure_names_the_key_but_not_the_host_message() {
+        let err = Settings::load(|key| {
+            if key == TIMEOUT_MS {
+                Err("vault sealed".to_string())
+            } else {
+                Ok(Some("redis://h".to_string()))
+            }
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            SettingsError::Unavailable {
+                key: TIMEOUT_MS,
+                message: "vault sealed".to_string()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "the config source failed to read `timeout-ms`"
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_the_url() {
+        let settings = load(&[(REDIS_URL, "redis://:hunter2@10.0.0.1")]).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("10.0.0.1"),
+            "{printed}"
+        );
+    }
+}
