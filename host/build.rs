@@ -1,5 +1,10 @@
-//! Builds the guest component (the workspace's root package) for `wasm32-wasip2` and tells
-//! the library where it is, so `taskstore_host` can embed it with `include_bytes!`.
+//! Builds the guest components for `wasm32-wasip2` and tells the library where they are, so
+//! `taskstore_host` can embed them with `include_bytes!`:
+//!
+//! - the storage component (the workspace's root package, `taskstore`);
+//! - the research-task HTTP function (`examples/research-api`), which imports
+//!   `task-storage`, composed with the storage component by `wac-graph` into one component
+//!   that exports `wasi:http/incoming-handler` and imports only standard WASI interfaces.
 //!
 //! The guest is built by a nested `cargo build` into a target directory under `OUT_DIR`:
 //! sharing the outer target directory would deadlock on its lock, and a separate directory
@@ -14,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
 const GUEST_PACKAGE: &str = "taskstore";
+const FUNCTION_PACKAGE: &str = "research-api";
+/// Cargo names the artifact after the library target: dashes become underscores.
+const FUNCTION_ARTIFACT: &str = "research_api";
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
 /// Variables that describe the outer build (its target, flags, wrappers and target dir) or
@@ -59,27 +67,31 @@ fn main() {
         .to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let target_dir = out_dir.join("guest-target");
-
     let release_dir = target_dir.join(GUEST_TARGET).join("release");
-    let component = release_dir.join(format!("{GUEST_PACKAGE}.wasm"));
-    let dep_info = release_dir.join(format!("{GUEST_PACKAGE}.d"));
 
-    build_guest(&workspace, &target_dir);
+    // One nested build for both packages: they share dependencies and one cargo start-up.
+    build_guest(&workspace, &target_dir, &[GUEST_PACKAGE, FUNCTION_PACKAGE]);
 
-    if !component.is_file() {
+    let component = built_artifact(&release_dir, GUEST_PACKAGE);
+    let function = built_artifact(&release_dir, FUNCTION_ARTIFACT);
+    let composed = out_dir.join("research-api.wasm");
+    if let Err(e) = compose_function(&function, &component, &composed) {
         fail(&format!(
-            "the guest build succeeded but produced no component at {}",
-            component.display()
+            "composing {FUNCTION_PACKAGE} with the storage component: {e:#}"
         ));
     }
 
-    for path in guest_sources(&dep_info) {
-        println!("cargo:rerun-if-changed={}", path.display());
+    for artifact in [GUEST_PACKAGE, FUNCTION_ARTIFACT] {
+        for path in guest_sources(&release_dir.join(format!("{artifact}.d"))) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
     for extra in [
         "Cargo.toml",
         "Cargo.lock",
         "wit",
+        "examples/research-api/Cargo.toml",
+        "examples/research-api/wit",
         "rust-toolchain.toml",
         ".cargo",
     ] {
@@ -93,9 +105,65 @@ fn main() {
         "cargo:rustc-env=TASKSTORE_COMPONENT={}",
         component.display()
     );
+    println!(
+        "cargo:rustc-env=TASKSTORE_HTTP_COMPONENT={}",
+        composed.display()
+    );
 }
 
-fn build_guest(workspace: &Path, target_dir: &Path) {
+/// The `.wasm` a successful nested build left for `artifact`.
+fn built_artifact(release_dir: &Path, artifact: &str) -> PathBuf {
+    let path = release_dir.join(format!("{artifact}.wasm"));
+    if !path.is_file() {
+        fail(&format!(
+            "the guest build succeeded but produced no component at {}",
+            path.display()
+        ));
+    }
+    path
+}
+
+/// Plugs the storage component's `task-storage` export into the function's import and writes
+/// the composition, refusing a result that still imports anything but standard WASI: the
+/// composed component must run on any WASI 0.2 HTTP host without our interface.
+fn compose_function(function: &Path, storage: &Path, output: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use wac_graph::types::Package;
+    use wac_graph::{CompositionGraph, EncodeOptions};
+
+    let mut graph = CompositionGraph::new();
+    let storage = Package::from_file("taskstore:storage-impl", None, storage, graph.types_mut())?;
+    let storage = graph.register_package(storage)?;
+    let function = Package::from_file("taskstore:research-api", None, function, graph.types_mut())?;
+    let function = graph.register_package(function)?;
+    wac_graph::plug(&mut graph, vec![storage], function)
+        .context("plugging task-storage into the function")?;
+    let bytes = graph.encode(EncodeOptions::default())?;
+
+    let mut check = CompositionGraph::new();
+    let composed =
+        Package::from_bytes("taskstore:composed", None, bytes.clone(), check.types_mut())?;
+    let world = &check.types()[composed.ty()];
+    let foreign: Vec<&String> = world
+        .imports
+        .keys()
+        .filter(|name| !name.starts_with("wasi:"))
+        .collect();
+    if !foreign.is_empty() {
+        anyhow::bail!("the composed component still imports non-WASI interfaces: {foreign:?}");
+    }
+    let exports_handler = world
+        .exports
+        .keys()
+        .any(|name| name.starts_with("wasi:http/incoming-handler"));
+    if !exports_handler {
+        anyhow::bail!("the composed component does not export wasi:http/incoming-handler");
+    }
+    fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
+    Ok(())
+}
+
+fn build_guest(workspace: &Path, target_dir: &Path, packages: &[&str]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut command = Command::new(&cargo);
     command
@@ -105,7 +173,7 @@ fn build_guest(workspace: &Path, target_dir: &Path) {
         .args(["--target", GUEST_TARGET])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
-        .args(["-p", GUEST_PACKAGE])
+        .args(packages.iter().flat_map(|package| ["-p", package]))
         .arg("--target-dir")
         .arg(target_dir);
     for (name, _) in env::vars_os() {
@@ -126,8 +194,9 @@ fn build_guest(workspace: &Path, target_dir: &Path) {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
         fail(&format!(
             "building the guest component failed ({}); run `cargo build --release --target \
-             {GUEST_TARGET} -p {GUEST_PACKAGE}` in {} to see the errors",
+             {GUEST_TARGET} -p {}` in {} to see the errors",
             describe(output.status),
+            packages.join(" -p "),
             workspace.display()
         ));
     }

@@ -46,6 +46,7 @@ mod output;
 pub mod redis_server;
 pub mod runtime;
 mod sandbox;
+pub mod serve;
 mod store;
 
 pub use cache::{CacheOutcome, ComponentCache};

@@ -62,6 +62,38 @@ enum Command {
     /// Measure the component against a native build of the same client (release builds
     /// only); without --redis, REDIS_URL or --port, on a private redis-server
     Bench(taskstore_host::bench::BenchArgs),
+    /// Serve the research-task HTTP API (the composed wasi:http function) until Ctrl-C
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the first line printed says which)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Serve this component instead of the embedded one (a wasi:http proxy component that
+    /// reads its settings from wasi:config/store)
+    #[arg(long, value_name = "PATH")]
+    component: Option<std::path::PathBuf>,
+    /// Requests handled at once, and so the most Redis connections held
+    #[arg(long, value_name = "N", default_value_t = taskstore_host::serve::DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    max_concurrent_requests: usize,
+    /// Requests one instance serves before it is replaced (1: a fresh instance, and Redis
+    /// connection, per request)
+    #[arg(long, value_name = "N", default_value_t = taskstore_host::serve::DEFAULT_MAX_REQUESTS_PER_INSTANCE)]
+    max_requests_per_instance: u32,
+    /// Deadline of one request in milliseconds; past it the client gets 503
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
+    /// Linear-memory limit of one request's instance, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    memory_limit_mib: usize,
+    /// Start a private, throwaway redis-server for this run instead of using --redis
+    #[arg(long, conflicts_with = "redis")]
+    throwaway_redis: bool,
+    /// Extra wasi:config/store variable for the function, KEY=VALUE (repeatable)
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    config_vars: Vec<String>,
 }
 
 /// The commands that act on one task.
@@ -179,6 +211,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             taskstore_host::bench::run(args, cli.redis.clone(), cli.prefix.clone())
                 .map_err(|e| Failure::Other(format!("bench: {e:#}")))
         }
+        Command::Serve(args) => serve(&cli, args),
         Command::Task(command) => {
             let url = cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
             let mut store = open(&cli, url)?;
@@ -300,6 +333,108 @@ fn execute(store: &mut TaskStore, command: &TaskCommand) -> Result<(), Failure> 
         }
     }
     Ok(())
+}
+
+fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
+    use taskstore_host::serve::{describe_redis, ServeConfig, Server};
+
+    let throwaway = match args.throwaway_redis {
+        true => Some(
+            RedisServer::start()
+                .map_err(|e| Failure::Other(format!("cannot start a redis-server: {e:#}")))?,
+        ),
+        false => None,
+    };
+    let url = match &throwaway {
+        Some(server) => server.url(),
+        None => cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned()),
+    };
+    let mut config = ServeConfig::new(url);
+    config.listen = args.listen;
+    config.component = args.component.clone();
+    config.max_concurrent_requests = args.max_concurrent_requests;
+    config.max_requests_per_instance = args.max_requests_per_instance;
+    config.request_timeout = std::time::Duration::from_millis(args.request_timeout_ms);
+    config.memory_limit = args.memory_limit_mib.saturating_mul(1024 * 1024);
+    if let Some(prefix) = &cli.prefix {
+        config
+            .config_vars
+            .insert("key-prefix".into(), prefix.clone());
+    }
+    if let Some(timeout) = cli.timeout_ms {
+        config
+            .config_vars
+            .insert("timeout-ms".into(), timeout.to_string());
+    }
+    for pair in &args.config_vars {
+        let Some((key, value)) = pair.split_once('=') else {
+            // The value may be a secret: say what is wrong without echoing it.
+            return Err(Failure::Usage(
+                "--config takes KEY=VALUE (no `=` found)".into(),
+            ));
+        };
+        config.config_vars.insert(key.to_owned(), value.to_owned());
+    }
+    if args.max_concurrent_requests == 0 {
+        return Err(Failure::Usage(
+            "--max-concurrent-requests must be at least 1".into(),
+        ));
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let cache = taskstore_host::ComponentCache::from_env();
+        let redis = describe_redis(&config);
+        let max = config.max_concurrent_requests;
+        let server = Server::bind(config, cache.as_ref())
+            .await
+            .map_err(|e| Failure::Other(format!("serve: {e:#}")))?;
+        let addr = server
+            .local_addr()
+            .map_err(|e| Failure::Other(format!("serve: {e}")))?;
+        let mut stdout = std::io::stdout().lock();
+        let banner = format!(
+            "listening on http://{addr}\nredis: {redis}{}; up to {max} concurrent requests; \
+             Ctrl-C stops",
+            if throwaway.is_some() {
+                " (throwaway)"
+            } else {
+                ""
+            }
+        );
+        print(&mut stdout, &banner)?;
+        drop(stdout);
+        let remaining = server
+            .run(shutdown_signal())
+            .await
+            .map_err(|e| Failure::Other(format!("serve: {e:#}")))?;
+        if remaining > 0 {
+            eprintln!("taskstore serve: stopped with {remaining} connection(s) cut off");
+        } else {
+            eprintln!("taskstore serve: stopped");
+        }
+        Ok(())
+    })
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            // Without a SIGTERM handler only Ctrl-C stops the server.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {

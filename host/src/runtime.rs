@@ -229,13 +229,13 @@ pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
 
 /// A thread that increments an engine's epoch every [`EPOCH_TICK`]; it ends when this is
 /// dropped (with the last clone of its [`Runtime`]).
-struct EpochTicker {
+pub(crate) struct EpochTicker {
     /// Dropping it disconnects the channel, which wakes and ends the thread.
     _stop: mpsc::Sender<()>,
 }
 
 impl EpochTicker {
-    fn start(engine: &Engine) -> anyhow::Result<EpochTicker> {
+    pub(crate) fn start(engine: &Engine) -> anyhow::Result<EpochTicker> {
         let (stop, stopped) = mpsc::channel::<()>();
         let engine = engine.clone();
         std::thread::Builder::new()

@@ -1,0 +1,762 @@
+//! `taskstore serve`, run as a user would: the composed research-task function over real
+//! HTTP on 127.0.0.1, against a private `redis-server` per test.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use serde_json::{json, Value};
+use taskstore_host::redis_server::RedisServer;
+
+/// Starting the server (compiling the component in a debug build) ends within this.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Any one HTTP exchange ends within this.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+const TASK_TTL_SECONDS: i64 = 7 * 24 * 60 * 60;
+
+/// A running `taskstore serve`, killed and reaped on drop.
+struct Serve {
+    child: Option<Child>,
+    addr: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+    _cache: tempfile::TempDir,
+}
+
+impl Serve {
+    /// `taskstore serve --listen 127.0.0.1:0 --redis URL <extra>`, once it listens.
+    fn start(redis_url: &str, extra: &[&str]) -> Serve {
+        let cache = tempfile::tempdir().expect("cache dir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--redis", redis_url])
+            .args(extra)
+            .env_remove("REDIS_URL")
+            .env("TASKSTORE_CACHE_DIR", cache.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run taskstore serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (line_tx, line_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (err_tx, err_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            let _ = err_tx.send(text);
+        });
+        let mut serve = Serve {
+            child: Some(child),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            stderr: err_rx,
+            _cache: cache,
+        };
+        let first = match line_rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let (status, stderr) = serve.kill();
+                panic!("taskstore serve did not start ({status:?}): {stderr}");
+            }
+        };
+        let addr = first
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        serve.addr = addr.parse().expect("a socket address");
+        serve
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit; returns its status and stderr.
+    fn signal_and_wait(&mut self, signal: i32) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("still running");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        // SAFETY: sending a signal to our own child process, which we have not reaped.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("taskstore serve did not exit within 30 s of signal {signal}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = self
+            .stderr
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
+        (status, stderr)
+    }
+
+    fn kill(&mut self) -> (Option<ExitStatus>, String) {
+        let Some(mut child) = self.child.take() else {
+            return (None, String::new());
+        };
+        let _ = child.kill();
+        let status = child.wait().ok();
+        let stderr = self
+            .stderr
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
+        (status, stderr)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP reply: status, headers we look at, body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    content_type: Option<String>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `error.code` of a JSON error reply.
+    fn error_code(&self) -> String {
+        let json = self.json();
+        let code = json["error"]["code"].as_str();
+        assert!(
+            json["error"]["message"].is_string(),
+            "no error message: {json}"
+        );
+        code.unwrap_or_else(|| panic!("no error code: {json}"))
+            .to_owned()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(HTTP_TIMEOUT))
+        .build()
+        .into()
+}
+
+fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut response = response.expect("an HTTP response");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (location, content_type) = (header("location"), header("content-type"));
+    Reply {
+        status: response.status().as_u16(),
+        location,
+        content_type,
+        body: response.body_mut().read_to_string().expect("read the body"),
+    }
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> Reply {
+    reply(agent.get(url).call())
+}
+
+fn delete(agent: &ureq::Agent, url: &str) -> Reply {
+    reply(agent.delete(url).call())
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &str) -> Reply {
+    reply(
+        agent
+            .post(url)
+            .header("content-type", "application/json")
+            .send(body),
+    )
+}
+
+fn patch(agent: &ureq::Agent, url: &str, body: &str, expect_status: Option<&str>) -> Reply {
+    let mut request = agent.patch(url).header("content-type", "application/json");
+    if let Some(status) = expect_status {
+        request = request.header("x-expect-status", status);
+    }
+    reply(request.send(body))
+}
+
+/// Creates a task over HTTP and returns its id.
+fn create(agent: &ureq::Agent, serve: &Serve, body: &str) -> String {
+    let created = post(agent, &serve.url("/research/tasks"), body);
+    assert_eq!(created.status, 201, "{created:?}");
+    created.json()["task_id"]
+        .as_str()
+        .expect("task_id")
+        .to_owned()
+}
+
+fn redis_client(server: &RedisServer) -> redis::Connection {
+    redis::Client::open(server.url())
+        .expect("redis URL")
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .expect("connect to redis")
+}
+
+#[test]
+fn every_endpoint_round_trips_a_task() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &[]);
+    let agent = agent();
+
+    let created = post(
+        &agent,
+        &serve.url("/research/tasks"),
+        r#"{"query": "wasm cold starts", "depth": 2}"#,
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    assert!(
+        created
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{created:?}"
+    );
+    let body = created.json();
+    let id = body["task_id"].as_str().expect("task_id").to_owned();
+    assert_eq!(body["status"], "pending", "{body}");
+    assert_eq!(
+        created.location.as_deref(),
+        Some(format!("/research/tasks/{id}").as_str())
+    );
+
+    let task_url = serve.url(&format!("/research/tasks/{id}"));
+    let fetched = get(&agent, &task_url);
+    assert_eq!(fetched.status, 200, "{fetched:?}");
+    let document = fetched.json();
+    assert_eq!(document["id"], id.as_str());
+    assert_eq!(document["status"], "pending");
+    assert_eq!(document["query"], "wasm cold starts");
+    assert_eq!(document["depth"], 2);
+    let created_at = document["created_at"].as_str().expect("created_at");
+    assert!(created_at.ends_with("+00:00"), "{created_at}");
+
+    let patched = patch(
+        &agent,
+        &task_url,
+        r#"{"status": "running", "progress": 10}"#,
+        Some("pending"),
+    );
+    assert_eq!(patched.status, 200, "{patched:?}");
+    assert_eq!(patched.json()["status"], "running");
+    assert_eq!(patched.json()["query"], "wasm cold starts");
+
+    // The precondition no longer holds: 409 with the current document, nothing written.
+    let refused = patch(&agent, &task_url, r#"{"status": "done"}"#, Some("pending"));
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert_eq!(refused.error_code(), "status_conflict");
+    assert_eq!(refused.json()["task"]["status"], "running", "{refused:?}");
+    assert_eq!(get(&agent, &task_url).json()["status"], "running");
+
+    let other = create(&agent, &serve, r#"{"query": "still pending"}"#);
+    let listed = get(
+        &agent,
+        &serve.url("/research/tasks?status=running&limit=50"),
+    );
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let listed = listed.json();
+    let ids: Vec<&str> = listed["tasks"]
+        .as_array()
+        .expect("tasks array")
+        .iter()
+        .map(|task| task["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, vec![id.as_str()], "{listed}");
+    assert!(listed["next_cursor"].is_null(), "{listed}");
+    let all = get(&agent, &serve.url("/research/tasks"));
+    assert_eq!(
+        all.json()["tasks"].as_array().map(Vec::len),
+        Some(2),
+        "{all:?}"
+    );
+
+    let deleted = delete(&agent, &task_url);
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    assert!(deleted.body.is_empty(), "{deleted:?}");
+    assert_eq!(get(&agent, &task_url).status, 404);
+    assert_eq!(get(&agent, &task_url).error_code(), "task_not_found");
+    assert_eq!(delete(&agent, &task_url).status, 404);
+    assert_eq!(patch(&agent, &task_url, "{}", None).status, 404);
+    assert_eq!(
+        get(&agent, &serve.url(&format!("/research/tasks/{other}"))).status,
+        200
+    );
+}
+
+#[test]
+fn list_pages_with_limit_and_cursor() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &[]);
+    let agent = agent();
+    let mut made: Vec<String> = (0..7)
+        .map(|n| create(&agent, &serve, &format!(r#"{{"query": "q{n}"}}"#)))
+        .collect();
+    made.sort();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..50 {
+        let mut url = serve.url("/research/tasks?limit=3");
+        if let Some(cursor) = &cursor {
+            url.push_str("&cursor=");
+            url.push_str(&percent_encode(cursor));
+        }
+        let page = get(&agent, &url);
+        assert_eq!(page.status, 200, "{page:?}");
+        let page = page.json();
+        let tasks = page["tasks"].as_array().expect("tasks");
+        assert!(tasks.len() <= 3, "{page}");
+        seen.extend(tasks.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, made);
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn bad_requests_get_typed_json_errors() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &["--config", "max-document-bytes=4096"]);
+    let agent = agent();
+    let tasks = serve.url("/research/tasks");
+
+    let not_json = post(&agent, &tasks, "{not json");
+    assert_eq!(not_json.status, 400, "{not_json:?}");
+    assert_eq!(not_json.error_code(), "invalid_json");
+    let no_query = post(&agent, &tasks, r#"{"depth": 1}"#);
+    assert_eq!(no_query.status, 400, "{no_query:?}");
+    assert_eq!(no_query.error_code(), "invalid_task");
+    let not_object = post(&agent, &tasks, r#"["query"]"#);
+    assert_eq!(not_object.status, 400, "{not_object:?}");
+    let not_json_type = reply(
+        agent
+            .post(&tasks)
+            .header("content-type", "text/plain")
+            .send("x"),
+    );
+    assert_eq!(not_json_type.status, 415, "{not_json_type:?}");
+
+    let too_large = post(
+        &agent,
+        &tasks,
+        &json!({ "query": "x".repeat(10_000) }).to_string(),
+    );
+    assert_eq!(too_large.status, 413, "{too_large:?}");
+    assert_eq!(too_large.error_code(), "body_too_large");
+
+    let bad_id = get(&agent, &serve.url("/research/tasks/bad%01id"));
+    assert_eq!(bad_id.status, 400, "{bad_id:?}");
+    assert_eq!(bad_id.error_code(), "invalid_id");
+    let bad_limit = get(&agent, &serve.url("/research/tasks?limit=zero"));
+    assert_eq!(bad_limit.status, 400, "{bad_limit:?}");
+    assert_eq!(bad_limit.error_code(), "invalid_query");
+
+    let id = create(&agent, &serve, r#"{"query": "q"}"#);
+    let task = serve.url(&format!("/research/tasks/{id}"));
+    let bad_patch = patch(&agent, &task, "[1]", None);
+    assert_eq!(bad_patch.status, 400, "{bad_patch:?}");
+    let id_change = patch(&agent, &task, r#"{"id": "other"}"#, None);
+    assert_eq!(id_change.status, 400, "{id_change:?}");
+    assert_eq!(id_change.error_code(), "immutable_field");
+
+    let unknown = get(&agent, &serve.url("/nothing/here"));
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert_eq!(unknown.error_code(), "not_found");
+    let wrong_method = reply(agent.put(&task).send("{}"));
+    assert_eq!(wrong_method.status, 405, "{wrong_method:?}");
+    assert_eq!(wrong_method.error_code(), "method_not_allowed");
+
+    // Nothing above wrote anything but the one task.
+    let mut redis = redis_client(&redis);
+    let keys: Vec<String> = redis.keys("*").unwrap();
+    assert_eq!(keys, vec![format!("research_task:{id}")]);
+}
+
+#[test]
+fn tasks_are_shared_with_the_cli_and_plain_redis_clients() {
+    let redis_server = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis_server.url(), &[]);
+    let agent = agent();
+    let mut redis = redis_client(&redis_server);
+
+    // HTTP → Redis and the CLI: the key, the JSON and the 7-day TTL of the original service.
+    let id = create(&agent, &serve, r#"{"query": "shared"}"#);
+    let key = format!("research_task:{id}");
+    let stored: String = redis.get(&key).unwrap();
+    let http_document = get(&agent, &serve.url(&format!("/research/tasks/{id}"))).body;
+    assert_eq!(stored, http_document);
+    let ttl: i64 = redis.ttl(&key).unwrap();
+    assert!(
+        (TASK_TTL_SECONDS - 60..=TASK_TTL_SECONDS).contains(&ttl),
+        "ttl {ttl}"
+    );
+    let cli = Command::new(env!("CARGO_BIN_EXE_taskstore"))
+        .args(["--redis", &redis_server.url(), "get", &id])
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run the CLI");
+    assert!(cli.status.success(), "{cli:?}");
+    assert_eq!(String::from_utf8_lossy(&cli.stdout).trim_end(), stored);
+
+    // A plain client writing as the Python service did (SETEX, json.dumps) → HTTP.
+    let python_style = r#"{"id": "py-1", "status": "completed", "query": "from python", "result": {"summary": "ok"}}"#;
+    let _: () = redis
+        .set_ex("research_task:py-1", python_style, TASK_TTL_SECONDS as u64)
+        .unwrap();
+    let fetched = get(&agent, &serve.url("/research/tasks/py-1"));
+    assert_eq!(fetched.status, 200, "{fetched:?}");
+    assert_eq!(fetched.body, python_style);
+
+    // The CLI → HTTP, and an HTTP patch the plain client then sees.
+    let cli = Command::new(env!("CARGO_BIN_EXE_taskstore"))
+        .args(["--redis", &redis_server.url(), "set", "cli-1"])
+        .arg(r#"{"id": "cli-1", "status": "pending", "query": "from the cli"}"#)
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run the CLI");
+    assert!(cli.status.success(), "{cli:?}");
+    let patched = patch(
+        &agent,
+        &serve.url("/research/tasks/cli-1"),
+        r#"{"status": "running"}"#,
+        Some("pending"),
+    );
+    assert_eq!(patched.status, 200, "{patched:?}");
+    let stored: String = redis.get("research_task:cli-1").unwrap();
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["status"], "running");
+    assert_eq!(stored["query"], "from the cli");
+}
+
+#[test]
+fn redis_outage_gives_503_then_service_recovers() {
+    // Append-only persistence, so the task outlives the restart.
+    let mut redis = RedisServer::builder()
+        .args(["--appendonly", "yes"])
+        .start()
+        .unwrap();
+    let serve = Serve::start(&redis.url(), &["--timeout-ms", "1000"]);
+    let agent = agent();
+    let id = create(&agent, &serve, r#"{"query": "survives"}"#);
+    let task = serve.url(&format!("/research/tasks/{id}"));
+
+    redis.stop().unwrap();
+    for request in [
+        get(&agent, &task),
+        post(&agent, &serve.url("/research/tasks"), r#"{"query": "q"}"#),
+        delete(&agent, &task),
+    ] {
+        assert_eq!(request.status, 503, "{request:?}");
+        let code = request.error_code();
+        assert!(
+            ["storage_unavailable", "storage_timeout"].contains(&code.as_str()),
+            "{code}"
+        );
+    }
+
+    // The same server comes back with its data; the warm instances reconnect by themselves.
+    redis.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recovered = loop {
+        let reply = get(&agent, &task);
+        if reply.status == 200 || Instant::now() >= deadline {
+            break reply;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(recovered.status, 200, "{recovered:?}");
+    assert_eq!(recovered.json()["query"], "survives");
+}
+
+#[test]
+fn concurrent_load_loses_nothing_and_bounds_redis_connections() {
+    const CLIENTS: usize = 16;
+    const REQUESTS_PER_CLIENT: usize = 200;
+    const MAX_CONCURRENT: usize = 8;
+
+    let redis_server = RedisServer::start().unwrap();
+    let serve = Serve::start(
+        &redis_server.url(),
+        &["--max-concurrent-requests", &MAX_CONCURRENT.to_string()],
+    );
+    let base = serve.url("/research/tasks");
+
+    // Redis's own count of its clients, sampled throughout the load by one extra client.
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let stop = Arc::clone(&stop);
+        let mut redis = redis_client(&redis_server);
+        thread::spawn(move || {
+            let mut peak = 0_u64;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let info: String = redis::cmd("INFO").arg("clients").query(&mut redis).unwrap();
+                let connected = info
+                    .lines()
+                    .find_map(|line| line.strip_prefix("connected_clients:"))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .expect("connected_clients in INFO");
+                peak = peak.max(connected);
+                thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let base = base.clone();
+            thread::spawn(move || {
+                let agent = agent();
+                let mut latencies = Vec::with_capacity(REQUESTS_PER_CLIENT);
+                let mut statuses = Vec::with_capacity(REQUESTS_PER_CLIENT);
+                let mut created = Vec::new();
+                let mut timed = |request: &dyn Fn() -> Reply| {
+                    let start = Instant::now();
+                    let reply = request();
+                    latencies.push(start.elapsed());
+                    statuses.push(reply.status);
+                    reply
+                };
+                // Cycles of create, get, patch, get: 4 requests each.
+                for cycle in 0..REQUESTS_PER_CLIENT / 4 {
+                    let body = format!(r#"{{"query": "client {client} cycle {cycle}"}}"#);
+                    let reply = timed(&|| post(&agent, &base, &body));
+                    assert_eq!(reply.status, 201, "{reply:?}");
+                    let id = reply.json()["task_id"].as_str().unwrap().to_owned();
+                    let url = format!("{base}/{id}");
+                    let reply = timed(&|| get(&agent, &url));
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                    let reply =
+                        timed(&|| patch(&agent, &url, r#"{"status": "running"}"#, Some("pending")));
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                    let reply = timed(&|| get(&agent, &url));
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                    let document = reply.json();
+                    assert_eq!(document["status"], "running");
+                    assert_eq!(document["query"], format!("client {client} cycle {cycle}"));
+                    created.push((id, format!("client {client} cycle {cycle}")));
+                }
+                (latencies, statuses, created)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut statuses = Vec::new();
+    let mut created = Vec::new();
+    for client in clients {
+        let (l, s, c) = client.join().expect("a client thread failed");
+        latencies.extend(l);
+        statuses.extend(s);
+        created.extend(c);
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let peak_clients = monitor.join().expect("monitor");
+
+    // Every response accounted for, every task there and intact.
+    assert_eq!(statuses.len(), CLIENTS * REQUESTS_PER_CLIENT);
+    assert!(statuses.iter().all(|s| matches!(s, 200 | 201)));
+    let mut redis = redis_client(&redis_server);
+    let keys: Vec<String> = redis.keys("research_task:*").unwrap();
+    assert_eq!(keys.len(), created.len());
+    assert_eq!(created.len(), CLIENTS * REQUESTS_PER_CLIENT / 4);
+    for (id, query) in &created {
+        let stored: String = redis.get(format!("research_task:{id}")).unwrap();
+        let stored: Value = serde_json::from_str(&stored).expect("stored JSON");
+        assert_eq!(stored["query"], query.as_str());
+        assert_eq!(stored["status"], "running");
+    }
+    // The function's connections plus the monitor's own.
+    assert!(
+        peak_clients <= MAX_CONCURRENT as u64 + 1,
+        "{peak_clients} Redis clients at peak, bound {MAX_CONCURRENT} + 1"
+    );
+
+    latencies.sort();
+    let percentile =
+        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "serve load: {CLIENTS} clients x {REQUESTS_PER_CLIENT} requests (create/get/patch/get), \
+         {MAX_CONCURRENT} instances: {:.0} req/s, p50 {:?}, p99 {:?}, peak Redis clients {peak_clients}",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(0.50),
+        percentile(0.99),
+    );
+}
+
+/// A TCP server that accepts connections and never answers: a hung Redis.
+fn silent_server() -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = Arc::clone(&stop);
+    listener.set_nonblocking(true).unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop_flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if let Ok((socket, _)) = listener.accept() {
+                held.push(socket);
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    (addr, stop)
+}
+
+#[test]
+fn request_deadline_cuts_off_a_hung_redis_with_503() {
+    let (addr, stop) = silent_server();
+    let serve = Serve::start(
+        &format!("redis://{addr}"),
+        &["--timeout-ms", "10000", "--request-timeout-ms", "700"],
+    );
+    let agent = agent();
+    let started = Instant::now();
+    let reply = get(&agent, &serve.url("/research/tasks/t1"));
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.error_code(), "timeout");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn a_request_cut_off_at_its_deadline_does_not_affect_others() {
+    let redis_server = RedisServer::start().unwrap();
+    let serve = Serve::start(
+        &redis_server.url(),
+        &["--timeout-ms", "10000", "--request-timeout-ms", "700"],
+    );
+    let agent = agent();
+    let id = create(&agent, &serve, r#"{"query": "before"}"#);
+    let task = serve.url(&format!("/research/tasks/{id}"));
+
+    // Redis holds every write for 3 s (reads go on): a create hangs inside the function,
+    // in the middle of a Redis round trip, until the host cuts it off and drops the instance.
+    let mut redis = redis_client(&redis_server);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .query(&mut redis)
+        .unwrap();
+    let started = Instant::now();
+    let cut_off = post(
+        &agent,
+        &serve.url("/research/tasks"),
+        r#"{"query": "held"}"#,
+    );
+    assert_eq!(cut_off.status, 503, "{cut_off:?}");
+    assert_eq!(cut_off.error_code(), "timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Other requests, on the surviving or a fresh instance, are unaffected.
+    let during = get(&agent, &task);
+    assert_eq!(during.status, 200, "{during:?}");
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut redis)
+        .unwrap();
+    let after = create(&agent, &serve, r#"{"query": "after"}"#);
+    assert_eq!(
+        get(&agent, &serve.url(&format!("/research/tasks/{after}"))).status,
+        200
+    );
+}
+
+#[test]
+fn ctrl_c_finishes_the_request_in_flight_then_exits_cleanly() {
+    let (addr, stop) = silent_server();
+    let mut serve = Serve::start(
+        &format!("redis://{addr}"),
+        &["--timeout-ms", "800", "--request-timeout-ms", "10000"],
+    );
+    let url = serve.url("/research/tasks/t1");
+    // A request that takes ~1 s (the storage's Redis timeout against a hung server).
+    let in_flight = thread::spawn(move || get(&agent(), &url));
+    thread::sleep(Duration::from_millis(300));
+    let (status, stderr) = serve.signal_and_wait(libc::SIGINT);
+    let reply = in_flight.join().expect("request thread");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    assert!(
+        std::net::TcpStream::connect_timeout(&serve.addr, Duration::from_secs(1)).is_err(),
+        "still listening after shutdown"
+    );
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn secrets_never_reach_responses_or_logs() {
+    let redis = RedisServer::builder()
+        .args(["--requirepass", "hunter2-secret"])
+        .start()
+        .unwrap();
+    let wrong = format!("redis://:wrong-pass-9@127.0.0.1:{}", redis.port());
+    let mut serve = Serve::start(&wrong, &[]);
+    let reply = get(&agent(), &serve.url("/research/tasks/t1"));
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.error_code(), "storage_authentication");
+    assert!(!reply.body.contains("wrong-pass-9"), "{reply:?}");
+    let (_, stderr) = serve.signal_and_wait(libc::SIGTERM);
+    assert!(!stderr.contains("wrong-pass-9"), "{stderr}");
+}
