@@ -1,7 +1,7 @@
 //! Task documents: request objects parsed without losing their text, new tasks built the way
 //! the original Python service wrote them, and the generated id and timestamp.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -43,7 +43,7 @@ impl<'de> Deserialize<'de> for Members {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
                 let mut members: Vec<(String, Box<RawValue>)> = Vec::new();
                 // A set, not a scan of `members`: a body may hold a million members.
-                let mut seen = HashSet::new();
+                let mut seen = BTreeSet::new();
                 while let Some(key) = map.next_key::<String>()? {
                     if !seen.insert(key.clone()) {
                         return Err(serde::de::Error::custom(format!(
