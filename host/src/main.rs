@@ -64,6 +64,12 @@ enum Command {
     Bench(taskstore_host::bench::BenchArgs),
     /// Serve the research-task HTTP API (the composed wasi:http function) until Ctrl-C
     Serve(ServeArgs),
+    /// Write the embedded components to a directory, for other hosts (`wasmtime serve`, ...)
+    Export {
+        /// Directory to write `taskstore.wasm` and `research-api.wasm` into (created if missing)
+        #[arg(value_name = "DIR")]
+        out_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -212,6 +218,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure::Other(format!("bench: {e:#}")))
         }
         Command::Serve(args) => serve(&cli, args),
+        Command::Export { out_dir } => export(out_dir),
         Command::Task(command) => {
             let url = cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
             let mut store = open(&cli, url)?;
@@ -418,6 +425,22 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         }
         Ok(())
     })
+}
+
+fn export(out_dir: &std::path::Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", out_dir.display())))?;
+    let mut stdout = std::io::stdout().lock();
+    for (name, bytes) in [
+        ("taskstore.wasm", taskstore_host::COMPONENT),
+        ("research-api.wasm", taskstore_host::serve::HTTP_COMPONENT),
+    ] {
+        let path = out_dir.join(name);
+        std::fs::write(&path, bytes)
+            .map_err(|e| Failure::Other(format!("cannot write {}: {e}", path.display())))?;
+        print(&mut stdout, &format!("{} ({} bytes)", path.display(), bytes.len()))?;
+    }
+    Ok(())
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM, whichever comes first.

@@ -337,6 +337,7 @@ impl Server {
         }
         drop(self.listener);
         let _ = stop_tx.send(true);
+        while connections.try_join_next().is_some() {}
         let in_flight = connections.len();
         if in_flight > 0 {
             eprintln!("taskstore serve: shutting down, waiting for {in_flight} connection(s)");
