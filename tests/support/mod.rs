@@ -6,12 +6,13 @@
 #![allow(dead_code)]
 
 pub mod fault;
+pub mod pki;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use taskstore_host::redis_server::RedisServer;
+pub use taskstore_host::redis_server::{RedisServer, RedisServerBuilder};
 use taskstore_host::{Options, Runtime, TaskError, TaskStore};
 
 /// The key prefix the component uses when none is configured.
