@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::pki::{pki, TestPki};
 use support::{open_with, plain_url, RedisServer, DEFAULT_PREFIX};
+use taskstore_host::redis_server::RedisServerBuilder;
 use taskstore_host::{ListOptions, Options, Runtime, TaskError, UpdateOptions, COMPONENT};
 
 const DOC: &str = r#"{"status": "pending", "query": "tls round trip"}"#;
@@ -17,7 +18,7 @@ const DOC: &str = r#"{"status": "pending", "query": "tls round trip"}"#;
 const SHORT_TIMEOUT_MS: u32 = 500;
 
 /// A TLS server whose certificate names 127.0.0.1 and localhost, and the CA that signed it.
-fn tls_server_with(builder: support::RedisServerBuilder) -> (RedisServer, TestPki) {
+fn tls_server_with(builder: RedisServerBuilder) -> (RedisServer, TestPki) {
     let pki = pki("taskstore test CA", &["127.0.0.1", "localhost"]);
     let server = builder
         .tls(pki.server.clone())

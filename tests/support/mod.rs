@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use taskstore_host::redis_server::{RedisServer, RedisServerBuilder};
+pub use taskstore_host::redis_server::RedisServer;
 use taskstore_host::{Options, Runtime, TaskError, TaskStore};
 
 /// The key prefix the component uses when none is configured.
