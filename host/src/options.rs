@@ -202,7 +202,8 @@ mod tests {
             "redis://:hunter2@h:99999",
             "redis://:hunter2@h:0",
             "http://:hunter2@localhost",
-            "rediss://:hunter2@localhost",
+            "rediss://:hunter2@",
+            "rediss://:hunter2@h:0",
             "redis://:hunter2@[::1",
             "",
         ] {
