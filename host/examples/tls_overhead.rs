@@ -20,6 +20,9 @@ const REPS: usize = 3;
 const DOC: &str =
     r#"{"status": "pending", "query": "what does TLS cost per operation?", "progress": 0}"#;
 
+/// A measured configuration: its name, the runtime, and the options each store opens with.
+type Case<'a> = (&'a str, &'a Runtime, Box<dyn Fn() -> Options + 'a>);
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -41,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         tls_ca_certificates: Some(pki.ca_pem.clone()),
         ..Options::new(server.tls_url().expect("TLS port"))
     };
-    let cases: [(&str, &Runtime, Box<dyn Fn() -> Options>); 3] = [
+    let cases: [Case; 3] = [
         (
             "plain component, redis://",
             &plain_runtime,
