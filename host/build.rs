@@ -100,7 +100,7 @@ const VARIANTS: &[Variant] = &[
         file_name: "taskstore.wasm",
         env_var: "TASKSTORE_COMPONENT",
     },
-    // `rediss://`: rustls in the guest (~0.75 MB more), kept out of the plain component.
+    // `rediss://`: rustls in the guest (~0.68 MB more), kept out of the plain component.
     Variant {
         features: &["tls"],
         file_name: "taskstore-tls.wasm",

@@ -3,7 +3,7 @@
 //! Why in the guest rather than through the `wasi:tls` proposal: a stock wasmtime host then
 //! needs nothing beyond TCP (`-S inherit-network`), and the guest controls verification —
 //! wasmtime's own `wasi:tls` provider trusts only the web PKI roots, so a private CA (the
-//! common case for Redis) would need a custom host. The price is size (~0.5 MB of rustls,
+//! common case for Redis) would need a custom host. The price is size (~0.68 MB of rustls,
 //! ring and the root store), which is why this module sits behind the `tls` feature and
 //! the plain component stays small.
 //!
