@@ -67,25 +67,36 @@ fn main() {
         .to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let target_dir = out_dir.join("guest-target");
-    let release_dir = target_dir.join(GUEST_TARGET).join("release");
 
-    // One nested build for both packages: they share dependencies and one cargo start-up.
-    build_guest(&workspace, &target_dir, &[GUEST_PACKAGE, FUNCTION_PACKAGE]);
+    // The plain storage component and the function build together (one cargo start-up,
+    // shared dependencies); then the TLS storage component. All land in one target directory
+    // and the storage component's path is the same in both builds, so each artifact is
+    // copied out before the next build overwrites it.
+    let plain = build_variant(&workspace, &target_dir, &out_dir, &PLAIN);
+    let function = copy_out(
+        &target_dir,
+        &out_dir,
+        &format!("{FUNCTION_ARTIFACT}.wasm"),
+        "research-api-function.wasm",
+    );
+    emit_rerun_lines(&target_dir, FUNCTION_ARTIFACT);
+    let tls = build_variant(&workspace, &target_dir, &out_dir, &TLS);
 
-    let component = built_artifact(&release_dir, GUEST_PACKAGE);
-    let function = built_artifact(&release_dir, FUNCTION_ARTIFACT);
+    // The function gets the TLS-capable store, so a deployment can use `rediss://`.
     let composed = out_dir.join("research-api.wasm");
-    if let Err(e) = compose_function(&function, &component, &composed) {
+    if let Err(e) = compose_function(&function, &tls, &composed) {
         fail(&format!(
             "composing {FUNCTION_PACKAGE} with the storage component: {e:#}"
         ));
     }
-
-    for artifact in [GUEST_PACKAGE, FUNCTION_ARTIFACT] {
-        for path in guest_sources(&release_dir.join(format!("{artifact}.d"))) {
-            println!("cargo:rerun-if-changed={}", path.display());
-        }
+    for (var, path) in [
+        ("TASKSTORE_COMPONENT", &plain),
+        ("TASKSTORE_TLS_COMPONENT", &tls),
+        ("TASKSTORE_HTTP_COMPONENT", &composed),
+    ] {
+        println!("cargo:rustc-env={var}={}", path.display());
     }
+
     for extra in [
         "Cargo.toml",
         "Cargo.lock",
@@ -101,26 +112,72 @@ fn main() {
             println!("cargo:rerun-if-changed={}", path.display());
         }
     }
-    println!(
-        "cargo:rustc-env=TASKSTORE_COMPONENT={}",
-        component.display()
-    );
-    println!(
-        "cargo:rustc-env=TASKSTORE_HTTP_COMPONENT={}",
-        composed.display()
-    );
 }
 
-/// The `.wasm` a successful nested build left for `artifact`.
-fn built_artifact(release_dir: &Path, artifact: &str) -> PathBuf {
-    let path = release_dir.join(format!("{artifact}.wasm"));
-    if !path.is_file() {
+/// One build of the storage component: the packages built with it, its cargo features and
+/// where it is copied.
+struct Variant {
+    packages: &'static [&'static str],
+    features: &'static [&'static str],
+    file_name: &'static str,
+}
+
+const PLAIN: Variant = Variant {
+    packages: &[GUEST_PACKAGE, FUNCTION_PACKAGE],
+    features: &[],
+    file_name: "taskstore.wasm",
+};
+
+/// `rediss://`: rustls in the guest (~0.68 MB more), kept out of the plain component.
+const TLS: Variant = Variant {
+    packages: &[GUEST_PACKAGE],
+    features: &["tls"],
+    file_name: "taskstore-tls.wasm",
+};
+
+/// Builds `variant`, copies the storage component to `out_dir` and emits
+/// `rerun-if-changed` lines for its sources; returns the copy's path.
+fn build_variant(workspace: &Path, target_dir: &Path, out_dir: &Path, variant: &Variant) -> PathBuf {
+    build_guest(workspace, target_dir, variant.packages, variant.features);
+    let component = copy_out(
+        target_dir,
+        out_dir,
+        &format!("{GUEST_PACKAGE}.wasm"),
+        variant.file_name,
+    );
+    emit_rerun_lines(target_dir, GUEST_PACKAGE);
+    component
+}
+
+/// Copies the built `artifact` out of the nested target directory as `file_name`.
+fn copy_out(target_dir: &Path, out_dir: &Path, artifact: &str, file_name: &str) -> PathBuf {
+    let built = target_dir.join(GUEST_TARGET).join("release").join(artifact);
+    if !built.is_file() {
         fail(&format!(
             "the guest build succeeded but produced no component at {}",
-            path.display()
+            built.display()
         ));
     }
-    path
+    let copy = out_dir.join(file_name);
+    if let Err(e) = fs::copy(&built, &copy) {
+        fail(&format!(
+            "cannot copy {} to {}: {e}",
+            built.display(),
+            copy.display()
+        ));
+    }
+    copy
+}
+
+/// `rerun-if-changed` for every source file of the last build of `artifact`.
+fn emit_rerun_lines(target_dir: &Path, artifact: &str) {
+    let dep_info = target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join(format!("{artifact}.d"));
+    for path in guest_sources(&dep_info) {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
 }
 
 /// Plugs the storage component's `task-storage` export into the function's import and writes
@@ -163,7 +220,7 @@ fn compose_function(function: &Path, storage: &Path, output: &Path) -> anyhow::R
     Ok(())
 }
 
-fn build_guest(workspace: &Path, target_dir: &Path, packages: &[&str]) {
+fn build_guest(workspace: &Path, target_dir: &Path, packages: &[&str], features: &[&str]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut command = Command::new(&cargo);
     command
@@ -176,6 +233,9 @@ fn build_guest(workspace: &Path, target_dir: &Path, packages: &[&str]) {
         .args(packages.iter().flat_map(|package| ["-p", package]))
         .arg("--target-dir")
         .arg(target_dir);
+    if !features.is_empty() {
+        command.arg("--features").arg(features.join(","));
+    }
     for (name, _) in env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         if SCRUBBED_VARS.contains(&name) || SCRUBBED_PREFIXES.iter().any(|p| name.starts_with(p)) {
@@ -194,9 +254,10 @@ fn build_guest(workspace: &Path, target_dir: &Path, packages: &[&str]) {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
         fail(&format!(
             "building the guest component failed ({}); run `cargo build --release --target \
-             {GUEST_TARGET} -p {}` in {} to see the errors",
+             {GUEST_TARGET} -p {} --features '{}'` in {} to see the errors",
             describe(output.status),
             packages.join(" -p "),
+            features.join(","),
             workspace.display()
         ));
     }

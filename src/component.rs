@@ -4,11 +4,17 @@
 use std::cell::RefCell;
 
 use crate::client::ClientError;
-use crate::config::StoreOptions;
+use crate::config::{StoreOptions, StoreSettings};
 use crate::store::{
     ListOptions, StoreError, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
 };
 use crate::wasi_tcp::WasiConnector;
+
+/// What the store connects with: plain TCP, or TLS over it when built with `tls`.
+#[cfg(feature = "tls")]
+type StoreConnector = crate::tls::MaybeTlsConnector<WasiConnector>;
+#[cfg(not(feature = "tls"))]
+type StoreConnector = WasiConnector;
 
 wit_bindgen::generate!({
     path: "wit",
@@ -24,7 +30,7 @@ impl Guest for Component {
 }
 
 /// The WIT resource: calls take `&self`, and are sequential within one instance.
-struct StoreResource(RefCell<TaskStore<WasiConnector>>);
+struct StoreResource(RefCell<TaskStore<StoreConnector>>);
 
 impl GuestStore for StoreResource {
     fn open(options: wit::Options) -> Result<wit::Store, wit::Error> {
@@ -34,8 +40,15 @@ impl GuestStore for StoreResource {
             default_ttl_seconds: options.default_ttl_seconds,
             timeout_ms: options.timeout_ms,
             max_document_bytes: options.max_document_bytes,
+            tls_ca_certificates: options.tls_ca_certificates,
+            danger_accept_invalid_certificates: options
+                .danger_accept_invalid_certificates
+                .unwrap_or(false),
         };
-        let store = TaskStore::open(&options, WasiConnector).map_err(to_wit)?;
+        let settings =
+            StoreSettings::from_options(&options).map_err(|err| to_wit(StoreError::from(err)))?;
+        let connector = connector_for(&settings)?;
+        let store = TaskStore::open_with_settings(settings, connector).map_err(to_wit)?;
         Ok(wit::Store::new(StoreResource(RefCell::new(store))))
     }
 
@@ -149,6 +162,24 @@ impl GuestStore for StoreResource {
     fn exists(&self, id: String) -> Result<bool, wit::Error> {
         self.0.borrow_mut().exists(&id).map_err(to_wit)
     }
+}
+
+#[cfg(feature = "tls")]
+fn connector_for(settings: &StoreSettings) -> Result<StoreConnector, wit::Error> {
+    crate::tls::MaybeTlsConnector::new(WasiConnector, settings.tls.as_ref())
+        .map_err(|err| wit::Error::InvalidInput(err.0))
+}
+
+#[cfg(not(feature = "tls"))]
+fn connector_for(settings: &StoreSettings) -> Result<StoreConnector, wit::Error> {
+    if settings.tls.is_some() {
+        return Err(wit::Error::InvalidInput(
+            "rediss:// (TLS) needs the TLS build of the component (taskstore-tls.wasm, \
+             built with the `tls` feature); this build speaks plaintext redis:// only"
+                .into(),
+        ));
+    }
+    Ok(WasiConnector)
 }
 
 fn to_wit_task(task: Task) -> wit::Task {

@@ -1,4 +1,4 @@
-//! Store options and the `redis://` URL: parsed and validated once, at `open`.
+//! Store options and the `redis://` / `rediss://` URL: parsed and validated once, at `open`.
 //!
 //! The URL parser is small and hand-written on purpose: the `url` crate brings IDNA tables
 //! that would more than double the component's size, and a Redis URL needs only scheme,
@@ -30,6 +30,10 @@ pub struct StoreOptions {
     pub default_ttl_seconds: Option<u64>,
     pub timeout_ms: Option<u32>,
     pub max_document_bytes: Option<u32>,
+    /// PEM certificates trusted for `rediss://` instead of the built-in web PKI roots.
+    pub tls_ca_certificates: Option<String>,
+    /// Development only: accept any server certificate on `rediss://` (see WIT docs).
+    pub danger_accept_invalid_certificates: bool,
 }
 
 impl StoreOptions {
@@ -49,6 +53,14 @@ impl fmt::Debug for StoreOptions {
             .field("default_ttl_seconds", &self.default_ttl_seconds)
             .field("timeout_ms", &self.timeout_ms)
             .field("max_document_bytes", &self.max_document_bytes)
+            .field(
+                "tls_ca_certificates",
+                &self.tls_ca_certificates.as_ref().map(|pem| pem.len()),
+            )
+            .field(
+                "danger_accept_invalid_certificates",
+                &self.danger_accept_invalid_certificates,
+            )
             .finish()
     }
 }
@@ -61,6 +73,32 @@ pub struct StoreSettings {
     pub default_ttl_seconds: u64,
     pub timeout: Duration,
     pub max_document_bytes: usize,
+    /// `Some` exactly when the URL is `rediss://`.
+    pub tls: Option<TlsSettings>,
+}
+
+/// How a `rediss://` connection verifies the server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM text whose certificates are the only trust anchors; `None`: the web PKI roots.
+    pub ca_certificates: Option<String>,
+    /// Skip certificate verification entirely (development only).
+    pub danger_accept_invalid_certificates: bool,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field(
+                "ca_certificates",
+                &self.ca_certificates.as_ref().map(|pem| pem.len()),
+            )
+            .field(
+                "danger_accept_invalid_certificates",
+                &self.danger_accept_invalid_certificates,
+            )
+            .finish()
+    }
 }
 
 /// An option or URL that cannot be used; the message says which and why.
@@ -94,7 +132,29 @@ impl StoreSettings {
                 "maximum document size of {max_document_bytes} bytes is out of range: it must be between 2 and {MAX_DOCUMENT_BYTES_LIMIT}"
             )));
         }
+        let tls = if redis.tls {
+            if options.tls_ca_certificates.is_some() && options.danger_accept_invalid_certificates {
+                return Err(ConfigError(
+                    "give either a TLS CA certificate or danger-accept-invalid-certificates, not both".into(),
+                ));
+            }
+            Some(TlsSettings {
+                ca_certificates: options.tls_ca_certificates.clone(),
+                danger_accept_invalid_certificates: options.danger_accept_invalid_certificates,
+            })
+        } else if options.tls_ca_certificates.is_some()
+            || options.danger_accept_invalid_certificates
+        {
+            // A TLS option with a plaintext URL is a mistake; ignoring it would silently
+            // send traffic in the clear that the caller meant to protect.
+            return Err(ConfigError(
+                "TLS options are given but the Redis URL is redis:// (plaintext); use rediss:// for TLS".into(),
+            ));
+        } else {
+            None
+        };
         Ok(StoreSettings {
+            tls,
             redis,
             key_prefix: options
                 .key_prefix
@@ -118,12 +178,14 @@ pub fn check_ttl(seconds: u64) -> Result<(), String> {
     }
 }
 
-/// A parsed `redis://[[user]:password@]host[:port][/db]` URL.
+/// A parsed `redis[s]://[[user]:password@]host[:port][/db]` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     pub endpoint: Endpoint,
     pub credentials: Option<Credentials>,
     pub database: u32,
+    /// `rediss://`: the connection runs over TLS, with the URL host as the server name.
+    pub tls: bool,
 }
 
 /// What `AUTH` is sent with.
@@ -157,7 +219,7 @@ impl fmt::Debug for Secret {
 
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<RedisUrl, ConfigError> {
-        let rest = strip_scheme(url)?;
+        let (rest, tls) = strip_scheme(url)?;
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
         let (userinfo, host_port) = match authority.rfind('@') {
@@ -171,25 +233,25 @@ impl RedisUrl {
             endpoint,
             credentials,
             database,
+            tls,
         })
     }
 }
 
-fn strip_scheme(url: &str) -> Result<&str, ConfigError> {
+/// The URL after its scheme, and whether the scheme asks for TLS.
+fn strip_scheme(url: &str) -> Result<(&str, bool), ConfigError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(ConfigError(
             "Redis URL must look like redis://[[user]:password@]host[:port][/db]".into(),
         ));
     };
     if scheme.eq_ignore_ascii_case("redis") {
-        Ok(rest)
+        Ok((rest, false))
     } else if scheme.eq_ignore_ascii_case("rediss") {
-        Err(ConfigError(
-            "rediss:// (TLS) is not supported by this build; use redis://".into(),
-        ))
+        Ok((rest, true))
     } else {
         Err(ConfigError(format!(
-            "Redis URL scheme {} is not supported; use redis://",
+            "Redis URL scheme {} is not supported; use redis:// or rediss:// (TLS)",
             excerpt(scheme, 16)
         )))
     }
@@ -365,6 +427,38 @@ mod tests {
     }
 
     #[test]
+    fn rediss_scheme_asks_for_tls_and_redis_does_not() {
+        let url = RedisUrl::parse("rediss://:pw@cache.example:6380/1").unwrap();
+        assert!(url.tls);
+        assert_eq!(url.endpoint, endpoint("cache.example", 6380));
+        assert_eq!(url.database, 1);
+        assert!(RedisUrl::parse("REDISS://h").unwrap().tls);
+        assert!(!RedisUrl::parse("redis://h").unwrap().tls);
+    }
+
+    #[test]
+    fn tls_options_are_kept_for_rediss_and_refused_for_plain_redis() {
+        let mut options = StoreOptions::new("rediss://h");
+        options.tls_ca_certificates = Some("-----BEGIN CERTIFICATE-----".into());
+        let tls = StoreSettings::from_options(&options).unwrap().tls.unwrap();
+        assert_eq!(tls.ca_certificates, options.tls_ca_certificates);
+        assert!(!tls.danger_accept_invalid_certificates);
+        assert!(format!("{tls:?}").contains("Some(27)"));
+
+        let plain = StoreSettings::from_options(&StoreOptions::new("redis://h")).unwrap();
+        assert_eq!(plain.tls, None);
+        for set in [
+            |o: &mut StoreOptions| o.tls_ca_certificates = Some("pem".into()),
+            |o: &mut StoreOptions| o.danger_accept_invalid_certificates = true,
+        ] {
+            let mut options = StoreOptions::new("redis://h");
+            set(&mut options);
+            let err = StoreSettings::from_options(&options).unwrap_err();
+            assert!(err.0.contains("rediss://"), "{err}");
+        }
+    }
+
+    #[test]
     fn parses_bracketed_ipv6() {
         assert_eq!(
             RedisUrl::parse("redis://[::1]:6390").unwrap().endpoint,
@@ -378,7 +472,7 @@ mod tests {
         let bad = [
             "localhost:6379",
             "http://localhost",
-            "rediss://localhost",
+            "rediss://",
             "redis://",
             "redis://:pw@",
             "redis://host:0",

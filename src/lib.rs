@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`resp`]: RESP2 codec — command encoding, bounded reply decoding. Pure.
 //! - [`transport`]: the byte-stream seam (`Connector`, `Transport`) and its error type.
+//! - [`tls`] (feature `tls`): `rediss://` — rustls over any transport.
 //! - `wasi_tcp` (wasm32 only): the component's connection layer over `wasi:sockets`.
 //! - [`std_tcp`] (native only): the same over `std::net`.
 //! - [`client`]: typed Redis commands, connection lifecycle, retry of idempotent commands.
@@ -24,6 +25,9 @@ pub mod resp;
 pub mod store;
 pub mod text;
 pub mod transport;
+
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod std_tcp;

@@ -138,6 +138,15 @@ impl<C: Connector> TaskStore<C> {
     /// Validates `options`, then connects and authenticates (see the WIT `open`).
     pub fn open(options: &StoreOptions, connector: C) -> Result<TaskStore<C>, StoreError> {
         let settings = StoreSettings::from_options(options)?;
+        TaskStore::open_with_settings(settings, connector)
+    }
+
+    /// As [`TaskStore::open`], for options already validated (the caller needed them to
+    /// build `connector`, e.g. with TLS).
+    pub fn open_with_settings(
+        settings: StoreSettings,
+        connector: C,
+    ) -> Result<TaskStore<C>, StoreError> {
         let mut client = Client::new(
             connector,
             settings.redis,

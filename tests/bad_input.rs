@@ -367,7 +367,13 @@ fn invalid_urls_and_options_are_rejected_before_connecting() {
         (Options::new(""), "redis://"),
         (Options::new("not a url"), "redis://"),
         (Options::new(format!("http://127.0.0.1:{port}")), "scheme"),
-        (Options::new(format!("rediss://127.0.0.1:{port}")), "TLS"),
+        // rediss:// is supported now (tests/tls.rs); a TLS option on a plaintext URL is not.
+        (with(|o| o.tls_ca_certificates = Some("PEM".into())), "TLS"),
+        (with(|o| o.danger_accept_invalid_certificates = true), "TLS"),
+        (
+            Options::new(format!("rediss://:@127.0.0.1:{port}")),
+            "password",
+        ),
         (Options::new("redis://"), "host"),
         (Options::new("redis://:6379"), "host"),
         (Options::new("redis://127.0.0.1:notaport"), "port"),

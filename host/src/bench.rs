@@ -1171,6 +1171,8 @@ impl ProbePre {
             default_ttl_seconds: None,
             timeout_ms: None,
             max_document_bytes: None,
+            tls_ca_certificates: None,
+            danger_accept_invalid_certificates: None,
         };
         let handle = guest
             .taskstore_storage_task_storage()

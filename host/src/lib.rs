@@ -24,7 +24,8 @@
 //! # Layout
 //!
 //! - [`runtime`]: [`Runtime`], the compiled and linked component, and the embedded
-//!   [`COMPONENT`] that `build.rs` builds from the workspace's root package.
+//!   [`COMPONENT`] and [`TLS_COMPONENT`] (`rediss://`) that `build.rs` builds from the
+//!   workspace's root package.
 //! - `store`: [`AsyncTaskStore`] (one instance, async calls) and [`TaskStore`] (blocking),
 //!   and the records their calls take and return ([`Task`], [`UpdateOptions`],
 //!   [`ListOptions`], [`Page`], ...).
@@ -52,7 +53,7 @@ mod store;
 pub use cache::{CacheOutcome, ComponentCache};
 pub use error::TaskError;
 pub use options::{redact_url, Options};
-pub use runtime::{Runtime, COMPONENT, DEFAULT_MEMORY_LIMIT};
+pub use runtime::{Runtime, COMPONENT, DEFAULT_MEMORY_LIMIT, TLS_COMPONENT};
 pub use store::{
     AsyncTaskStore, ListOptions, Page, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
 };

@@ -32,7 +32,7 @@ struct Cli {
     // comment, whose brackets rustdoc would read as links.)
     #[arg(
         long,
-        help = "Redis URL: redis://[[user]:password@]host[:port][/db] [default: redis://127.0.0.1:6379]",
+        help = "Redis URL: redis://[[user]:password@]host[:port][/db], or rediss://... for TLS [default: redis://127.0.0.1:6379]",
         value_name = "URL",
         env = "REDIS_URL",
         hide_env_values = true,
@@ -47,6 +47,21 @@ struct Cli {
     /// Deadline for connecting and for each command, in milliseconds [default: 5000]
     #[arg(long, value_name = "MS", global = true)]
     timeout_ms: Option<u32>,
+
+    /// rediss:// only: PEM file of the CA certificate(s) that sign the server's certificate,
+    /// trusted instead of the built-in web PKI roots
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "TASKSTORE_TLS_CA_FILE",
+        global = true
+    )]
+    tls_ca_file: Option<std::path::PathBuf>,
+
+    /// rediss:// only. DANGER, development only: accept any server certificate (anyone who
+    /// can intercept the connection can then impersonate Redis and read the password)
+    #[arg(long, global = true)]
+    danger_accept_invalid_certificates: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -463,9 +478,23 @@ async fn shutdown_signal() {
 fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
     let runtime = Runtime::cached()
         .map_err(|e| Failure::Other(format!("cannot load the component: {e:#}")))?;
+    let tls_ca_certificates = match &cli.tls_ca_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            Failure::Usage(format!("cannot read TLS CA file {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    if cli.danger_accept_invalid_certificates {
+        eprintln!(
+            "taskstore: WARNING: --danger-accept-invalid-certificates: the server's TLS \
+             certificate is not verified; use this for development only"
+        );
+    }
     let options = Options {
         key_prefix: cli.prefix.clone(),
         timeout_ms: cli.timeout_ms,
+        tls_ca_certificates,
+        danger_accept_invalid_certificates: cli.danger_accept_invalid_certificates,
         ..Options::new(url)
     };
     Ok(TaskStore::open(&runtime, options)?)

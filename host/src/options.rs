@@ -19,7 +19,7 @@ use crate::error::TaskError;
 /// `Debug` shows the URL with its credentials replaced by `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Options {
-    /// `redis://[[user]:password@]host[:port][/db]`.
+    /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS.
     pub url: String,
     /// Prefix of every key.
     pub key_prefix: Option<String>,
@@ -29,6 +29,12 @@ pub struct Options {
     pub timeout_ms: Option<u32>,
     /// Largest document accepted and returned, in bytes.
     pub max_document_bytes: Option<u32>,
+    /// `rediss://` only: PEM text of the CA certificate(s) trusted to sign the server's
+    /// certificate, instead of the built-in web PKI roots.
+    pub tls_ca_certificates: Option<String>,
+    /// `rediss://` only. DANGER, development only: accept any server certificate, so anyone
+    /// who can intercept the connection can impersonate Redis and read the password.
+    pub danger_accept_invalid_certificates: bool,
 }
 
 impl Options {
@@ -49,6 +55,14 @@ impl fmt::Debug for Options {
             .field("default_ttl_seconds", &self.default_ttl_seconds)
             .field("timeout_ms", &self.timeout_ms)
             .field("max_document_bytes", &self.max_document_bytes)
+            .field(
+                "tls_ca_certificates",
+                &self.tls_ca_certificates.as_ref().map(|_| "<PEM>"),
+            )
+            .field(
+                "danger_accept_invalid_certificates",
+                &self.danger_accept_invalid_certificates,
+            )
             .finish()
     }
 }
@@ -188,7 +202,8 @@ mod tests {
             "redis://:hunter2@h:99999",
             "redis://:hunter2@h:0",
             "http://:hunter2@localhost",
-            "rediss://:hunter2@localhost",
+            "rediss://:hunter2@",
+            "rediss://:hunter2@h:0",
             "redis://:hunter2@[::1",
             "",
         ] {

@@ -47,6 +47,25 @@ const READY_MARKER: &str = "Ready to accept connections";
 #[derive(Debug, Default, Clone)]
 pub struct RedisServerBuilder {
     args: Vec<OsString>,
+    tls: Option<TlsFiles>,
+}
+
+/// PEM texts a TLS-enabled server is started with (written into its own directory).
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// The server's certificate chain.
+    pub certificate: String,
+    /// The server certificate's private key.
+    pub private_key: String,
+    /// The CA that Redis requires for client certificates; unused, since the server is
+    /// started with `--tls-auth-clients no`, but Redis refuses to start without one.
+    pub ca_certificate: String,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles { .. }")
+    }
 }
 
 impl RedisServerBuilder {
@@ -67,6 +86,14 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Also listens for TLS on a second loopback port ([`RedisServer::tls_port`]), with
+    /// these certificates and no client certificates required. The plaintext port stays
+    /// open: readiness checks and tests' own checks use it.
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
     /// Starts the server and waits until it answers `PING`.
     ///
     /// # Errors
@@ -79,16 +106,35 @@ impl RedisServerBuilder {
             .prefix("taskstore-redis-")
             .tempdir()
             .context("cannot create a temporary directory for redis-server")?;
+        let mut args = Vec::new();
+        if let Some(files) = &self.tls {
+            for (name, flag, pem) in [
+                ("server.crt", "--tls-cert-file", &files.certificate),
+                ("server.key", "--tls-key-file", &files.private_key),
+                ("ca.crt", "--tls-ca-cert-file", &files.ca_certificate),
+            ] {
+                let path = dir.path().join(name);
+                fs::write(&path, pem).with_context(|| format!("cannot write {name}"))?;
+                args.push(OsString::from(flag));
+                args.push(path.into_os_string());
+            }
+            args.extend(["--tls-auth-clients", "no"].map(OsString::from));
+        }
+        args.extend(self.args);
         let mut server = RedisServer {
             program,
-            args: self.args,
+            args,
             dir,
             port: 0,
+            tls_port: None,
             child: None,
         };
         let mut attempt = 1;
         loop {
             server.port = free_loopback_port()?;
+            if self.tls.is_some() {
+                server.tls_port = Some(free_loopback_port()?);
+            }
             match server.spawn_and_wait() {
                 Ok(()) => return Ok(server),
                 Err(SpawnError::PortTaken(_)) if attempt < PORT_ATTEMPTS => attempt += 1,
@@ -105,6 +151,8 @@ pub struct RedisServer {
     args: Vec<OsString>,
     dir: tempfile::TempDir,
     port: u16,
+    /// The TLS port, when started with [`RedisServerBuilder::tls`].
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -141,6 +189,17 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>` (no credentials, database 0).
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port, if the server was started with [`RedisServerBuilder::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// `rediss://127.0.0.1:<tls port>`, if the server was started with TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("rediss://127.0.0.1:{port}"))
     }
 
     /// The server's working directory: data files and the log live here.
@@ -248,6 +307,12 @@ impl RedisServer {
         command
             .arg("--port")
             .arg(self.port.to_string())
+            .args(
+                self.tls_port
+                    .map(|port| ["--tls-port".to_owned(), port.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -279,7 +344,17 @@ impl RedisServer {
                 bail!("redis-server exited during startup ({status})");
             }
             if log_since(self.dir.path(), mark).contains(READY_MARKER) {
-                match ping(self.addr(), deadline) {
+                let tls_listens = || match self.tls_port {
+                    // Redis opens both ports before it logs readiness; a connect proves ours.
+                    Some(port) => TcpStream::connect_timeout(
+                        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                        POLL_INTERVAL * 10,
+                    )
+                    .map(drop)
+                    .map_err(|e| anyhow!("TLS port: {e}")),
+                    None => Ok(()),
+                };
+                match ping(self.addr(), deadline).and_then(|()| tls_listens()) {
                     Ok(()) => return Ok(()),
                     Err(e) => last_ping = e.to_string(),
                 }

@@ -15,8 +15,13 @@ use crate::options::Options;
 use crate::store::{AsyncTaskStore, HostState};
 
 /// The component built from this workspace's root package (`wasm32-wasip2`, release),
-/// embedded at compile time by `build.rs`.
+/// embedded at compile time by `build.rs`. It speaks plaintext `redis://` only.
 pub static COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_COMPONENT"));
+
+/// The same component built with the `tls` feature: `redis://` and `rediss://` (rustls in
+/// the guest). Several times larger than [`COMPONENT`], so it is compiled only when a store
+/// opens a `rediss://` URL; see [`Runtime::new_tls`].
+pub static TLS_COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_TLS_COMPONENT"));
 
 /// Memory a store's instance may use unless [`Runtime::with_memory_limit`] says otherwise.
 pub const DEFAULT_MEMORY_LIMIT: usize = 256 * 1024 * 1024;
@@ -38,6 +43,19 @@ pub struct Runtime {
     call_deadline: Option<Duration>,
     /// Advances the engine's epoch while any clone of this runtime lives.
     _ticker: Arc<EpochTicker>,
+    /// Which embedded component this is: the plain one switches to the TLS one for a
+    /// `rediss://` store. A component given by the caller is used as it is.
+    embedded: Embedded,
+    /// The cache this runtime was loaded through, reused for the TLS component.
+    cache: Option<ComponentCache>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Embedded {
+    Plain,
+    Tls,
+    /// A component from [`Runtime::from_bytes`] or [`Runtime::from_file`].
+    No,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -61,8 +79,47 @@ impl Runtime {
             return Ok(runtime.clone());
         }
         // Two threads racing here both compile; one result is kept. Rare, and harmless.
-        let runtime = Runtime::from_bytes(COMPONENT)?;
+        let (mut runtime, _) = Runtime::load(COMPONENT, None)?;
+        runtime.embedded = Embedded::Plain;
         Ok(EMBEDDED.get_or_init(|| runtime).clone())
+    }
+
+    /// The embedded TLS component ([`TLS_COMPONENT`]), compiled once per process. Stores
+    /// opened with a `rediss://` URL from the plain runtime ([`Runtime::new`],
+    /// [`Runtime::cached`]) switch to it by themselves; this is for callers that want the
+    /// compilation (about a second in a release build) done up front.
+    ///
+    /// # Errors
+    /// As [`Runtime::new`].
+    pub fn new_tls() -> anyhow::Result<Runtime> {
+        Runtime::embedded_tls(None)
+    }
+
+    fn embedded_tls(cache: Option<&ComponentCache>) -> anyhow::Result<Runtime> {
+        static EMBEDDED_TLS: OnceLock<Runtime> = OnceLock::new();
+        if let Some(runtime) = EMBEDDED_TLS.get() {
+            return Ok(runtime.clone());
+        }
+        let (mut runtime, _) = Runtime::load(TLS_COMPONENT, cache)?;
+        runtime.embedded = Embedded::Tls;
+        Ok(EMBEDDED_TLS.get_or_init(|| runtime).clone())
+    }
+
+    /// The runtime a store with `url` runs on: the embedded TLS component for a `rediss://`
+    /// URL when this is the plain embedded one (with this runtime's limits), else this one.
+    /// A URL that does not parse stays here, for the component to reject.
+    pub(crate) fn for_url(&self, url: &str) -> Result<Runtime, TaskError> {
+        let wants_tls = taskstore::config::RedisUrl::parse(url).is_ok_and(|url| url.tls);
+        if !(wants_tls && self.embedded == Embedded::Plain) {
+            return Ok(self.clone());
+        }
+        let tls = Runtime::embedded_tls(self.cache.as_ref())
+            .map_err(|e| TaskError::Host(format!("cannot load the TLS component: {e:#}")))?;
+        Ok(Runtime {
+            memory_limit: self.memory_limit,
+            call_deadline: self.call_deadline,
+            ..tls
+        })
     }
 
     /// A component read from `path` (a `.wasm` component binary).
@@ -100,7 +157,9 @@ impl Runtime {
     pub fn cached() -> anyhow::Result<Runtime> {
         match ComponentCache::from_env() {
             Some(cache) => {
-                Runtime::from_bytes_cached(COMPONENT, &cache).map(|(runtime, _)| runtime)
+                let (mut runtime, _) = Runtime::load(COMPONENT, Some(&cache))?;
+                runtime.embedded = Embedded::Plain;
+                Ok(runtime)
             }
             None => Runtime::new(),
         }
@@ -142,6 +201,8 @@ impl Runtime {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             call_deadline: None,
             _ticker: Arc::new(ticker),
+            embedded: Embedded::No,
+            cache: cache.cloned(),
         };
         Ok((runtime, outcome))
     }

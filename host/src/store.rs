@@ -87,6 +87,7 @@ impl std::fmt::Debug for AsyncTaskStore {
 impl AsyncTaskStore {
     pub(crate) async fn open(runtime: Runtime, options: Options) -> Result<Self, TaskError> {
         let secrets = url_secrets(&options.url);
+        let runtime = runtime.for_url(&options.url)?;
         let instance = start(&runtime, &options)
             .await
             .map_err(|e| e.redact(&secrets))?;
@@ -535,6 +536,8 @@ fn to_wit(options: &Options) -> wit::Options {
         default_ttl_seconds: options.default_ttl_seconds,
         timeout_ms: options.timeout_ms,
         max_document_bytes: options.max_document_bytes,
+        tls_ca_certificates: options.tls_ca_certificates.clone(),
+        danger_accept_invalid_certificates: Some(options.danger_accept_invalid_certificates),
     }
 }
 

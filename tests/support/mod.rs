@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fault;
+pub mod pki;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::OnceLock;

@@ -1,0 +1,151 @@
+//! The `taskstore` binary over `rediss://`, against a private TLS `redis-server`.
+
+#[path = "../../tests/support/pki.rs"]
+mod pki;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use taskstore_host::redis_server::RedisServer;
+
+/// Any one run of the binary ends within this, or the test fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `taskstore` with `args`; output goes to files, so a full pipe cannot stall it.
+fn taskstore(args: &[&str]) -> Run {
+    let out = tempfile::tempdir().expect("temp dir for the binary's output");
+    let (stdout_path, stderr_path) = (out.path().join("stdout"), out.path().join("stderr"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("TASKSTORE_TLS_CA_FILE")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("run the taskstore binary");
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("taskstore {args:?} did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        code: status.code().expect("exited normally"),
+        stdout: std::fs::read_to_string(&stdout_path).unwrap(),
+        stderr: std::fs::read_to_string(&stderr_path).unwrap(),
+    }
+}
+
+#[test]
+fn rediss_with_the_right_ca_works_and_a_wrong_ca_exits_3_with_a_tls_error() {
+    let pki = pki::pki("taskstore CLI test CA", &["127.0.0.1"]);
+    let server = RedisServer::builder()
+        .arg("--requirepass")
+        .arg("cli-s3cret")
+        .tls(pki.server.clone())
+        .start()
+        .expect("redis-server starts with TLS");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let wrong_ca_file = dir.path().join("wrong-ca.pem");
+    std::fs::write(
+        &wrong_ca_file,
+        pki::pki("another CA", &["127.0.0.1"]).ca_pem,
+    )
+    .unwrap();
+    let url = format!(
+        "rediss://:cli-s3cret@127.0.0.1:{}",
+        server.tls_port().unwrap()
+    );
+    let ca = ca_file.to_str().unwrap();
+
+    let set = taskstore(&[
+        "--redis",
+        &url,
+        "--tls-ca-file",
+        ca,
+        "set",
+        "t1",
+        r#"{"status":"pending"}"#,
+    ]);
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    let get = taskstore(&["--redis", &url, "--tls-ca-file", ca, "get", "t1"]);
+    assert_eq!(
+        (get.code, get.stdout.as_str()),
+        (0, "{\"status\":\"pending\"}\n"),
+        "{}",
+        get.stderr
+    );
+
+    let wrong = taskstore(&[
+        "--redis",
+        &url,
+        "--tls-ca-file",
+        wrong_ca_file.to_str().unwrap(),
+        "get",
+        "t1",
+    ]);
+    assert_eq!(wrong.code, 3, "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("TLS"), "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("not signed by a trusted CA"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(!wrong.stderr.contains("cli-s3cret"), "{}", wrong.stderr);
+    assert_eq!(wrong.stdout, "");
+
+    let unreadable = taskstore(&[
+        "--redis",
+        &url,
+        "--tls-ca-file",
+        "/no/such/ca.pem",
+        "get",
+        "t1",
+    ]);
+    assert_eq!(unreadable.code, 2, "{}", unreadable.stderr);
+    assert!(
+        unreadable.stderr.contains("/no/such/ca.pem"),
+        "{}",
+        unreadable.stderr
+    );
+}
+
+#[test]
+fn danger_flag_connects_without_verification_and_warns() {
+    let pki = pki::pki("taskstore CLI test CA", &["redis.example"]);
+    let server = RedisServer::builder()
+        .tls(pki.server.clone())
+        .start()
+        .unwrap();
+    let url = server.tls_url().unwrap();
+    let run = taskstore(&[
+        "--redis",
+        &url,
+        "--danger-accept-invalid-certificates",
+        "exists",
+        "t1",
+    ]);
+    // Connected (no such task: exit 1, `false`), and said loudly that nothing was verified.
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (1, "false\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("WARNING"), "{}", run.stderr);
+}
