@@ -89,6 +89,10 @@ fn main() {
             println!("cargo:rerun-if-changed={}", path.display());
         }
     }
+    // Cargo's build-script hash does not depend on where the workspace lives, so worktrees
+    // sharing one CARGO_TARGET_DIR share this OUT_DIR, and the recorded rerun paths may be
+    // another worktree's: setting this variable to a new value forces a fresh guest build.
+    println!("cargo:rerun-if-env-changed=TASKSTORE_GUEST_REBUILD");
     println!(
         "cargo:rustc-env=TASKSTORE_COMPONENT={}",
         component.display()

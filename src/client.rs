@@ -285,7 +285,8 @@ impl<C: Connector> Client<C> {
             match command.first().copied() {
                 Some(name) if name.eq_ignore_ascii_case(b"MULTI") => in_multi = true,
                 Some(name)
-                    if name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD") =>
+                    if name.eq_ignore_ascii_case(b"EXEC")
+                        || name.eq_ignore_ascii_case(b"DISCARD") =>
                 {
                     in_multi = false
                 }

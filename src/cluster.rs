@@ -227,7 +227,10 @@ mod tests {
         );
         // Only the first `{…}` counts, and an empty tag means the whole key.
         assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
-        assert_eq!(key_slot(b"foo{}{bar}"), redis_protocol::redis_keyslot(b"foo{}{bar}"));
+        assert_eq!(
+            key_slot(b"foo{}{bar}"),
+            redis_protocol::redis_keyslot(b"foo{}{bar}")
+        );
         assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
         assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
         assert_eq!(key_slot(b"a{"), key_slot(b"a{"));

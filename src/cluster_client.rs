@@ -257,7 +257,10 @@ impl<C: Connector + Clone> ClusterClient<C> {
                 Err(err) => return Err(err),
             });
         }
-        Ok(results.into_iter().map(|r| r.unwrap_or(Reply::Null)).collect())
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Reply::Null))
+            .collect())
     }
 
     /// The number of masters a listing walks.
@@ -361,7 +364,9 @@ mod tests {
 
     /// A scripted cluster where every connection, to whichever node, follows one shared
     /// script; tests check which endpoints were dialled through `connects`.
-    fn cluster(connections: Vec<Result<Vec<Step>, IoError>>) -> (ClusterClient<FakeConnector>, FakeConnector) {
+    fn cluster(
+        connections: Vec<Result<Vec<Step>, IoError>>,
+    ) -> (ClusterClient<FakeConnector>, FakeConnector) {
         let connector = FakeConnector::default();
         connector.0.borrow_mut().connections = connections.into();
         let url = RedisUrl::parse("redis+cluster://127.0.0.1:7000").unwrap();
@@ -424,7 +429,11 @@ mod tests {
 
     #[test]
     fn endless_redirects_end_in_an_error() {
-        let mut steps = vec![PONG, Step::Reply(SLOTS), Step::Reply(b"-ASK 5061 127.0.0.1:7000\r\n")];
+        let mut steps = vec![
+            PONG,
+            Step::Reply(SLOTS),
+            Step::Reply(b"-ASK 5061 127.0.0.1:7000\r\n"),
+        ];
         for _ in 0..MAX_REDIRECTS {
             steps.push(Step::Reply(b"+OK\r\n-ASK 5061 127.0.0.1:7000\r\n"));
         }

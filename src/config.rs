@@ -233,7 +233,8 @@ fn strip_scheme(url: &str) -> Result<(&str, bool), ConfigError> {
         Ok((rest, false))
     } else if scheme.eq_ignore_ascii_case("redis+cluster") {
         Ok((rest, true))
-    } else if scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("rediss+cluster") {
+    } else if scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("rediss+cluster")
+    {
         Err(ConfigError(
             "rediss:// (TLS) is not supported by this build; use redis://".into(),
         ))
@@ -459,7 +460,8 @@ mod tests {
 
     #[test]
     fn parses_cluster_url_with_several_seeds_and_shared_credentials() {
-        let url = RedisUrl::parse("redis+cluster://u:p%21@10.0.0.1:7000,[::1]:7001,node-c").unwrap();
+        let url =
+            RedisUrl::parse("redis+cluster://u:p%21@10.0.0.1:7000,[::1]:7001,node-c").unwrap();
         assert!(url.is_cluster());
         assert_eq!(
             url.cluster_seeds,
@@ -476,7 +478,9 @@ mod tests {
         assert!(!node.is_cluster());
         assert_eq!(node.credentials, url.credentials);
         assert_eq!(
-            RedisUrl::parse("REDIS+CLUSTER://h/0").unwrap().cluster_seeds,
+            RedisUrl::parse("REDIS+CLUSTER://h/0")
+                .unwrap()
+                .cluster_seeds,
             vec![endpoint("h", 6379)]
         );
     }

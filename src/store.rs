@@ -187,9 +187,9 @@ impl<C: Connector + Clone> TaskStore<C> {
         let key = self.key(id)?;
         let ttl = self.checked_ttl(ttl_seconds)?;
         validate_document(document, self.max_document_bytes)?;
-        Ok(self
-            .redis
-            .on_key(&key, |client| client.set_with_ttl(&key, ttl, document.as_bytes()))?)
+        Ok(self.redis.on_key(&key, |client| {
+            client.set_with_ttl(&key, ttl, document.as_bytes())
+        })?)
     }
 
     /// Removes task `id`; whether one was there.
@@ -231,9 +231,9 @@ impl<C: Connector + Clone> TaskStore<C> {
         validate_document(document, self.max_document_bytes)?;
         // A redirect is an answer instead of executing, so following it never sends the
         // write twice.
-        Ok(self
-            .redis
-            .on_key(&key, |client| client.set_if_absent(&key, ttl, document.as_bytes()))?)
+        Ok(self.redis.on_key(&key, |client| {
+            client.set_if_absent(&key, ttl, document.as_bytes())
+        })?)
     }
 
     /// Sets task `id`'s TTL without rewriting it; whether the task exists.
