@@ -86,6 +86,11 @@ impl<C: Connector + Clone> Backend<C> {
             .collect()
     }
 
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Cluster(_))
+    }
+
     /// How many servers a listing walks: 1, or the cluster's masters.
     pub fn shards(&self) -> usize {
         match self {

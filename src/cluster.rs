@@ -153,21 +153,21 @@ pub struct ListCursor {
 }
 
 impl ListCursor {
-    /// Parses `"<scan>:<skip>"` (one server, as before clusters) or
-    /// `"<shard>:<scan>:<skip>"` (a cluster).
-    pub fn parse(text: &str) -> Option<ListCursor> {
+    /// Parses `"<scan>:<skip>"` (one server, as before clusters) or, when `cluster`,
+    /// `"<shard>:<scan>:<skip>"`; the other form is malformed.
+    pub fn parse(text: &str, cluster: bool) -> Option<ListCursor> {
         let mut parts = text.split(':');
         let numbers: Vec<&str> = parts.by_ref().take(3).collect();
         if parts.next().is_some() {
             return None;
         }
         match numbers.as_slice() {
-            [scan, skip] => Some(ListCursor {
+            [scan, skip] if !cluster => Some(ListCursor {
                 shard: 0,
                 scan: scan.parse().ok()?,
                 skip: skip.parse().ok()?,
             }),
-            [shard, scan, skip] => Some(ListCursor {
+            [shard, scan, skip] if cluster => Some(ListCursor {
                 shard: shard.parse().ok()?,
                 scan: scan.parse().ok()?,
                 skip: skip.parse().ok()?,
@@ -176,10 +176,10 @@ impl ListCursor {
         }
     }
 
-    /// The cursor's text: two parts when the listing covers one server, so single-server
-    /// cursors keep their form; three when it covers several.
-    pub fn format(&self, shards: usize) -> String {
-        self.to_text(shards > 1)
+    /// The cursor's text: two parts for one server, so single-server cursors keep their
+    /// form; three for a cluster.
+    pub fn format(&self, cluster: bool) -> String {
+        self.to_text(cluster)
     }
 
     fn to_text(self, with_shard: bool) -> String {
@@ -350,12 +350,15 @@ mod tests {
             scan: 17,
             skip: 3,
         };
-        assert_eq!(cursor.format(1), "17:3");
-        assert_eq!(cursor.format(3), "0:17:3");
-        assert_eq!(ListCursor::parse("17:3"), Some(cursor));
-        assert_eq!(ListCursor::parse("0:17:3"), Some(cursor));
-        for bad in ["", "1", "a:1", "1:2:3:4", "-1:2", "1::2", "1:2:"] {
-            assert_eq!(ListCursor::parse(bad), None, "{bad}");
+        assert_eq!(cursor.format(false), "17:3");
+        assert_eq!(cursor.format(true), "0:17:3");
+        assert_eq!(ListCursor::parse("17:3", false), Some(cursor));
+        assert_eq!(ListCursor::parse("0:17:3", true), Some(cursor));
+        assert_eq!(ListCursor::parse("0:17:3", false), None);
+        assert_eq!(ListCursor::parse("17:3", true), None);
+        for bad in ["", "1", "a:1", "1:2:3:4", "-1:2", "1::2", "1:2:", "1:-2:3"] {
+            assert_eq!(ListCursor::parse(bad, false), None, "{bad}");
+            assert_eq!(ListCursor::parse(bad, true), None, "{bad}");
         }
     }
 
@@ -372,9 +375,9 @@ mod tests {
         }
 
         #[test]
-        fn cursor_round_trips(shard in 0usize..1000, scan: u64, skip in 0usize..100_000, shards in 1usize..8) {
-            let cursor = ListCursor { shard: if shards > 1 { shard } else { 0 }, scan, skip };
-            prop_assert_eq!(ListCursor::parse(&cursor.format(shards)), Some(cursor));
+        fn cursor_round_trips(shard in 0usize..1000, scan: u64, skip in 0usize..100_000, cluster: bool) {
+            let cursor = ListCursor { shard: if cluster { shard } else { 0 }, scan, skip };
+            prop_assert_eq!(ListCursor::parse(&cursor.format(cluster), cluster), Some(cursor));
         }
 
         #[test]

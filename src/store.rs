@@ -372,6 +372,7 @@ impl<C: Connector + Clone> TaskStore<C> {
             )));
         }
         let shards = self.redis.shards().max(1);
+        let cluster = self.redis.is_cluster();
         let ListCursor {
             mut shard,
             scan: mut scan_cursor,
@@ -382,7 +383,7 @@ impl<C: Connector + Clone> TaskStore<C> {
                 scan: 0,
                 skip: 0,
             },
-            Some(text) => ListCursor::parse(text).ok_or_else(|| {
+            Some(text) => ListCursor::parse(text, cluster).ok_or_else(|| {
                 StoreError::InvalidInput(
                     "cursor is malformed: pass the cursor of the previous page, or none to start over"
                         .into(),
@@ -410,7 +411,7 @@ impl<C: Connector + Clone> TaskStore<C> {
                     };
                     return Ok(Page {
                         tasks,
-                        cursor: Some(cursor.format(shards)),
+                        cursor: Some(cursor.format(cluster)),
                     });
                 }
                 if let Some(task) = self.listed_task(key, value, options.status.as_deref()) {
@@ -440,7 +441,7 @@ impl<C: Connector + Clone> TaskStore<C> {
         };
         Ok(Page {
             tasks,
-            cursor: Some(cursor.format(shards)),
+            cursor: Some(cursor.format(cluster)),
         })
     }
 
