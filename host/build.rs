@@ -112,6 +112,10 @@ fn main() {
             println!("cargo:rerun-if-changed={}", path.display());
         }
     }
+    // Cargo's build-script hash does not depend on where the workspace lives, so worktrees
+    // sharing one CARGO_TARGET_DIR share this OUT_DIR, and the recorded rerun paths may be
+    // another worktree's: setting this variable to a new value forces a fresh guest build.
+    println!("cargo:rerun-if-env-changed=TASKSTORE_GUEST_REBUILD");
 }
 
 /// One build of the storage component: the packages built with it, its cargo features and
@@ -137,7 +141,12 @@ const TLS: Variant = Variant {
 
 /// Builds `variant`, copies the storage component to `out_dir` and emits
 /// `rerun-if-changed` lines for its sources; returns the copy's path.
-fn build_variant(workspace: &Path, target_dir: &Path, out_dir: &Path, variant: &Variant) -> PathBuf {
+fn build_variant(
+    workspace: &Path,
+    target_dir: &Path,
+    out_dir: &Path,
+    variant: &Variant,
+) -> PathBuf {
     build_guest(workspace, target_dir, variant.packages, variant.features);
     let component = copy_out(
         target_dir,

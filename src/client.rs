@@ -71,6 +71,9 @@ pub struct Client<C: Connector> {
     /// Reused across commands so a steady stream of operations does not allocate buffers.
     write_buf: Vec<u8>,
     read_buf: Vec<u8>,
+    /// Cluster `ASK` redirect mode: each command outside `MULTI` goes out preceded by
+    /// `ASKING` (in the same write), since the flag it sets lasts one command.
+    asking: bool,
 }
 
 /// Largest reply buffer kept between commands; a bigger one (after a large document) is
@@ -93,7 +96,20 @@ impl<C: Connector> Client<C> {
             connection: None,
             write_buf: Vec::new(),
             read_buf: Vec::new(),
+            asking: false,
         }
+    }
+
+    /// Turns `ASK` redirect mode on or off (see the Redis Cluster specification): while on,
+    /// every command is sent right after an `ASKING`, except inside `MULTI … EXEC`, where the
+    /// one `ASKING` before `MULTI` holds for the whole transaction.
+    pub fn set_asking(&mut self, on: bool) {
+        self.asking = on;
+    }
+
+    /// The server's address.
+    pub fn endpoint_ref(&self) -> &crate::transport::Endpoint {
+        &self.url.endpoint
     }
 
     /// `host:port` of the server, for messages.
@@ -251,10 +267,43 @@ impl<C: Connector> Client<C> {
         retry: Retry,
     ) -> Result<Vec<Reply>, ClientError> {
         self.write_buf.clear();
-        for command in commands {
-            encode_command(&mut self.write_buf, command);
+        if !self.asking {
+            for command in commands {
+                encode_command(&mut self.write_buf, command);
+            }
+            return self.exchange(commands.len(), retry);
         }
-        self.exchange(commands.len(), retry)
+        let mut in_multi = false;
+        let mut is_asking = Vec::with_capacity(commands.len() * 2);
+        for command in commands {
+            if !in_multi {
+                encode_command(&mut self.write_buf, &[b"ASKING"]);
+                is_asking.push(true);
+            }
+            encode_command(&mut self.write_buf, command);
+            is_asking.push(false);
+            match command.first().copied() {
+                Some(name) if name.eq_ignore_ascii_case(b"MULTI") => in_multi = true,
+                Some(name)
+                    if name.eq_ignore_ascii_case(b"EXEC")
+                        || name.eq_ignore_ascii_case(b"DISCARD") =>
+                {
+                    in_multi = false
+                }
+                _ => {}
+            }
+        }
+        let replies = self.exchange(is_asking.len(), retry)?;
+        let mut kept = Vec::with_capacity(commands.len());
+        for (reply, asking) in replies.into_iter().zip(is_asking) {
+            match (asking, reply) {
+                (false, reply) => kept.push(reply),
+                (true, Reply::SimpleString(ok)) if ok == b"OK" => {}
+                (true, Reply::Error(message)) => return Err(server_error(message, &self.url)),
+                (true, other) => return Err(self.unexpected("ASKING", &other)),
+            }
+        }
+        Ok(kept)
     }
 
     /// The error an error reply stands for (the same mapping [`Client::command`] applies).
@@ -276,9 +325,13 @@ impl<C: Connector> Client<C> {
 
     /// Sends one command and returns its reply; an error reply becomes an `Err`.
     pub fn command(&mut self, args: &[&[u8]], retry: Retry) -> Result<Reply, ClientError> {
-        self.write_buf.clear();
-        encode_command(&mut self.write_buf, args);
-        let mut replies = self.exchange(1, retry)?;
+        let mut replies = if self.asking {
+            self.pipeline(&[args], retry)?
+        } else {
+            self.write_buf.clear();
+            encode_command(&mut self.write_buf, args);
+            self.exchange(1, retry)?
+        };
         match replies.pop() {
             Some(Reply::Error(message)) => Err(server_error(message, &self.url)),
             Some(reply) => Ok(reply),
@@ -441,7 +494,7 @@ fn exchange_on<T: Transport>(
 }
 
 /// Maps a Redis error reply to an error kind, by its prefix (the one place that does so).
-fn server_error(message: String, url: &RedisUrl) -> ClientError {
+pub(crate) fn server_error(message: String, url: &RedisUrl) -> ClientError {
     let code = message.split(' ').next().unwrap_or("");
     match code {
         "NOAUTH" => ClientError::Authentication(format!(
@@ -456,7 +509,7 @@ fn server_error(message: String, url: &RedisUrl) -> ClientError {
     }
 }
 
-fn reply_kind(reply: &Reply) -> &'static str {
+pub(crate) fn reply_kind(reply: &Reply) -> &'static str {
     match reply {
         Reply::SimpleString(_) => "simple-string",
         Reply::Error(_) => "error",
@@ -756,6 +809,47 @@ pub(crate) mod tests {
             vec![Ok(vec![PONG, Step::Reply(b"$2048\r\n")])],
         );
         assert!(matches!(client.get(b"k"), Err(ClientError::Protocol(_))));
+    }
+
+    #[test]
+    fn asking_mode_prefixes_each_command_but_not_inside_multi() {
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1",
+            vec![Ok(vec![
+                PONG,
+                Step::Reply(b"+OK\r\n+OK\r\n+OK\r\n$2\r\n{}\r\n"),
+                Step::Reply(b"+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n"),
+                Step::Reply(b"$-1\r\n"),
+            ])],
+        );
+        client.connect().unwrap();
+        client.set_asking(true);
+        let replies = client
+            .pipeline(&[&[b"WATCH", b"k"], &[b"GET", b"k"]], Retry::Idempotent)
+            .unwrap();
+        assert_eq!(
+            replies,
+            vec![
+                Reply::SimpleString(b"OK".to_vec()),
+                Reply::BulkString(b"{}".to_vec())
+            ]
+        );
+        let replies = client
+            .pipeline(
+                &[&[b"multi"], &[b"SET", b"k", b"v"], &[b"EXEC"]],
+                Retry::Never,
+            )
+            .unwrap();
+        assert_eq!(replies.len(), 3);
+        client.set_asking(false);
+        assert_eq!(client.get(b"k").unwrap(), None);
+        let sent = &connector.0.borrow().sent;
+        let asking = b"*1\r\n$6\r\nASKING\r\n".as_slice();
+        let count = |bytes: &[u8]| bytes.windows(asking.len()).filter(|w| *w == asking).count();
+        assert_eq!(count(&sent[1]), 2);
+        assert_eq!(count(&sent[2]), 1);
+        assert!(sent[2].starts_with(asking));
+        assert_eq!(count(&sent[3]), 0);
     }
 
     #[test]

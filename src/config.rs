@@ -178,14 +178,19 @@ pub fn check_ttl(seconds: u64) -> Result<(), String> {
     }
 }
 
-/// A parsed `redis[s]://[[user]:password@]host[:port][/db]` URL.
+/// A parsed `redis[s]://[[user]:password@]host[:port][/db]` URL, or a Redis Cluster URL
+/// `redis+cluster://[[user]:password@]host[:port][,host[:port]…]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
+    /// The server (for a cluster URL: the first seed node).
     pub endpoint: Endpoint,
     pub credentials: Option<Credentials>,
     pub database: u32,
     /// `rediss://`: the connection runs over TLS, with the URL host as the server name.
     pub tls: bool,
+    /// For a cluster URL, every seed node in the order given (the first is `endpoint`);
+    /// empty for a single-server URL.
+    pub cluster_seeds: Vec<Endpoint>,
 }
 
 /// What `AUTH` is sent with.
@@ -219,42 +224,105 @@ impl fmt::Debug for Secret {
 
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<RedisUrl, ConfigError> {
-        let (rest, tls) = strip_scheme(url)?;
+        let Scheme { rest, tls, cluster } = strip_scheme(url)?;
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
-        let (userinfo, host_port) = match authority.rfind('@') {
+        let (userinfo, hosts) = match authority.rfind('@') {
             Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
             None => (None, authority),
         };
-        let endpoint = parse_host_port(host_port)?;
         let credentials = userinfo.map(parse_userinfo).transpose()?.flatten();
         let database = parse_database(tail)?;
+        if !cluster {
+            return Ok(RedisUrl {
+                endpoint: parse_host_port(hosts)?,
+                credentials,
+                database,
+                tls,
+                cluster_seeds: Vec::new(),
+            });
+        }
+        if database != 0 {
+            return Err(ConfigError(
+                "Redis Cluster has only database 0; remove the /db part of the cluster URL".into(),
+            ));
+        }
+        let seeds = hosts
+            .split(',')
+            .map(parse_host_port)
+            .collect::<Result<Vec<_>, _>>()?;
+        if seeds.len() > MAX_CLUSTER_SEEDS {
+            return Err(ConfigError(format!(
+                "Redis cluster URL names {} seed nodes; the limit is {MAX_CLUSTER_SEEDS}",
+                seeds.len()
+            )));
+        }
         Ok(RedisUrl {
-            endpoint,
+            endpoint: seeds[0].clone(),
             credentials,
             database,
             tls,
+            cluster_seeds: seeds,
         })
+    }
+
+    /// Whether this is a `redis+cluster://` URL.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_seeds.is_empty()
+    }
+
+    /// The same credentials and database, for another server: how a cluster client reaches
+    /// each node it discovers.
+    pub fn for_node(&self, endpoint: Endpoint) -> RedisUrl {
+        RedisUrl {
+            endpoint,
+            credentials: self.credentials.clone(),
+            database: self.database,
+            tls: self.tls,
+            cluster_seeds: Vec::new(),
+        }
     }
 }
 
-/// The URL after its scheme, and whether the scheme asks for TLS.
-fn strip_scheme(url: &str) -> Result<(&str, bool), ConfigError> {
+/// Most seed nodes a cluster URL may name.
+pub const MAX_CLUSTER_SEEDS: usize = 64;
+
+/// What the scheme says, and the rest of the URL after it.
+struct Scheme<'a> {
+    rest: &'a str,
+    /// `rediss`: TLS.
+    tls: bool,
+    /// `+cluster`: the hosts are seed nodes of a Redis Cluster.
+    cluster: bool,
+}
+
+fn strip_scheme(url: &str) -> Result<Scheme<'_>, ConfigError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(ConfigError(
             "Redis URL must look like redis://[[user]:password@]host[:port][/db]".into(),
         ));
     };
-    if scheme.eq_ignore_ascii_case("redis") {
-        Ok((rest, false))
-    } else if scheme.eq_ignore_ascii_case("rediss") {
-        Ok((rest, true))
-    } else {
-        Err(ConfigError(format!(
-            "Redis URL scheme {} is not supported; use redis:// or rediss:// (TLS)",
-            excerpt(scheme, 16)
-        )))
-    }
+    let (tls, cluster) = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => (false, false),
+        "rediss" => (true, false),
+        "redis+cluster" => (false, true),
+        // Each node would need TLS, and the host's discovery of the nodes too: not yet.
+        "rediss+cluster" => {
+            return Err(ConfigError(
+                "rediss+cluster:// (Redis Cluster over TLS) is not supported yet; use \
+                 redis+cluster:// or rediss:// to one server"
+                    .into(),
+            ))
+        }
+        _ => {
+            return Err(ConfigError(format!(
+                "Redis URL scheme {} is not supported; use redis://, rediss:// (TLS) or \
+                 redis+cluster://",
+                excerpt(scheme, 16)
+            )))
+        }
+    };
+    Ok(Scheme { rest, tls, cluster })
 }
 
 fn parse_host_port(host_port: &str) -> Result<Endpoint, ConfigError> {
@@ -491,6 +559,59 @@ mod tests {
             let err = RedisUrl::parse(text).expect_err(text);
             assert!(!err.0.contains("secret"), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn single_server_urls_have_no_cluster_seeds() {
+        let url = RedisUrl::parse("redis://h:1").unwrap();
+        assert!(!url.is_cluster());
+        assert!(url.cluster_seeds.is_empty());
+        assert!(RedisUrl::parse("redis://a:1,b:2").is_err());
+    }
+
+    #[test]
+    fn parses_cluster_url_with_several_seeds_and_shared_credentials() {
+        let url =
+            RedisUrl::parse("redis+cluster://u:p%21@10.0.0.1:7000,[::1]:7001,node-c").unwrap();
+        assert!(url.is_cluster());
+        assert_eq!(
+            url.cluster_seeds,
+            vec![
+                endpoint("10.0.0.1", 7000),
+                endpoint("::1", 7001),
+                endpoint("node-c", 6379)
+            ]
+        );
+        assert_eq!(url.endpoint, endpoint("10.0.0.1", 7000));
+        assert_eq!(url.credentials.as_ref().unwrap().password.expose(), "p!");
+        let node = url.for_node(endpoint("127.0.0.1", 7005));
+        assert_eq!(node.endpoint, endpoint("127.0.0.1", 7005));
+        assert!(!node.is_cluster());
+        assert_eq!(node.credentials, url.credentials);
+        assert_eq!(
+            RedisUrl::parse("REDIS+CLUSTER://h/0")
+                .unwrap()
+                .cluster_seeds,
+            vec![endpoint("h", 6379)]
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_cluster_urls() {
+        for text in [
+            "redis+cluster://",
+            "redis+cluster://a:1,",
+            "redis+cluster://,a:1",
+            "redis+cluster://a:1,,b:2",
+            "redis+cluster://a:1,b:0",
+            "redis+cluster://a:1/2",
+            "rediss+cluster://a:1",
+            "redis+sentinel://a:1",
+        ] {
+            assert!(RedisUrl::parse(text).is_err(), "{text}");
+        }
+        let many = vec!["h:1"; MAX_CLUSTER_SEEDS + 1].join(",");
+        assert!(RedisUrl::parse(&format!("redis+cluster://{many}")).is_err());
     }
 
     #[test]

@@ -12,13 +12,19 @@
 //! - `wasi_tcp` (wasm32 only): the component's connection layer over `wasi:sockets`.
 //! - [`std_tcp`] (native only): the same over `std::net`.
 //! - [`client`]: typed Redis commands, connection lifecycle, retry of idempotent commands.
+//! - [`cluster`]: Redis Cluster, pure: key slots, `CLUSTER SLOTS`, redirects, list cursors.
+//! - [`cluster_client`]: a client per node, routing by slot, following `MOVED` / `ASK`.
+//! - [`backend`]: one server or a cluster, behind the one surface the store uses.
 //! - [`config`]: options and `redis://` URL parsing.
 //! - [`document`]: JSON document validation and order-preserving merge patches.
 //! - [`store`]: task semantics — ids, keys, documents, TTLs.
 //! - [`text`]: untrusted text made safe for messages.
 //! - `component` (wasm32 only): WIT bindings and the one mapping to the WIT error.
 
+pub mod backend;
 pub mod client;
+pub mod cluster;
+pub mod cluster_client;
 pub mod config;
 pub mod document;
 pub mod resp;

@@ -5,7 +5,10 @@
 
 use std::fmt;
 
+use crate::backend::Backend;
 use crate::client::{Client, ClientError, Retry};
+use crate::cluster::ListCursor;
+use crate::cluster_client::RedirectError;
 use crate::config::{check_ttl, ConfigError, StoreOptions, StoreSettings};
 use crate::document::{
     merge_patch, top_level_status, validate_document, validate_patch, DocumentError,
@@ -45,6 +48,15 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+impl RedirectError for StoreError {
+    fn redirect_message(&self) -> Option<&str> {
+        match self {
+            StoreError::Client(err) => err.redirect_message(),
+            _ => None,
+        }
+    }
+}
 
 impl From<ClientError> for StoreError {
     fn from(err: ClientError) -> StoreError {
@@ -126,15 +138,16 @@ const UPDATE_ATTEMPTS: usize = 100;
 /// so that a sparse status filter over a large keyspace cannot hold the call for long.
 const MAX_SCANS_PER_PAGE: usize = 64;
 
-/// Research tasks stored as JSON documents under `<prefix><id>`.
-pub struct TaskStore<C: Connector> {
-    client: Client<C>,
+/// Research tasks stored as JSON documents under `<prefix><id>`, on one Redis server or a
+/// Redis Cluster (a `redis+cluster://` URL).
+pub struct TaskStore<C: Connector + Clone> {
+    redis: Backend<C>,
     key_prefix: String,
     default_ttl_seconds: u64,
     max_document_bytes: usize,
 }
 
-impl<C: Connector> TaskStore<C> {
+impl<C: Connector + Clone> TaskStore<C> {
     /// Validates `options`, then connects and authenticates (see the WIT `open`).
     pub fn open(options: &StoreOptions, connector: C) -> Result<TaskStore<C>, StoreError> {
         let settings = StoreSettings::from_options(options)?;
@@ -147,15 +160,15 @@ impl<C: Connector> TaskStore<C> {
         settings: StoreSettings,
         connector: C,
     ) -> Result<TaskStore<C>, StoreError> {
-        let mut client = Client::new(
+        let mut redis = Backend::new(
             connector,
             settings.redis,
             settings.timeout,
             settings.max_document_bytes,
         );
-        client.connect()?;
+        redis.connect()?;
         Ok(TaskStore {
-            client,
+            redis,
             key_prefix: settings.key_prefix,
             default_ttl_seconds: settings.default_ttl_seconds,
             max_document_bytes: settings.max_document_bytes,
@@ -165,7 +178,7 @@ impl<C: Connector> TaskStore<C> {
     /// The document of task `id`, exactly as stored, or `None` if absent or expired.
     pub fn get(&mut self, id: &str) -> Result<Option<String>, StoreError> {
         let key = self.key(id)?;
-        match self.client.get(&key)? {
+        match self.redis.on_key(&key, |client| client.get(&key))? {
             None => Ok(None),
             Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| {
                 StoreError::CorruptData(format!("the value of task \"{id}\" is not UTF-8 text"))
@@ -183,19 +196,21 @@ impl<C: Connector> TaskStore<C> {
         let key = self.key(id)?;
         let ttl = self.checked_ttl(ttl_seconds)?;
         validate_document(document, self.max_document_bytes)?;
-        Ok(self.client.set_with_ttl(&key, ttl, document.as_bytes())?)
+        Ok(self.redis.on_key(&key, |client| {
+            client.set_with_ttl(&key, ttl, document.as_bytes())
+        })?)
     }
 
     /// Removes task `id`; whether one was there.
     pub fn delete(&mut self, id: &str) -> Result<bool, StoreError> {
         let key = self.key(id)?;
-        Ok(self.client.delete(&key)?)
+        Ok(self.redis.on_key(&key, |client| client.delete(&key))?)
     }
 
     /// Time left before task `id` expires, or `None` if there is no such task.
     pub fn ttl(&mut self, id: &str) -> Result<Option<TimeToLive>, StoreError> {
         let key = self.key(id)?;
-        match self.client.ttl(&key)? {
+        match self.redis.on_key(&key, |client| client.ttl(&key))? {
             -2 => Ok(None),
             -1 => Ok(Some(TimeToLive::Persistent)),
             seconds if seconds >= 0 => Ok(Some(TimeToLive::ExpiresIn(seconds as u64))),
@@ -209,7 +224,7 @@ impl<C: Connector> TaskStore<C> {
     /// Whether task `id` exists.
     pub fn exists(&mut self, id: &str) -> Result<bool, StoreError> {
         let key = self.key(id)?;
-        Ok(self.client.exists(&key)?)
+        Ok(self.redis.on_key(&key, |client| client.exists(&key))?)
     }
 
     /// Stores `document` as task `id` only if there is no such task (`SET … NX EX`);
@@ -223,14 +238,18 @@ impl<C: Connector> TaskStore<C> {
         let key = self.key(id)?;
         let ttl = self.checked_ttl(ttl_seconds)?;
         validate_document(document, self.max_document_bytes)?;
-        Ok(self.client.set_if_absent(&key, ttl, document.as_bytes())?)
+        // A redirect is an answer instead of executing, so following it never sends the
+        // write twice.
+        Ok(self.redis.on_key(&key, |client| {
+            client.set_if_absent(&key, ttl, document.as_bytes())
+        })?)
     }
 
     /// Sets task `id`'s TTL without rewriting it; whether the task exists.
     pub fn expire(&mut self, id: &str, ttl_seconds: u64) -> Result<bool, StoreError> {
         let key = self.key(id)?;
         let ttl = self.checked_ttl(Some(ttl_seconds))?;
-        Ok(self.client.expire(&key, ttl)?)
+        Ok(self.redis.on_key(&key, |client| client.expire(&key, ttl))?)
     }
 
     /// Applies the JSON merge patch `patch` to task `id` atomically; the new document, or
@@ -251,124 +270,21 @@ impl<C: Connector> TaskStore<C> {
         if let TtlPolicy::Set(ttl) = options.ttl {
             self.checked_ttl(Some(ttl))?;
         }
+        let max_document_bytes = self.max_document_bytes;
         for _ in 0..UPDATE_ATTEMPTS {
-            let current = {
-                // Retrying WATCH + GET together on a fresh connection is safe: no write yet.
-                let mut replies = self
-                    .client
-                    .pipeline(&[&[b"WATCH", &key], &[b"GET", &key]], Retry::Idempotent)?;
-                let get = replies.pop();
-                let watch = replies.pop();
-                self.expect_ok(watch, "WATCH")?;
-                match get {
-                    Some(Reply::Null) => {
-                        self.unwatch()?;
-                        return Ok(None);
-                    }
-                    Some(Reply::BulkString(bytes)) => bytes,
-                    Some(Reply::Error(message)) => {
-                        self.unwatch()?;
-                        return Err(self.client.reply_error(message).into());
-                    }
-                    other => {
-                        return Err(self.protocol_error("GET", other).into());
-                    }
-                }
-            };
-            let merged = match self.merge_checked(id, &current, patch, options) {
-                Ok(merged) => merged,
-                Err(err) => {
-                    self.unwatch()?;
-                    return Err(err);
-                }
-            };
-            let mut ttl_text = Vec::new();
-            let set: Vec<&[u8]> = match options.ttl {
-                TtlPolicy::Keep => vec![b"SET", &key, merged.as_bytes(), b"KEEPTTL"],
-                TtlPolicy::Set(ttl) => {
-                    crate::resp::push_decimal(&mut ttl_text, ttl);
-                    vec![b"SET", &key, merged.as_bytes(), b"EX", &ttl_text]
-                }
-            };
-            // Never resent: if the connection dies here the write may have happened.
-            let mut replies = self
-                .client
-                .pipeline(&[&[b"MULTI"], &set, &[b"EXEC"]], Retry::Never)?;
-            let exec = replies.pop();
-            let queued = replies.pop();
-            let multi = replies.pop();
-            self.expect_ok(multi, "MULTI")?;
-            if let Some(Reply::Error(message)) = queued {
-                return Err(self.client.reply_error(message).into());
-            }
-            match exec {
-                // Someone wrote the key after our WATCH: start over from their version.
-                Some(Reply::Null) => continue,
-                Some(Reply::Array(results)) => match results.into_iter().next() {
-                    Some(Reply::SimpleString(ok)) if ok == b"OK" => return Ok(Some(merged)),
-                    Some(Reply::Error(message)) => {
-                        return Err(self.client.reply_error(message).into())
-                    }
-                    other => return Err(self.protocol_error("EXEC", other).into()),
-                },
-                Some(Reply::Error(message)) => return Err(self.client.reply_error(message).into()),
-                other => return Err(self.protocol_error("EXEC", other).into()),
+            // One whole optimistic transaction on the connection serving the key; on a
+            // cluster, a redirect anywhere in it (nothing was written) runs it again whole
+            // where the redirect points.
+            let attempt = self.redis.on_key(&key, |client| {
+                update_attempt(client, &key, id, patch, options, max_document_bytes)
+            })?;
+            if let Some(outcome) = attempt {
+                return Ok(outcome);
             }
         }
         Err(StoreError::Contended(format!(
             "gave up updating task \"{id}\" after {UPDATE_ATTEMPTS} concurrent modifications"
         )))
-    }
-
-    fn merge_checked(
-        &self,
-        id: &str,
-        current: &[u8],
-        patch: &str,
-        options: &UpdateOptions,
-    ) -> Result<String, StoreError> {
-        let current = std::str::from_utf8(current).map_err(|_| {
-            StoreError::CorruptData(format!("the value of task \"{id}\" is not UTF-8 text"))
-        })?;
-        if let Some(expected) = &options.expect_status {
-            if top_level_status(current).as_deref() != Some(expected.as_str()) {
-                return Err(StoreError::Conflict(current.to_owned()));
-            }
-        }
-        let merged = merge_patch(current, patch).map_err(|err| match err.0 {
-            message if message.starts_with("stored document") => {
-                StoreError::CorruptData(format!("task \"{id}\" cannot be patched: {message}"))
-            }
-            message => StoreError::InvalidInput(message),
-        })?;
-        if merged.len() > self.max_document_bytes {
-            return Err(StoreError::InvalidInput(format!(
-                "patched document would be {} bytes; the limit is {}",
-                merged.len(),
-                self.max_document_bytes
-            )));
-        }
-        Ok(merged)
-    }
-
-    fn unwatch(&mut self) -> Result<(), StoreError> {
-        self.client.command(&[b"UNWATCH"], Retry::Never)?;
-        Ok(())
-    }
-
-    fn expect_ok(&self, reply: Option<Reply>, command: &str) -> Result<(), StoreError> {
-        match reply {
-            Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(()),
-            Some(Reply::Error(message)) => Err(self.client.reply_error(message).into()),
-            other => Err(self.protocol_error(command, other).into()),
-        }
-    }
-
-    fn protocol_error(&self, command: &str, reply: Option<Reply>) -> ClientError {
-        match reply {
-            Some(reply) => self.client.unexpected_reply(command, &reply),
-            None => ClientError::Protocol(format!("no reply to {command}")),
-        }
     }
 
     /// The documents of `ids`, in order (`None` where absent), in one round trip (`MGET`).
@@ -377,7 +293,7 @@ impl<C: Connector> TaskStore<C> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let values = self.client.get_many(&keys)?;
+        let values = self.redis.get_many(&keys)?;
         ids.iter()
             .zip(values)
             .map(|(id, value)| match value {
@@ -417,13 +333,14 @@ impl<C: Connector> TaskStore<C> {
             .map(|(key, task)| [b"SETEX" as &[u8], key, &ttl_text, task.document.as_bytes()])
             .collect();
         let commands: Vec<&[&[u8]]> = commands.iter().map(|c| c.as_slice()).collect();
-        let replies = self.client.pipeline(&commands, Retry::Idempotent)?;
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let replies = self.redis.batch(&key_refs, &commands, Retry::Idempotent)?;
         Ok(replies
             .into_iter()
             .map(|reply| match reply {
                 Reply::SimpleString(ok) if ok == b"OK" => Ok(()),
-                Reply::Error(message) => Err(self.client.reply_error(message).into()),
-                other => Err(self.client.unexpected_reply("SETEX", &other).into()),
+                Reply::Error(message) => Err(self.redis.reply_error(message).into()),
+                other => Err(self.redis.unexpected_reply("SETEX", &other).into()),
             })
             .collect())
     }
@@ -436,13 +353,14 @@ impl<C: Connector> TaskStore<C> {
         }
         let commands: Vec<[&[u8]; 2]> = keys.iter().map(|key| [b"DEL" as &[u8], key]).collect();
         let commands: Vec<&[&[u8]]> = commands.iter().map(|c| c.as_slice()).collect();
-        let replies = self.client.pipeline(&commands, Retry::Idempotent)?;
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let replies = self.redis.batch(&key_refs, &commands, Retry::Idempotent)?;
         replies
             .into_iter()
             .map(|reply| match reply {
                 Reply::Integer(removed) => Ok(removed > 0),
-                Reply::Error(message) => Err(self.client.reply_error(message).into()),
-                other => Err(self.client.unexpected_reply("DEL", &other).into()),
+                Reply::Error(message) => Err(self.redis.reply_error(message).into()),
+                other => Err(self.redis.unexpected_reply("DEL", &other).into()),
             })
             .collect()
     }
@@ -462,25 +380,47 @@ impl<C: Connector> TaskStore<C> {
                 "page size {limit} is out of range: it must be between 1 and {MAX_PAGE_SIZE}"
             )));
         }
-        let (mut scan_cursor, mut skip) = match &options.cursor {
-            None => (0, 0),
-            Some(text) => parse_cursor(text)?,
+        let shards = self.redis.shards().max(1);
+        let cluster = self.redis.is_cluster();
+        let ListCursor {
+            mut shard,
+            scan: mut scan_cursor,
+            mut skip,
+        } = match &options.cursor {
+            None => ListCursor {
+                shard: 0,
+                scan: 0,
+                skip: 0,
+            },
+            Some(text) => ListCursor::parse(text, cluster).ok_or_else(|| {
+                StoreError::InvalidInput(
+                    "cursor is malformed: pass the cursor of the previous page, or none to start over"
+                        .into(),
+                )
+            })?,
         };
         let pattern = glob_escape(&self.key_prefix);
         let mut tasks = Vec::new();
         for _ in 0..MAX_SCANS_PER_PAGE {
-            let (next, keys) = self.client.scan(scan_cursor, &pattern, limit.max(100))?;
+            let (next, keys) = self
+                .redis
+                .scan(shard, scan_cursor, &pattern, limit.max(100))?;
             let fresh: Vec<Vec<u8>> = keys.into_iter().skip(skip).collect();
             let values = if fresh.is_empty() {
                 Vec::new()
             } else {
-                self.client.get_many(&fresh)?
+                self.redis.get_many(&fresh)?
             };
             for (index, (key, value)) in fresh.iter().zip(values).enumerate() {
                 if tasks.len() == limit as usize {
+                    let cursor = ListCursor {
+                        shard,
+                        scan: scan_cursor,
+                        skip: skip + index,
+                    };
                     return Ok(Page {
                         tasks,
-                        cursor: Some(format!("{scan_cursor}:{}", skip + index)),
+                        cursor: Some(cursor.format(cluster)),
                     });
                 }
                 if let Some(task) = self.listed_task(key, value, options.status.as_deref()) {
@@ -490,18 +430,27 @@ impl<C: Connector> TaskStore<C> {
             skip = 0;
             scan_cursor = next;
             if scan_cursor == 0 {
-                return Ok(Page {
-                    tasks,
-                    cursor: None,
-                });
+                // This server (or master) is done: on to the next one, if any.
+                shard += 1;
+                if shard >= shards {
+                    return Ok(Page {
+                        tasks,
+                        cursor: None,
+                    });
+                }
             }
             if tasks.len() == limit as usize {
                 break;
             }
         }
+        let cursor = ListCursor {
+            shard,
+            scan: scan_cursor,
+            skip: 0,
+        };
         Ok(Page {
             tasks,
-            cursor: Some(format!("{scan_cursor}:0")),
+            cursor: Some(cursor.format(cluster)),
         })
     }
 
@@ -545,6 +494,134 @@ impl<C: Connector> TaskStore<C> {
     }
 }
 
+/// One optimistic transaction of `update` on `client`: `WATCH` + `GET`, merge, then
+/// `MULTI` / `SET` / `EXEC`. `Some(outcome)` when done, `None` when someone wrote the key in
+/// between (`EXEC` aborted) and it must start over.
+fn update_attempt<C: Connector>(
+    client: &mut Client<C>,
+    key: &[u8],
+    id: &str,
+    patch: &str,
+    options: &UpdateOptions,
+    max_document_bytes: usize,
+) -> Result<Option<Option<String>>, StoreError> {
+    let current = {
+        // Retrying WATCH + GET together on a fresh connection is safe: no write yet.
+        let mut replies =
+            client.pipeline(&[&[b"WATCH", key], &[b"GET", key]], Retry::Idempotent)?;
+        let get = replies.pop();
+        let watch = replies.pop();
+        expect_ok(client, watch, "WATCH")?;
+        match get {
+            Some(Reply::Null) => {
+                unwatch(client)?;
+                return Ok(Some(None));
+            }
+            Some(Reply::BulkString(bytes)) => bytes,
+            Some(Reply::Error(message)) => {
+                unwatch(client)?;
+                return Err(client.reply_error(message).into());
+            }
+            other => return Err(protocol_error(client, "GET", other).into()),
+        }
+    };
+    let merged = match merge_checked(id, &current, patch, options, max_document_bytes) {
+        Ok(merged) => merged,
+        Err(err) => {
+            unwatch(client)?;
+            return Err(err);
+        }
+    };
+    let mut ttl_text = Vec::new();
+    let set: Vec<&[u8]> = match options.ttl {
+        TtlPolicy::Keep => vec![b"SET", key, merged.as_bytes(), b"KEEPTTL"],
+        TtlPolicy::Set(ttl) => {
+            crate::resp::push_decimal(&mut ttl_text, ttl);
+            vec![b"SET", key, merged.as_bytes(), b"EX", &ttl_text]
+        }
+    };
+    // Never resent: if the connection dies here the write may have happened.
+    let mut replies = client.pipeline(&[&[b"MULTI"], &set, &[b"EXEC"]], Retry::Never)?;
+    let exec = replies.pop();
+    let queued = replies.pop();
+    let multi = replies.pop();
+    expect_ok(client, multi, "MULTI")?;
+    // A queued command refused (on a cluster: redirected) aborts the EXEC: nothing written.
+    if let Some(Reply::Error(message)) = queued {
+        return Err(client.reply_error(message).into());
+    }
+    match exec {
+        // Someone wrote the key after our WATCH: start over from their version.
+        Some(Reply::Null) => Ok(None),
+        Some(Reply::Array(results)) => match results.into_iter().next() {
+            Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(Some(Some(merged))),
+            Some(Reply::Error(message)) => Err(client.reply_error(message).into()),
+            other => Err(protocol_error(client, "EXEC", other).into()),
+        },
+        Some(Reply::Error(message)) => Err(client.reply_error(message).into()),
+        other => Err(protocol_error(client, "EXEC", other).into()),
+    }
+}
+
+fn merge_checked(
+    id: &str,
+    current: &[u8],
+    patch: &str,
+    options: &UpdateOptions,
+    max_document_bytes: usize,
+) -> Result<String, StoreError> {
+    let current = std::str::from_utf8(current).map_err(|_| {
+        StoreError::CorruptData(format!("the value of task \"{id}\" is not UTF-8 text"))
+    })?;
+    if let Some(expected) = &options.expect_status {
+        if top_level_status(current).as_deref() != Some(expected.as_str()) {
+            return Err(StoreError::Conflict(current.to_owned()));
+        }
+    }
+    let merged = merge_patch(current, patch).map_err(|err| match err.0 {
+        message if message.starts_with("stored document") => {
+            StoreError::CorruptData(format!("task \"{id}\" cannot be patched: {message}"))
+        }
+        message => StoreError::InvalidInput(message),
+    })?;
+    if merged.len() > max_document_bytes {
+        return Err(StoreError::InvalidInput(format!(
+            "patched document would be {} bytes; the limit is {}",
+            merged.len(),
+            max_document_bytes
+        )));
+    }
+    Ok(merged)
+}
+
+fn unwatch<C: Connector>(client: &mut Client<C>) -> Result<(), StoreError> {
+    client.command(&[b"UNWATCH"], Retry::Never)?;
+    Ok(())
+}
+
+fn expect_ok<C: Connector>(
+    client: &Client<C>,
+    reply: Option<Reply>,
+    command: &str,
+) -> Result<(), StoreError> {
+    match reply {
+        Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(()),
+        Some(Reply::Error(message)) => Err(client.reply_error(message).into()),
+        other => Err(protocol_error(client, command, other).into()),
+    }
+}
+
+fn protocol_error<C: Connector>(
+    client: &Client<C>,
+    command: &str,
+    reply: Option<Reply>,
+) -> ClientError {
+    match reply {
+        Some(reply) => client.unexpected_reply(command, &reply),
+        None => ClientError::Protocol(format!("no reply to {command}")),
+    }
+}
+
 fn check_batch_size(len: usize) -> Result<(), StoreError> {
     if len > MAX_BATCH {
         return Err(StoreError::InvalidInput(format!(
@@ -552,17 +629,6 @@ fn check_batch_size(len: usize) -> Result<(), StoreError> {
         )));
     }
     Ok(())
-}
-
-fn parse_cursor(text: &str) -> Result<(u64, usize), StoreError> {
-    text.split_once(':')
-        .and_then(|(scan, skip)| Some((scan.parse().ok()?, skip.parse().ok()?)))
-        .ok_or_else(|| {
-            StoreError::InvalidInput(
-                "cursor is malformed: pass the cursor of the previous page, or none to start over"
-                    .into(),
-            )
-        })
 }
 
 /// `prefix*` as a SCAN pattern, with the prefix's glob characters taken literally.

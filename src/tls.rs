@@ -37,6 +37,8 @@ use crate::transport::{Connector, Endpoint, IoError, Transport};
 const PLAINTEXT_CHUNK: usize = 16 * 1024;
 
 /// Wraps a connector so each connection runs TLS, verified as [`TlsSettings`] says.
+/// Clones share the TLS configuration (a cluster client clones it for each node).
+#[derive(Clone)]
 pub struct TlsConnector<C> {
     inner: C,
     /// Built once per store: the root store and verifier are reused across reconnects, and
@@ -400,6 +402,7 @@ impl ServerCertVerifier for AcceptAnyServerCertificate {
 }
 
 /// A connector that speaks TLS when the URL is `rediss://` and plain TCP otherwise.
+#[derive(Clone)]
 pub enum MaybeTlsConnector<C> {
     Plain(C),
     Tls(TlsConnector<C>),

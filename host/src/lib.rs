@@ -44,6 +44,7 @@ mod error;
 mod network;
 mod options;
 mod output;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod runtime;
 mod sandbox;

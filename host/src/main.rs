@@ -388,6 +388,21 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
             .config_vars
             .insert("timeout-ms".into(), timeout.to_string());
     }
+    if let Some(path) = &cli.tls_ca_file {
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            Failure::Usage(format!("cannot read TLS CA file {}: {e}", path.display()))
+        })?;
+        config.config_vars.insert("tls-ca-certificates".into(), pem);
+    }
+    if cli.danger_accept_invalid_certificates {
+        eprintln!(
+            "taskstore: WARNING: --danger-accept-invalid-certificates: the server's TLS \
+             certificate is not verified; use this for development only"
+        );
+        config
+            .config_vars
+            .insert("danger-accept-invalid-certificates".into(), "true".into());
+    }
     for pair in &args.config_vars {
         let Some((key, value)) = pair.split_once('=') else {
             // The value may be a secret: say what is wrong without echoing it.
@@ -453,7 +468,10 @@ fn export(out_dir: &std::path::Path) -> Result<(), Failure> {
         let path = out_dir.join(name);
         std::fs::write(&path, bytes)
             .map_err(|e| Failure::Other(format!("cannot write {}: {e}", path.display())))?;
-        print(&mut stdout, &format!("{} ({} bytes)", path.display(), bytes.len()))?;
+        print(
+            &mut stdout,
+            &format!("{} ({} bytes)", path.display(), bytes.len()),
+        )?;
     }
     Ok(())
 }

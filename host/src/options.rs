@@ -19,7 +19,8 @@ use crate::error::TaskError;
 /// `Debug` shows the URL with its credentials replaced by `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Options {
-    /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS.
+    /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS, or for a Redis
+    /// Cluster `redis+cluster://[[user]:password@]host[:port][,host[:port]…]` (seed nodes).
     pub url: String,
     /// Prefix of every key.
     pub key_prefix: Option<String>,
@@ -108,14 +109,35 @@ impl Endpoint {
     /// the message never repeats the URL, which may hold a password.
     pub(crate) fn from_url(text: &str) -> Result<Endpoint, TaskError> {
         let url = RedisUrl::parse(text).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
-        let host = match url.endpoint.host.parse::<IpAddr>() {
+        Ok(Endpoint::from_parsed(url.endpoint))
+    }
+
+    /// Every server a URL names: its one host, or a cluster URL's seed nodes.
+    ///
+    /// # Errors
+    /// As [`Endpoint::from_url`].
+    pub(crate) fn all_from_url(text: &str) -> Result<Vec<Endpoint>, TaskError> {
+        let url = RedisUrl::parse(text).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
+        if url.is_cluster() {
+            Ok(url
+                .cluster_seeds
+                .into_iter()
+                .map(Endpoint::from_parsed)
+                .collect())
+        } else {
+            Ok(vec![Endpoint::from_parsed(url.endpoint)])
+        }
+    }
+
+    fn from_parsed(endpoint: taskstore::transport::Endpoint) -> Endpoint {
+        let host = match endpoint.host.parse::<IpAddr>() {
             Ok(ip) => HostName::Ip(ip),
-            Err(_) => HostName::Name(url.endpoint.host),
+            Err(_) => HostName::Name(endpoint.host),
         };
-        Ok(Endpoint {
+        Endpoint {
             host,
-            port: url.endpoint.port,
-        })
+            port: endpoint.port,
+        }
     }
 }
 

@@ -407,7 +407,7 @@ fn find_redis_server_in(path: &OsStr) -> anyhow::Result<PathBuf> {
     })
 }
 
-fn find_program(name: &str, path: &OsStr) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str, path: &OsStr) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     std::env::split_paths(path)
         .map(|dir| dir.join(name))
@@ -420,7 +420,7 @@ fn find_program(name: &str, path: &OsStr) -> Option<PathBuf> {
 
 /// A port that was free on 127.0.0.1 a moment ago. Redis may still lose it to another
 /// process; [`RedisServerBuilder::start`] then retries with another.
-fn free_loopback_port() -> anyhow::Result<u16> {
+pub(crate) fn free_loopback_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .context("cannot bind 127.0.0.1:0 to find a free port")?;
     Ok(listener.local_addr()?.port())
@@ -443,7 +443,11 @@ fn ping(addr: SocketAddr, deadline: Instant) -> anyhow::Result<()> {
 }
 
 /// Sends one command as a RESP array of bulk strings and returns the raw bytes of its reply.
-fn command(addr: SocketAddr, args: &[&[u8]], deadline: Instant) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn command(
+    addr: SocketAddr,
+    args: &[&[u8]],
+    deadline: Instant,
+) -> anyhow::Result<Vec<u8>> {
     let remaining = |what: &str| {
         deadline
             .checked_duration_since(Instant::now())

@@ -165,6 +165,38 @@ mod tests {
         assert!(was_contacted(&redis));
     }
 
+    /// The store is opened with one seed; the other masters are discovered by the guest and
+    /// allowed because the cluster itself reports them; any other port stays unreachable.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cluster_url_reaches_the_cluster_nodes_and_no_other_port() {
+        let cluster = crate::redis_cluster::RedisCluster::start(3).unwrap();
+        let stranger = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let stranger_addr = stranger.local_addr().unwrap();
+        let policy = NetworkPolicy::for_url(&cluster.seed_url(0), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut sandbox = Sandboxed {
+            wasi: wasi_context(policy, &GuestOutput::new(1024)),
+            table: ResourceTable::new(),
+        };
+        assert_eq!(
+            wasi_connect(&mut sandbox, stranger_addr).await,
+            Err(ErrorCode::AccessDenied)
+        );
+        for node in cluster.addrs() {
+            wasi_connect(&mut sandbox, node).await.unwrap();
+        }
+        // Asked again after the cluster was consulted, the stranger is still refused.
+        assert_eq!(
+            wasi_connect(&mut sandbox, stranger_addr).await,
+            Err(ErrorCode::AccessDenied)
+        );
+        assert!(
+            !was_contacted(&stranger),
+            "the denied port saw a connection"
+        );
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn binding_a_port_and_udp_are_denied() {
         let mut sandbox = sandbox_for("redis://127.0.0.1:6379").await;

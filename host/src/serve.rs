@@ -43,7 +43,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::cache::{compile, ComponentCache};
 use crate::network::NetworkPolicy;
-use crate::options::{redact_url, url_secrets, Endpoint};
+use crate::options::{redact_url, url_secrets};
 use crate::output::GuestOutput;
 use crate::runtime::{deadline_ticks, engine_config, to_anyhow, EpochTicker};
 use crate::sandbox::wasi_context;
@@ -222,9 +222,14 @@ impl Server {
         );
         let redis_url = config.redis_url()?;
         let secrets = url_secrets(redis_url);
-        let endpoint =
-            Endpoint::from_url(redis_url).map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
-        let network = NetworkPolicy::resolve(&endpoint)
+        // The allow-list: the URL's addresses, and for a cluster the nodes it reports.
+        let timeout_ms = match config.config_vars.get("timeout-ms") {
+            Some(ms) => ms
+                .parse::<u64>()
+                .map_err(|_| anyhow::anyhow!("timeout-ms must be a number of milliseconds"))?,
+            None => u64::from(taskstore::config::DEFAULT_TIMEOUT_MS),
+        };
+        let network = NetworkPolicy::for_url(redis_url, Duration::from_millis(timeout_ms))
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
 

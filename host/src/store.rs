@@ -11,7 +11,7 @@ use crate::bindings::exports::taskstore::storage::task_storage as wit;
 use crate::bindings::RedisTaskStore;
 use crate::error::TaskError;
 use crate::network::NetworkPolicy;
-use crate::options::{url_secrets, Endpoint, Options};
+use crate::options::{url_secrets, Options};
 use crate::output::GuestOutput;
 use crate::runtime::{deadline_ticks, Runtime};
 use crate::sandbox::wasi_context;
@@ -465,8 +465,12 @@ impl AsyncTaskStore {
 
 /// Instantiates the component for `options` and opens its `store`.
 async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskError> {
-    let endpoint = Endpoint::from_url(&options.url)?;
-    let policy = NetworkPolicy::resolve(&endpoint).await?;
+    let timeout = Duration::from_millis(u64::from(
+        options
+            .timeout_ms
+            .unwrap_or(taskstore::config::DEFAULT_TIMEOUT_MS),
+    ));
+    let policy = NetworkPolicy::for_url(&options.url, timeout).await?;
     let output = GuestOutput::new(GUEST_OUTPUT_BYTES);
 
     let limits = StoreLimitsBuilder::new()

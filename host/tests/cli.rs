@@ -659,3 +659,55 @@ fn demo_refuses_a_second_completion_with_a_conflict() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("is refused: conflict"), "{run:?}");
 }
+
+/// A cluster URL with one seed: the CLI writes tasks that land on every master (the other
+/// masters discovered and allowed), reads, updates and lists them across the cluster.
+#[test]
+fn cluster_url_works_from_the_cli() {
+    let cluster = taskstore_host::redis_cluster::RedisCluster::start(3)
+        .expect("a 3-master redis cluster starts");
+    let url = cluster.seed_url(0);
+    let ids: Vec<String> = (0..12).map(|i| format!("cli-{i}")).collect();
+    let slot = |id: &str| taskstore::cluster::key_slot(format!("research_task:{id}").as_bytes());
+    let owners = cluster.slot_owners().unwrap();
+    let used: std::collections::BTreeSet<_> =
+        ids.iter().map(|id| owners[usize::from(slot(id))]).collect();
+    assert_eq!(used.len(), 3, "the ids cover every master");
+    for id in &ids {
+        let document = format!(r#"{{"id": "{id}", "status": "pending"}}"#);
+        let run = taskstore(&["--redis", &url, "set", id, &document], &[], "");
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let run = taskstore(
+        &[
+            "--redis",
+            &url,
+            "update",
+            &ids[5],
+            r#"{"status": "running"}"#,
+        ],
+        &[],
+        "",
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = taskstore(&["get", &ids[5]], &[("REDIS_URL", url.as_str())], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(r#""status":"running""#)
+            || run.stdout.contains(r#""status": "running""#),
+        "{run:?}"
+    );
+    let run = taskstore(&["--redis", &url, "list", "--all", "--limit", "5"], &[], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.lines().count(), ids.len(), "{run:?}");
+    let run = taskstore(
+        &["--redis", &url, "list", "--status", "running", "--all"],
+        &[],
+        "",
+    );
+    assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
+    let run = taskstore(&["--redis", &url, "delete", &ids[0]], &[], "");
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = taskstore(&["--redis", &url, "get", &ids[0]], &[], "");
+    assert_eq!(run.code, 1, "{run:?}");
+}

@@ -1,5 +1,9 @@
 //! `taskstore serve`, run as a user would: the composed research-task function over real
-//! HTTP on 127.0.0.1, against a private `redis-server` per test.
+//! HTTP on 127.0.0.1, against a private `redis-server` (a TLS one, a 3-master cluster) per
+//! test.
+
+#[path = "../../tests/support/pki.rs"]
+mod pki;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 use serde_json::{json, Value};
+use taskstore_host::redis_cluster::RedisCluster;
 use taskstore_host::redis_server::RedisServer;
 
 /// Starting the server (compiling the component in a debug build) ends within this.
@@ -527,8 +532,8 @@ fn concurrent_load_loses_nothing_and_bounds_redis_connections() {
 
     // For measuring the other serving mode by hand (README, Performance):
     // SERVE_LOAD_REQUESTS_PER_INSTANCE=1 gives every request a fresh instance.
-    let per_instance = std::env::var("SERVE_LOAD_REQUESTS_PER_INSTANCE")
-        .unwrap_or_else(|_| "10000".to_owned());
+    let per_instance =
+        std::env::var("SERVE_LOAD_REQUESTS_PER_INSTANCE").unwrap_or_else(|_| "10000".to_owned());
     let redis_server = RedisServer::start().unwrap();
     let serve = Serve::start(
         &redis_server.url(),
@@ -630,7 +635,11 @@ fn concurrent_load_loses_nothing_and_bounds_redis_connections() {
     }
     // The function's connections plus the monitor's own. (With fresh instances, a closed
     // connection may still be counted for a moment after its replacement opened.)
-    let slack = if per_instance == "1" { MAX_CONCURRENT as u64 } else { 0 };
+    let slack = if per_instance == "1" {
+        MAX_CONCURRENT as u64
+    } else {
+        0
+    };
     assert!(
         peak_clients <= MAX_CONCURRENT as u64 + 1 + slack,
         "{peak_clients} Redis clients at peak, bound {MAX_CONCURRENT} + 1"
@@ -770,4 +779,88 @@ fn secrets_never_reach_responses_or_logs() {
     assert!(!reply.body.contains("wrong-pass-9"), "{reply:?}");
     let (_, stderr) = serve.signal_and_wait(libc::SIGTERM);
     assert!(!stderr.contains("wrong-pass-9"), "{stderr}");
+}
+
+#[test]
+fn the_function_reaches_redis_over_tls() {
+    let pki = pki::pki("serve test CA", &["127.0.0.1"]);
+    let redis_server = RedisServer::builder()
+        .tls(pki.server.clone())
+        .args(["--requirepass", "tls-secret-7"])
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let url = format!(
+        "rediss://:tls-secret-7@127.0.0.1:{}",
+        redis_server.tls_port().expect("a TLS port")
+    );
+    let serve = Serve::start(&url, &["--tls-ca-file", ca_file.to_str().unwrap()]);
+    let agent = agent();
+    let id = create(&agent, &serve, r#"{"query": "over tls"}"#);
+    let fetched = get(&agent, &serve.url(&format!("/research/tasks/{id}")));
+    assert_eq!(fetched.status, 200, "{fetched:?}");
+    assert_eq!(fetched.json()["query"], "over tls");
+    drop(serve);
+
+    // A CA that did not sign the server's certificate: 503, never a plaintext fallback.
+    let other = pki::pki("some other CA", &["127.0.0.1"]);
+    std::fs::write(&ca_file, &other.ca_pem).unwrap();
+    let serve = Serve::start(&url, &["--tls-ca-file", ca_file.to_str().unwrap()]);
+    let refused = get(&agent, &serve.url(&format!("/research/tasks/{id}")));
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.error_code(), "storage_unavailable");
+    assert!(!refused.body.contains("tls-secret-7"), "{refused:?}");
+}
+
+#[test]
+fn the_function_works_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3).unwrap();
+    // One seed is enough: the store discovers the other masters, the host allows them.
+    let serve = Serve::start(&cluster.seed_url(0), &[]);
+    let agent = agent();
+    let ids: Vec<String> = (0..40)
+        .map(|n| create(&agent, &serve, &format!(r#"{{"query": "q{n}"}}"#)))
+        .collect();
+    for id in &ids {
+        let url = serve.url(&format!("/research/tasks/{id}"));
+        let patched = patch(&agent, &url, r#"{"status": "running"}"#, Some("pending"));
+        assert_eq!(patched.status, 200, "{patched:?}");
+    }
+    // Tasks landed on every master (each node's own count), and the listing walks them all.
+    for node in 0..3 {
+        let size = cluster.command(node, &[b"DBSIZE"]).unwrap();
+        assert!(
+            size.starts_with(b":") && size != b":0\r\n",
+            "node {node}: {size:?}"
+        );
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let mut url = serve.url("/research/tasks?status=running&limit=7");
+        if let Some(cursor) = &cursor {
+            url.push_str("&cursor=");
+            url.push_str(&percent_encode(cursor));
+        }
+        let page = get(&agent, &url).json();
+        seen.extend(
+            page["tasks"]
+                .as_array()
+                .expect("tasks")
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    seen.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let gone = delete(&agent, &serve.url(&format!("/research/tasks/{}", ids[0])));
+    assert_eq!(gone.status, 204, "{gone:?}");
 }

@@ -138,6 +138,8 @@ impl Environment for WasiEnvironment {
             default_ttl_seconds: settings.default_ttl_seconds,
             timeout_ms: settings.timeout_ms,
             max_document_bytes: settings.max_document_bytes,
+            tls_ca_certificates: settings.tls_ca_certificates.clone(),
+            danger_accept_invalid_certificates: settings.danger_accept_invalid_certificates,
         };
         wit::Store::open(&options)
             .map(RedisStorage)

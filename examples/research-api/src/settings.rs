@@ -14,6 +14,8 @@ pub const KEY_PREFIX: &str = "key-prefix";
 pub const TIMEOUT_MS: &str = "timeout-ms";
 pub const DEFAULT_TTL_SECONDS: &str = "default-ttl-seconds";
 pub const MAX_DOCUMENT_BYTES: &str = "max-document-bytes";
+pub const TLS_CA_CERTIFICATES: &str = "tls-ca-certificates";
+pub const DANGER_ACCEPT_INVALID_CERTIFICATES: &str = "danger-accept-invalid-certificates";
 
 /// Everything the function reads from its configuration. Unset optional keys are `None`,
 /// meaning the store's documented default.
@@ -24,6 +26,10 @@ pub struct Settings {
     pub timeout_ms: Option<u32>,
     pub default_ttl_seconds: Option<u64>,
     pub max_document_bytes: Option<u32>,
+    /// PEM text of the CA certificates trusted for `rediss://` (instead of the web roots).
+    pub tls_ca_certificates: Option<String>,
+    /// Development only: accept any server certificate over `rediss://`.
+    pub danger_accept_invalid_certificates: Option<bool>,
 }
 
 // Hand-written so that no `{:?}` can ever print the URL.
@@ -35,6 +41,14 @@ impl fmt::Debug for Settings {
             .field("timeout_ms", &self.timeout_ms)
             .field("default_ttl_seconds", &self.default_ttl_seconds)
             .field("max_document_bytes", &self.max_document_bytes)
+            .field(
+                "tls_ca_certificates",
+                &self.tls_ca_certificates.as_ref().map(String::len),
+            )
+            .field(
+                "danger_accept_invalid_certificates",
+                &self.danger_accept_invalid_certificates,
+            )
             .finish()
     }
 }
@@ -105,12 +119,27 @@ impl Settings {
             536_870_912,
             "an integer from 2 to 536870912",
         )?;
+        let tls_ca_certificates = get(TLS_CA_CERTIFICATES)?;
+        let danger_accept_invalid_certificates =
+            match get(DANGER_ACCEPT_INVALID_CERTIFICATES)?.as_deref() {
+                None => None,
+                Some("true") => Some(true),
+                Some("false") => Some(false),
+                Some(_) => {
+                    return Err(SettingsError::Invalid {
+                        key: DANGER_ACCEPT_INVALID_CERTIFICATES,
+                        expected: "true or false",
+                    })
+                }
+            };
         Ok(Settings {
             redis_url,
             key_prefix,
             timeout_ms: timeout_ms.map(narrow_u32),
             default_ttl_seconds,
             max_document_bytes: max_document_bytes.map(narrow_u32),
+            tls_ca_certificates,
+            danger_accept_invalid_certificates,
         })
     }
 

@@ -1,0 +1,133 @@
+//! What the store talks to: one Redis server or a Redis Cluster, behind one small surface,
+//! so task semantics are written once.
+
+use std::time::Duration;
+
+use crate::client::{Client, ClientError, Retry};
+use crate::cluster_client::{ClusterClient, RedirectError};
+use crate::config::RedisUrl;
+use crate::resp::Reply;
+use crate::transport::Connector;
+
+pub enum Backend<C: Connector + Clone> {
+    Single(Client<C>),
+    Cluster(ClusterClient<C>),
+}
+
+impl<C: Connector + Clone> Backend<C> {
+    /// A cluster client for a `redis+cluster://` URL, a single-server client otherwise.
+    pub fn new(connector: C, url: RedisUrl, timeout: Duration, max_value_bytes: usize) -> Self {
+        if url.is_cluster() {
+            Backend::Cluster(ClusterClient::new(connector, url, timeout, max_value_bytes))
+        } else {
+            Backend::Single(Client::new(connector, url, timeout, max_value_bytes))
+        }
+    }
+
+    /// Connects and authenticates now (for a cluster: to a seed, loading the slot map).
+    pub fn connect(&mut self) -> Result<(), ClientError> {
+        match self {
+            Backend::Single(client) => client.connect(),
+            Backend::Cluster(cluster) => cluster.connect(),
+        }
+    }
+
+    /// Runs `op` on the connection that serves `key` (see [`ClusterClient::on_key`]).
+    pub fn on_key<T, E>(
+        &mut self,
+        key: &[u8],
+        op: impl FnMut(&mut Client<C>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<ClientError> + RedirectError,
+    {
+        match self {
+            Backend::Single(client) => {
+                let mut op = op;
+                op(client)
+            }
+            Backend::Cluster(cluster) => cluster.on_key(key, op),
+        }
+    }
+
+    /// `commands[i]` is about `keys[i]`; all are sent pipelined (one round trip per node),
+    /// replies in input order, error replies per item.
+    pub fn batch(
+        &mut self,
+        keys: &[&[u8]],
+        commands: &[&[&[u8]]],
+        retry: Retry,
+    ) -> Result<Vec<Reply>, ClientError> {
+        match self {
+            Backend::Single(client) => client.pipeline(commands, retry),
+            Backend::Cluster(cluster) => cluster.batch(keys, commands, retry),
+        }
+    }
+
+    /// The values of `keys` (`None` where absent): one `MGET` on a single server; on a
+    /// cluster, whose `MGET` cannot span slots, pipelined `GET`s per node.
+    pub fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        let cluster = match self {
+            Backend::Single(client) => return client.get_many(keys),
+            Backend::Cluster(cluster) => cluster,
+        };
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let commands: Vec<[&[u8]; 2]> = key_refs.iter().map(|key| [b"GET" as &[u8], key]).collect();
+        let commands: Vec<&[&[u8]]> = commands.iter().map(|c| c.as_slice()).collect();
+        cluster
+            .batch(&key_refs, &commands, Retry::Idempotent)?
+            .into_iter()
+            .map(|reply| match reply {
+                Reply::BulkString(bytes) => Ok(Some(bytes)),
+                Reply::Null => Ok(None),
+                Reply::Error(message) => Err(cluster.reply_error(message)),
+                other => Err(cluster.unexpected_reply("GET", &other)),
+            })
+            .collect()
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Cluster(_))
+    }
+
+    /// How many servers a listing walks: 1, or the cluster's masters.
+    pub fn shards(&self) -> usize {
+        match self {
+            Backend::Single(_) => 1,
+            Backend::Cluster(cluster) => cluster.shards(),
+        }
+    }
+
+    /// `SCAN` on shard `shard` (see [`Backend::shards`]); a shard that does not exist reads
+    /// as an empty, finished scan.
+    pub fn scan(
+        &mut self,
+        shard: usize,
+        cursor: u64,
+        pattern: &[u8],
+        count: u32,
+    ) -> Result<(u64, Vec<Vec<u8>>), ClientError> {
+        match self {
+            Backend::Single(client) if shard == 0 => client.scan(cursor, pattern, count),
+            Backend::Single(_) => Ok((0, Vec::new())),
+            Backend::Cluster(cluster) => cluster.scan(shard, cursor, pattern, count),
+        }
+    }
+
+    /// The error an error reply stands for.
+    pub fn reply_error(&self, message: String) -> ClientError {
+        match self {
+            Backend::Single(client) => client.reply_error(message),
+            Backend::Cluster(cluster) => cluster.reply_error(message),
+        }
+    }
+
+    /// A reply of the wrong shape for `command`, as a protocol error.
+    pub fn unexpected_reply(&self, command: &str, reply: &Reply) -> ClientError {
+        match self {
+            Backend::Single(client) => client.unexpected_reply(command, reply),
+            Backend::Cluster(cluster) => cluster.unexpected_reply(command, reply),
+        }
+    }
+}
