@@ -81,7 +81,8 @@ enum Command {
     Serve(ServeArgs),
     /// Write the embedded components to a directory, for other hosts (`wasmtime serve`, ...)
     Export {
-        /// Directory to write `taskstore.wasm` and `research-api.wasm` into (created if missing)
+        /// Directory to write `taskstore.wasm`, `taskstore-tls.wasm` and `research-api.wasm`
+        /// into (created if missing)
         #[arg(value_name = "DIR")]
         out_dir: std::path::PathBuf,
     },
@@ -463,6 +464,7 @@ fn export(out_dir: &std::path::Path) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     for (name, bytes) in [
         ("taskstore.wasm", taskstore_host::COMPONENT),
+        ("taskstore-tls.wasm", taskstore_host::TLS_COMPONENT),
         ("research-api.wasm", taskstore_host::serve::HTTP_COMPONENT),
     ] {
         let path = out_dir.join(name);
