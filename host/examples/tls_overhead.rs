@@ -6,7 +6,7 @@
 //! cargo run --release -p taskstore-host --example tls_overhead
 //! ```
 
-#[path = "../../tests/support/pki.rs"]
+#[path = "../../tests/integration/support/pki.rs"]
 mod pki;
 
 use std::time::{Duration, Instant};

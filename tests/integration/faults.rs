@@ -3,17 +3,15 @@
 //! half a frame or answer nonsense, and the host's own limits (memory, per-call deadline).
 //!
 //! Real `redis-server`s show what Redis does by itself (restart, `CLIENT KILL`, idle
-//! timeout, `CLIENT PAUSE`); the fault-injecting proxy of `support::fault` does the rest.
+//! timeout, `CLIENT PAUSE`); the fault-injecting proxy of `crate::support::fault` does the rest.
 //! Every wait is bounded: hanging servers meet a short `timeout_ms`, and elapsed times are
 //! checked against generous upper bounds only.
-
-mod support;
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::fault::{Fault, FaultProxy};
-use support::*;
+use crate::support::fault::{Fault, FaultProxy};
+use crate::support::*;
 use taskstore_host::{Options, Runtime, TaskError, TaskStore, UpdateOptions};
 
 const DOC: &str = r#"{"id": "t1", "status": "pending", "progress": 0}"#;

@@ -1,8 +1,5 @@
 //! The `taskstore` binary over `rediss://`, against a private TLS `redis-server`.
 
-#[path = "../../tests/support/pki.rs"]
-mod pki;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,7 +48,7 @@ fn taskstore(args: &[&str]) -> Run {
 
 #[test]
 fn rediss_with_the_right_ca_works_and_a_wrong_ca_exits_3_with_a_tls_error() {
-    let pki = pki::pki("taskstore CLI test CA", &["127.0.0.1"]);
+    let pki = crate::pki::pki("taskstore CLI test CA", &["127.0.0.1"]);
     let server = RedisServer::builder()
         .arg("--requirepass")
         .arg("cli-s3cret")
@@ -64,7 +61,7 @@ fn rediss_with_the_right_ca_works_and_a_wrong_ca_exits_3_with_a_tls_error() {
     let wrong_ca_file = dir.path().join("wrong-ca.pem");
     std::fs::write(
         &wrong_ca_file,
-        pki::pki("another CA", &["127.0.0.1"]).ca_pem,
+        crate::pki::pki("another CA", &["127.0.0.1"]).ca_pem,
     )
     .unwrap();
     let url = format!(
@@ -127,7 +124,7 @@ fn rediss_with_the_right_ca_works_and_a_wrong_ca_exits_3_with_a_tls_error() {
 
 #[test]
 fn danger_flag_connects_without_verification_and_warns() {
-    let pki = pki::pki("taskstore CLI test CA", &["redis.example"]);
+    let pki = crate::pki::pki("taskstore CLI test CA", &["redis.example"]);
     let server = RedisServer::builder()
         .tls(pki.server.clone())
         .start()

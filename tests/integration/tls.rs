@@ -4,12 +4,10 @@
 //! Each server also keeps its plaintext port: the tests check through it, with an
 //! independent client, that what went over TLS reached the same server.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::pki::{pki, TestPki};
-use support::{open_with, plain_url, RedisServer, DEFAULT_PREFIX};
+use crate::support::pki::{pki, TestPki};
+use crate::support::{open_with, plain_url, RedisServer, DEFAULT_PREFIX};
 use taskstore_host::redis_server::RedisServerBuilder;
 use taskstore_host::{ListOptions, Options, Runtime, TaskError, UpdateOptions, COMPONENT};
 
@@ -71,7 +69,7 @@ fn rediss_round_trip_set_get_update_list() {
     // The same server's plaintext port sees what was written over TLS.
     let mut plain = plain_url(&server.url());
     assert_eq!(
-        support::plain_get(&mut plain, &format!("{DEFAULT_PREFIX}t1")),
+        crate::support::plain_get(&mut plain, &format!("{DEFAULT_PREFIX}t1")),
         Some(updated.into_bytes())
     );
 }

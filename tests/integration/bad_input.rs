@@ -2,9 +2,7 @@
 //! what to fix, and is rejected before anything reaches Redis (checked with Redis's own
 //! command statistics, not just by the data being unchanged).
 
-mod support;
-
-use support::*;
+use crate::support::*;
 use taskstore_host::{ListOptions, Options, Task, TaskError, TaskStore, TtlPolicy, UpdateOptions};
 
 const DOC: &str = r#"{"id": "t1", "status": "pending"}"#;
@@ -367,7 +365,7 @@ fn invalid_urls_and_options_are_rejected_before_connecting() {
         (Options::new(""), "redis://"),
         (Options::new("not a url"), "redis://"),
         (Options::new(format!("http://127.0.0.1:{port}")), "scheme"),
-        // rediss:// is supported now (tests/tls.rs); a TLS option on a plaintext URL is not.
+        // rediss:// is supported now (tls.rs); a TLS option on a plaintext URL is not.
         (with(|o| o.tls_ca_certificates = Some("PEM".into())), "TLS"),
         (with(|o| o.danger_accept_invalid_certificates = true), "TLS"),
         (

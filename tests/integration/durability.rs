@@ -5,11 +5,9 @@
 //! The component acknowledges a write once Redis has; from then on, durability is Redis's.
 //! These tests pin down what each setting promises so the README can state it.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use taskstore_host::{Options, Runtime, TaskStore, TimeToLive, COMPONENT};
 
 const TTL: u64 = 1_000;

@@ -2,9 +2,6 @@
 //! process, and an independent plain Redis client to check what the component wrote (and to
 //! write data the way other clients do).
 
-// Each test crate uses a different part of the harness.
-#![allow(dead_code)]
-
 pub mod fault;
 pub mod pki;
 

@@ -5,12 +5,10 @@
 //! One cluster per test; every store is opened with a single seed, so reaching the other
 //! masters also exercises the host's cluster allow-list.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use support::{open_with, DEFAULT_PREFIX};
+use crate::support::{open_with, DEFAULT_PREFIX};
 use taskstore::cluster::key_slot;
 use taskstore_host::redis_cluster::RedisCluster;
 use taskstore_host::{ListOptions, Options, Task, TaskStore, UpdateOptions};
@@ -37,7 +35,7 @@ fn ids(count: usize) -> Vec<String> {
 
 /// A plain connection to node `index` (no cluster awareness: it sees only that node).
 fn plain_node(cluster: &RedisCluster, index: usize) -> redis::Connection {
-    support::plain_url(&format!("redis://{}", cluster.nodes()[index].addr()))
+    crate::support::plain_url(&format!("redis://{}", cluster.nodes()[index].addr()))
 }
 
 /// Every task the listing returns, following cursors, with `limit` per page.
@@ -202,7 +200,7 @@ fn ids_in_one_slot_of(cluster: &RedisCluster, index: usize, count: usize) -> (u1
 /// `GET key` on a node importing the key's slot: `ASKING` first, or the node answers MOVED.
 fn plain_get_asking(con: &mut redis::Connection, key: &str) -> Option<Vec<u8>> {
     let () = redis::cmd("ASKING").query(con).expect("plain ASKING");
-    support::plain_get(con, key)
+    crate::support::plain_get(con, key)
 }
 
 fn ok(reply: Vec<u8>) {
@@ -339,7 +337,7 @@ fn ask_during_a_migration_and_moved_after_it_are_followed() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        support::plain_get(&mut on_target, &format!("{DEFAULT_PREFIX}{}", ids[2])),
+        crate::support::plain_get(&mut on_target, &format!("{DEFAULT_PREFIX}{}", ids[2])),
         Some(updated.into_bytes())
     );
     assert_eq!(

@@ -6,14 +6,12 @@
 //! component gets TCP to the Redis address and nothing else; `host/src/sandbox.rs` checks
 //! that on the WASI context itself, the test here from outside.
 
-mod support;
-
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
-use support::fault::{Fault, FaultProxy};
-use support::*;
+use crate::support::fault::{Fault, FaultProxy};
+use crate::support::*;
 use taskstore_host::{ListOptions, Options, Runtime, TaskError, UpdateOptions};
 
 const DOC: &str = r#"{"id": "t1", "status": "pending", "progress": 0}"#;

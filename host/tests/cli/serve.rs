@@ -2,9 +2,6 @@
 //! HTTP on 127.0.0.1, against a private `redis-server` (a TLS one, a 3-master cluster) per
 //! test.
 
-#[path = "../../tests/support/pki.rs"]
-mod pki;
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -783,7 +780,7 @@ fn secrets_never_reach_responses_or_logs() {
 
 #[test]
 fn the_function_reaches_redis_over_tls() {
-    let pki = pki::pki("serve test CA", &["127.0.0.1"]);
+    let pki = crate::pki::pki("serve test CA", &["127.0.0.1"]);
     let redis_server = RedisServer::builder()
         .tls(pki.server.clone())
         .args(["--requirepass", "tls-secret-7"])
@@ -805,7 +802,7 @@ fn the_function_reaches_redis_over_tls() {
     drop(serve);
 
     // A CA that did not sign the server's certificate: 503, never a plaintext fallback.
-    let other = pki::pki("some other CA", &["127.0.0.1"]);
+    let other = crate::pki::pki("some other CA", &["127.0.0.1"]);
     std::fs::write(&ca_file, &other.ca_pem).unwrap();
     let serve = Serve::start(&url, &["--tls-ca-file", ca_file.to_str().unwrap()]);
     let refused = get(&agent, &serve.url(&format!("/research/tasks/{id}")));

@@ -3,13 +3,11 @@
 //! `tests/python/original_service.py`) and the component share one real Redis, each reading
 //! what the other wrote.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use taskstore_host::{TimeToLive, UpdateOptions};
 
 /// Runs the original service's storage code; `scripts/setup.sh` installs redis-py.
@@ -30,7 +28,7 @@ fn python(server: &RedisServer, args: &[&str]) -> Output {
 }
 
 fn research_task(id: &str) -> String {
-    let template = include_str!("../host/benches/task.json");
+    let template = include_str!("../../host/benches/task.json");
     let mut task: Value = serde_json::from_str(template).expect("task.json is JSON");
     task["id"] = Value::String(id.to_owned());
     task["query"] = Value::String("Cold starts: Wasm vs containers — café ☕ \"quoted\"".into());

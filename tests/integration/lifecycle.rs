@@ -4,15 +4,13 @@
 //! and batches. What the component wrote is checked with an independent plain Redis client;
 //! round trips are counted by a proxy between the component and Redis.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use taskstore_host::{
     ListOptions, Options, Task, TaskError, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
 };

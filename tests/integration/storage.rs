@@ -4,11 +4,9 @@
 //! update, deletion, expiry); the rest cover the WIT contract's other outcomes. What the
 //! component wrote is checked with an independent plain Redis client.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use taskstore_host::{Options, TaskError, TimeToLive};
 
 const DOC: &str =
@@ -534,7 +532,7 @@ fn stored_value_larger_than_max_document_bytes_is_a_protocol_error() {
 }
 
 // --- connection failures, bad input, authentication --------------------------------------
-// See tests/faults.rs, tests/bad_input.rs and tests/security.rs.
+// See faults.rs, bad_input.rs and security.rs.
 
 #[test]
 fn two_stores_share_one_database() {

@@ -1,0 +1,14 @@
+//! The `taskstore` binary, run as a user would: its commands, its behaviour under failure,
+//! `rediss://`, and `taskstore serve` over real HTTP, each against a private `redis-server`
+//! per test.
+//!
+//! One test binary rather than one per file, to link (and store) the test harness once.
+//! Select a group by module path, e.g. `cargo test -p taskstore-host --test cli serve::`.
+
+#[path = "../../../tests/integration/support/pki.rs"]
+mod pki;
+
+mod commands;
+mod reliability;
+mod serve;
+mod tls;
