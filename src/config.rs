@@ -77,8 +77,9 @@ pub struct StoreSettings {
     pub tls: Option<TlsSettings>,
 }
 
-/// How a `rediss://` connection verifies the server.
-#[derive(Clone, PartialEq, Eq)]
+/// How a `rediss://` connection verifies the server. The default: against the web PKI
+/// roots, verification on.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct TlsSettings {
     /// PEM text whose certificates are the only trust anchors; `None`: the web PKI roots.
     pub ca_certificates: Option<String>,
@@ -179,14 +180,15 @@ pub fn check_ttl(seconds: u64) -> Result<(), String> {
 }
 
 /// A parsed `redis[s]://[[user]:password@]host[:port][/db]` URL, or a Redis Cluster URL
-/// `redis+cluster://[[user]:password@]host[:port][,host[:port]…]`.
+/// `redis[s]+cluster://[[user]:password@]host[:port][,host[:port]…]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     /// The server (for a cluster URL: the first seed node).
     pub endpoint: Endpoint,
     pub credentials: Option<Credentials>,
     pub database: u32,
-    /// `rediss://`: the connection runs over TLS, with the URL host as the server name.
+    /// `rediss://` or `rediss+cluster://`: every connection runs over TLS, with the host
+    /// dialled (the URL's, or a cluster node's) as the server name.
     pub tls: bool,
     /// For a cluster URL, every seed node in the order given (the first is `endpoint`);
     /// empty for a single-server URL.
@@ -306,18 +308,13 @@ fn strip_scheme(url: &str) -> Result<Scheme<'_>, ConfigError> {
         "redis" => (false, false),
         "rediss" => (true, false),
         "redis+cluster" => (false, true),
-        // Each node would need TLS, and the host's discovery of the nodes too: not yet.
-        "rediss+cluster" => {
-            return Err(ConfigError(
-                "rediss+cluster:// (Redis Cluster over TLS) is not supported yet; use \
-                 redis+cluster:// or rediss:// to one server"
-                    .into(),
-            ))
-        }
+        // Every node over TLS, each verified against its own address (as the cluster
+        // reports it, or as a redirect names it).
+        "rediss+cluster" => (true, true),
         _ => {
             return Err(ConfigError(format!(
-                "Redis URL scheme {} is not supported; use redis://, rediss:// (TLS) or \
-                 redis+cluster://",
+                "Redis URL scheme {} is not supported; use redis://, rediss:// (TLS), \
+                 redis+cluster:// or rediss+cluster:// (cluster over TLS)",
                 excerpt(scheme, 16)
             )))
         }
@@ -597,6 +594,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_cluster_url_asks_for_tls_on_every_node() {
+        let url = RedisUrl::parse("rediss+cluster://:pw@a:7000,b:7001").unwrap();
+        assert!(url.is_cluster() && url.tls);
+        assert_eq!(
+            url.cluster_seeds,
+            vec![endpoint("a", 7000), endpoint("b", 7001)]
+        );
+        let node = url.for_node(endpoint("c", 7002));
+        assert!(node.tls, "a discovered node is dialled over TLS too");
+        assert!(!RedisUrl::parse("redis+cluster://a:7000").unwrap().tls);
+
+        let mut options = StoreOptions::new("rediss+cluster://a:7000");
+        options.tls_ca_certificates = Some("-----BEGIN CERTIFICATE-----".into());
+        let tls = StoreSettings::from_options(&options).unwrap().tls.unwrap();
+        assert_eq!(tls.ca_certificates, options.tls_ca_certificates);
+        options.url = "redis+cluster://a:7000".into();
+        assert!(StoreSettings::from_options(&options).is_err());
+    }
+
+    #[test]
     fn rejects_malformed_cluster_urls() {
         for text in [
             "redis+cluster://",
@@ -605,7 +622,7 @@ mod tests {
             "redis+cluster://a:1,,b:2",
             "redis+cluster://a:1,b:0",
             "redis+cluster://a:1/2",
-            "rediss+cluster://a:1",
+            "rediss+cluster://a:1/2",
             "redis+sentinel://a:1",
         ] {
             assert!(RedisUrl::parse(text).is_err(), "{text}");

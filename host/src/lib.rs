@@ -51,6 +51,14 @@ mod sandbox;
 pub mod serve;
 mod store;
 
+// The test CA and server certificates the integration tests use, for unit tests too; the
+// file names this crate `taskstore_host`, as an integration test does.
+#[cfg(test)]
+extern crate self as taskstore_host;
+#[cfg(test)]
+#[path = "../../tests/integration/support/pki.rs"]
+mod test_pki;
+
 pub use cache::{CacheOutcome, ComponentCache};
 pub use error::TaskError;
 pub use options::{redact_url, Options};

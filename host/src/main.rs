@@ -32,7 +32,7 @@ struct Cli {
     // comment, whose brackets rustdoc would read as links.)
     #[arg(
         long,
-        help = "Redis URL: redis://[[user]:password@]host[:port][/db], or rediss://... for TLS [default: redis://127.0.0.1:6379]",
+        help = "Redis URL: redis://[[user]:password@]host[:port][/db], rediss://... for TLS, redis+cluster://host:port[,host:port...] for a Redis Cluster (rediss+cluster:// over TLS) [default: redis://127.0.0.1:6379]",
         value_name = "URL",
         env = "REDIS_URL",
         hide_env_values = true,
@@ -48,8 +48,8 @@ struct Cli {
     #[arg(long, value_name = "MS", global = true)]
     timeout_ms: Option<u32>,
 
-    /// rediss:// only: PEM file of the CA certificate(s) that sign the server's certificate,
-    /// trusted instead of the built-in web PKI roots
+    /// rediss:// and rediss+cluster:// only: PEM file of the CA certificate(s) that sign the
+    /// server's (every node's) certificate, trusted instead of the built-in web PKI roots
     #[arg(
         long,
         value_name = "PATH",
@@ -58,8 +58,9 @@ struct Cli {
     )]
     tls_ca_file: Option<std::path::PathBuf>,
 
-    /// rediss:// only. DANGER, development only: accept any server certificate (anyone who
-    /// can intercept the connection can then impersonate Redis and read the password)
+    /// rediss:// and rediss+cluster:// only. DANGER, development only: accept any server
+    /// certificate (anyone who can intercept the connection can then impersonate Redis and
+    /// read the password)
     #[arg(long, global = true)]
     danger_accept_invalid_certificates: bool,
 

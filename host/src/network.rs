@@ -6,7 +6,8 @@
 //! asks the cluster itself — natively, from the host, with the URL's credentials, only ever
 //! dialling the seeds — which masters serve slots now, and allows the address iff it is one
 //! of them. Answers are cached; an unknown address makes the host ask again at most once per
-//! [`CLUSTER_RECHECK_INTERVAL`], so a guest cannot make it flood the cluster.
+//! [`CLUSTER_RECHECK_INTERVAL`], so a guest cannot make it flood the cluster. For
+//! `rediss+cluster://` the host asks over TLS, verifying each node as the component will.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -15,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use taskstore::client::ClientError;
 use taskstore::cluster_client::ClusterClient;
-use taskstore::config::RedisUrl;
+use taskstore::config::{RedisUrl, TlsSettings};
 use taskstore::std_tcp::StdConnector;
+use taskstore::tls::MaybeTlsConnector;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -39,16 +41,23 @@ pub(crate) struct NetworkPolicy {
 
 impl NetworkPolicy {
     /// The policy for the URL `url`: [`NetworkPolicy::resolve`] of its host, or for a
-    /// cluster URL, of each seed plus the cluster's discovered nodes (asked with `timeout`).
+    /// cluster URL, of each seed plus the cluster's discovered nodes (asked with `timeout`;
+    /// over TLS verified as `tls` says for `rediss+cluster://`).
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] for a malformed URL; [`TaskError::Connection`] if a name
-    /// does not resolve.
-    pub(crate) async fn for_url(url: &str, timeout: Duration) -> Result<NetworkPolicy, TaskError> {
+    /// [`TaskError::InvalidInput`] for a malformed URL or unusable TLS CA certificates;
+    /// [`TaskError::Connection`] if a name does not resolve.
+    pub(crate) async fn for_url(
+        url: &str,
+        tls: &TlsSettings,
+        timeout: Duration,
+    ) -> Result<NetworkPolicy, TaskError> {
         let parsed = RedisUrl::parse(url).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
         if !parsed.is_cluster() {
             return NetworkPolicy::resolve(&Endpoint::from_url(url)?).await;
         }
+        let connector = MaybeTlsConnector::new(StdConnector, parsed.tls.then_some(tls))
+            .map_err(|e| TaskError::InvalidInput(e.0))?;
         let mut connect_to = Vec::new();
         let mut name_lookup = false;
         for seed in Endpoint::all_from_url(url)? {
@@ -61,7 +70,7 @@ impl NetworkPolicy {
         Ok(NetworkPolicy {
             connect_to,
             name_lookup,
-            cluster: Some(Arc::new(ClusterNodes::new(parsed, timeout))),
+            cluster: Some(Arc::new(ClusterNodes::new(parsed, connector, timeout))),
         })
     }
 
@@ -151,6 +160,8 @@ impl NetworkPolicy {
 /// The nodes of a cluster, as the cluster itself reports them.
 pub(crate) struct ClusterNodes {
     url: RedisUrl,
+    /// Plain TCP, or TLS for `rediss+cluster://`.
+    connector: MaybeTlsConnector<StdConnector>,
     timeout: Duration,
     known: Mutex<KnownNodes>,
 }
@@ -177,9 +188,14 @@ impl fmt::Debug for ClusterNodes {
 }
 
 impl ClusterNodes {
-    pub(crate) fn new(url: RedisUrl, timeout: Duration) -> ClusterNodes {
+    pub(crate) fn new(
+        url: RedisUrl,
+        connector: MaybeTlsConnector<StdConnector>,
+        timeout: Duration,
+    ) -> ClusterNodes {
         ClusterNodes {
             url,
+            connector,
             timeout,
             known: Mutex::new(KnownNodes::default()),
         }
@@ -215,7 +231,12 @@ impl ClusterNodes {
     /// Asks a seed (with the URL's credentials, within `timeout` per step) for the slot map
     /// and returns its masters' addresses. Blocking.
     fn discover(&self) -> Result<Vec<SocketAddr>, ClientError> {
-        let mut client = ClusterClient::new(StdConnector, self.url.clone(), self.timeout, 1 << 16);
+        let mut client = ClusterClient::new(
+            self.connector.clone(),
+            self.url.clone(),
+            self.timeout,
+            1 << 16,
+        );
         client.connect()?;
         let mut addresses = Vec::new();
         for endpoint in client.master_endpoints() {
@@ -292,9 +313,13 @@ mod tests {
     async fn cluster_policy_allows_seeds_and_reported_nodes_only() {
         let cluster = crate::redis_cluster::RedisCluster::start(3).unwrap();
         let nodes = cluster.addrs();
-        let p = NetworkPolicy::for_url(&cluster.seed_url(1), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let p = NetworkPolicy::for_url(
+            &cluster.seed_url(1),
+            &TlsSettings::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert!(p.allows(nodes[1], SocketAddrUse::TcpConnect), "the seed");
         assert!(
             !p.allows(nodes[0], SocketAddrUse::TcpConnect),
@@ -316,6 +341,66 @@ mod tests {
         assert!(!p.allows_node(nodes[0], SocketAddrUse::UdpSend).await);
     }
 
+    /// Over TLS the cluster reports its nodes' TLS ports: those are allowed, the plaintext
+    /// ports of the same nodes are not. Discovery verifies the nodes as the component does:
+    /// with a CA that did not sign them, only the seed stays allowed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn tls_cluster_policy_allows_the_reported_tls_ports_only() {
+        let pki = crate::test_pki::pki("network test CA", &["127.0.0.1"]);
+        let cluster = crate::redis_cluster::RedisCluster::start_tls(3, pki.server.clone()).unwrap();
+        let trusted = TlsSettings {
+            ca_certificates: Some(pki.ca_pem.clone()),
+            danger_accept_invalid_certificates: false,
+        };
+        let p = NetworkPolicy::for_url(&cluster.seed_url(1), &trusted, Duration::from_secs(5))
+            .await
+            .unwrap();
+        for node in cluster.tls_addrs() {
+            assert!(
+                p.allows_node(node, SocketAddrUse::TcpConnect).await,
+                "{node}"
+            );
+        }
+        for node in cluster.addrs() {
+            assert!(
+                !p.allows_node(node, SocketAddrUse::TcpConnect).await,
+                "plaintext port {node}"
+            );
+        }
+
+        let untrusted = TlsSettings {
+            ca_certificates: Some(crate::test_pki::pki("other CA", &["127.0.0.1"]).ca_pem),
+            danger_accept_invalid_certificates: false,
+        };
+        let p = NetworkPolicy::for_url(&cluster.seed_url(1), &untrusted, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let tls_addrs = cluster.tls_addrs();
+        assert!(
+            p.allows(tls_addrs[1], SocketAddrUse::TcpConnect),
+            "the seed"
+        );
+        assert!(!p.allows_node(tls_addrs[0], SocketAddrUse::TcpConnect).await);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn tls_cluster_with_unusable_ca_text_is_invalid_input() {
+        let junk = TlsSettings {
+            ca_certificates: Some("not a certificate".into()),
+            danger_accept_invalid_certificates: false,
+        };
+        match NetworkPolicy::for_url(
+            "rediss+cluster://127.0.0.1:7000",
+            &junk,
+            Duration::from_secs(1),
+        )
+        .await
+        {
+            Err(TaskError::InvalidInput(message)) => assert!(message.contains("PEM"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn cluster_that_cannot_be_asked_allows_only_the_seeds() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -324,7 +409,7 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("redis+cluster://127.0.0.1:{port}");
-        let p = NetworkPolicy::for_url(&url, Duration::from_secs(1))
+        let p = NetworkPolicy::for_url(&url, &TlsSettings::default(), Duration::from_secs(1))
             .await
             .unwrap();
         assert!(p.allows(

@@ -20,7 +20,8 @@ use crate::error::TaskError;
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Options {
     /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS, or for a Redis
-    /// Cluster `redis+cluster://[[user]:password@]host[:port][,host[:port]…]` (seed nodes).
+    /// Cluster `redis+cluster://[[user]:password@]host[:port][,host[:port]…]` (seed nodes;
+    /// `rediss+cluster://…` for a cluster over TLS).
     pub url: String,
     /// Prefix of every key.
     pub key_prefix: Option<String>,
@@ -30,11 +31,13 @@ pub struct Options {
     pub timeout_ms: Option<u32>,
     /// Largest document accepted and returned, in bytes.
     pub max_document_bytes: Option<u32>,
-    /// `rediss://` only: PEM text of the CA certificate(s) trusted to sign the server's
-    /// certificate, instead of the built-in web PKI roots.
+    /// `rediss://` (or `rediss+cluster://`) only: PEM text of the CA certificate(s) trusted
+    /// to sign the server's (every node's) certificate, instead of the built-in web PKI
+    /// roots.
     pub tls_ca_certificates: Option<String>,
-    /// `rediss://` only. DANGER, development only: accept any server certificate, so anyone
-    /// who can intercept the connection can impersonate Redis and read the password.
+    /// `rediss://` (or `rediss+cluster://`) only. DANGER, development only: accept any
+    /// server certificate, so anyone who can intercept the connection can impersonate Redis
+    /// and read the password.
     pub danger_accept_invalid_certificates: bool,
 }
 
@@ -44,6 +47,14 @@ impl Options {
         Options {
             url: url.into(),
             ..Options::default()
+        }
+    }
+
+    /// How TLS verifies the server, should the URL ask for TLS.
+    pub(crate) fn tls_settings(&self) -> taskstore::config::TlsSettings {
+        taskstore::config::TlsSettings {
+            ca_certificates: self.tls_ca_certificates.clone(),
+            danger_accept_invalid_certificates: self.danger_accept_invalid_certificates,
         }
     }
 }

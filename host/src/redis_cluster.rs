@@ -1,5 +1,6 @@
 //! A private Redis Cluster for tests: several `redis-server --cluster-enabled yes` masters on
-//! free loopback ports (no replicas), joined with `redis-cli --cluster create`.
+//! free loopback ports (no replicas), joined with `redis-cli --cluster create`; optionally
+//! with TLS on every node ([`RedisCluster::start_tls`]).
 //!
 //! [`RedisCluster`] is a guard like [`RedisServer`]: each node has its own port, cluster-bus
 //! port and temporary directory (with its `nodes.conf`), nothing is persisted, and every node
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 
-use crate::redis_server::{command, find_program, free_loopback_port, RedisServer};
+use crate::redis_server::{command, find_program, free_loopback_port, RedisServer, TlsFiles};
 
 /// How long creating the cluster (and waiting for `cluster_state:ok`) may take.
 pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +30,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     redis_cli: PathBuf,
+    /// Whether the nodes also listen for TLS, and their URLs name the TLS ports.
+    tls: bool,
 }
 
 impl RedisCluster {
@@ -40,15 +43,36 @@ impl RedisCluster {
     /// `redis-server` or `redis-cli` is missing, a node does not start, or the cluster is not
     /// ready within [`CLUSTER_READY_TIMEOUT`]; the error carries `redis-cli`'s output.
     pub fn start(masters: usize) -> anyhow::Result<RedisCluster> {
+        RedisCluster::start_with(masters, None)
+    }
+
+    /// [`RedisCluster::start`], every node also listening for TLS with `files`
+    /// ([`crate::redis_server::RedisServerBuilder::tls`]) and `--tls-cluster yes`: the
+    /// cluster bus runs over TLS, and a client connected over TLS is told the nodes' TLS
+    /// ports (in `CLUSTER SLOTS` and redirects), a plaintext client their plaintext ports.
+    /// [`RedisCluster::url`] then is `rediss+cluster://` with the TLS ports; the cluster is
+    /// still created, inspected and resharded over the plaintext ports.
+    ///
+    /// # Errors
+    /// As [`RedisCluster::start`].
+    pub fn start_tls(masters: usize, files: TlsFiles) -> anyhow::Result<RedisCluster> {
+        RedisCluster::start_with(masters, Some(files))
+    }
+
+    fn start_with(masters: usize, tls: Option<TlsFiles>) -> anyhow::Result<RedisCluster> {
         let redis_cli = find_program("redis-cli", &std::env::var_os("PATH").unwrap_or_default())
             .ok_or_else(|| {
                 anyhow!("redis-cli not found on PATH; run scripts/setup.sh to install it")
             })?;
         let mut nodes = Vec::with_capacity(masters);
         for _ in 0..masters {
-            nodes.push(start_node()?);
+            nodes.push(start_node(tls.as_ref())?);
         }
-        let cluster = RedisCluster { nodes, redis_cli };
+        let cluster = RedisCluster {
+            nodes,
+            redis_cli,
+            tls: tls.is_some(),
+        };
         let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(cluster.nodes.iter().map(|n| n.addr().to_string()));
@@ -63,15 +87,33 @@ impl RedisCluster {
         &self.nodes
     }
 
-    /// `redis+cluster://` with every node as a seed.
+    /// `redis+cluster://` with every node as a seed (`rediss+cluster://` with the TLS ports
+    /// for a cluster started with [`RedisCluster::start_tls`]).
     pub fn url(&self) -> String {
-        let seeds: Vec<String> = self.nodes.iter().map(|n| n.addr().to_string()).collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        let seeds: Vec<String> = (0..self.nodes.len()).map(|i| self.client_addr(i)).collect();
+        format!("{}://{}", self.scheme(), seeds.join(","))
     }
 
-    /// `redis+cluster://` naming only node `index`: the others must be discovered.
+    /// As [`RedisCluster::url`], naming only node `index`: the others must be discovered.
     pub fn seed_url(&self, index: usize) -> String {
-        format!("redis+cluster://{}", self.nodes[index].addr())
+        format!("{}://{}", self.scheme(), self.client_addr(index))
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "rediss+cluster"
+        } else {
+            "redis+cluster"
+        }
+    }
+
+    /// Node `index`'s address as clients of the URL dial it: its TLS port on a TLS cluster.
+    fn client_addr(&self, index: usize) -> String {
+        let node = &self.nodes[index];
+        match node.tls_port() {
+            Some(port) if self.tls => format!("127.0.0.1:{port}"),
+            _ => node.addr().to_string(),
+        }
     }
 
     /// Sends one command to node `index` and returns the raw RESP reply.
@@ -228,25 +270,37 @@ impl RedisCluster {
         }
     }
 
-    /// The nodes' addresses.
+    /// The nodes' (plaintext) addresses.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.nodes.iter().map(RedisServer::addr).collect()
+    }
+
+    /// The nodes' TLS addresses, for a cluster started with [`RedisCluster::start_tls`].
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.tls_port())
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .collect()
     }
 }
 
 /// Starts one cluster-enabled node with its own free cluster-bus port (Redis's default,
 /// port + 10000, may be past 65535 for an ephemeral port).
-fn start_node() -> anyhow::Result<RedisServer> {
+fn start_node(tls: Option<&TlsFiles>) -> anyhow::Result<RedisServer> {
     let mut last = None;
     for _ in 0..NODE_ATTEMPTS {
         let bus_port = free_loopback_port()?;
-        let started = RedisServer::builder()
+        let mut builder = RedisServer::builder()
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "5000"])
             .arg("--cluster-port")
-            .arg(bus_port.to_string())
-            .start();
+            .arg(bus_port.to_string());
+        if let Some(files) = tls {
+            builder = builder.tls(files.clone()).args(["--tls-cluster", "yes"]);
+        }
+        let started = builder.start();
         match started {
             Ok(server) => return Ok(server),
             Err(e) => last = Some(e),

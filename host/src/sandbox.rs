@@ -172,9 +172,13 @@ mod tests {
         let cluster = crate::redis_cluster::RedisCluster::start(3).unwrap();
         let stranger = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let stranger_addr = stranger.local_addr().unwrap();
-        let policy = NetworkPolicy::for_url(&cluster.seed_url(0), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let policy = NetworkPolicy::for_url(
+            &cluster.seed_url(0),
+            &taskstore::config::TlsSettings::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         let mut sandbox = Sandboxed {
             wasi: wasi_context(policy, &GuestOutput::new(1024)),
             table: ResourceTable::new(),

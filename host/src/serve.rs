@@ -229,7 +229,16 @@ impl Server {
                 .map_err(|_| anyhow::anyhow!("timeout-ms must be a number of milliseconds"))?,
             None => u64::from(taskstore::config::DEFAULT_TIMEOUT_MS),
         };
-        let network = NetworkPolicy::for_url(redis_url, Duration::from_millis(timeout_ms))
+        // For `rediss+cluster://` the host's discovery verifies the nodes as the function
+        // will (a value the function rejects makes it answer every request with an error).
+        let tls = taskstore::config::TlsSettings {
+            ca_certificates: config.config_vars.get("tls-ca-certificates").cloned(),
+            danger_accept_invalid_certificates: config
+                .config_vars
+                .get("danger-accept-invalid-certificates")
+                .is_some_and(|value| value == "true"),
+        };
+        let network = NetworkPolicy::for_url(redis_url, &tls, Duration::from_millis(timeout_ms))
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
 

@@ -470,7 +470,7 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
             .timeout_ms
             .unwrap_or(taskstore::config::DEFAULT_TIMEOUT_MS),
     ));
-    let policy = NetworkPolicy::for_url(&options.url, timeout).await?;
+    let policy = NetworkPolicy::for_url(&options.url, &options.tls_settings(), timeout).await?;
     let output = GuestOutput::new(GUEST_OUTPUT_BYTES);
 
     let limits = StoreLimitsBuilder::new()

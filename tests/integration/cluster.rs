@@ -3,15 +3,17 @@
 //! after it, and a live `redis-cli --cluster reshard` while a client keeps working.
 //!
 //! One cluster per test; every store is opened with a single seed, so reaching the other
-//! masters also exercises the host's cluster allow-list.
+//! masters also exercises the host's cluster allow-list. One cluster runs TLS on every node
+//! (`rediss+cluster://`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::support::pki::pki;
 use crate::support::{open_with, DEFAULT_PREFIX};
 use taskstore::cluster::key_slot;
 use taskstore_host::redis_cluster::RedisCluster;
-use taskstore_host::{ListOptions, Options, Task, TaskStore, UpdateOptions};
+use taskstore_host::{ListOptions, Options, Task, TaskError, TaskStore, UpdateOptions};
 
 const TASKS: usize = 1200;
 /// Slots the live reshard moves (of node 0's ~5461): ~37 of 1000 tasks move with them.
@@ -36,6 +38,30 @@ fn ids(count: usize) -> Vec<String> {
 /// A plain connection to node `index` (no cluster awareness: it sees only that node).
 fn plain_node(cluster: &RedisCluster, index: usize) -> redis::Connection {
     crate::support::plain_url(&format!("redis://{}", cluster.nodes()[index].addr()))
+}
+
+/// Every master holds a share of the `total` tasks (more than a sixth), and exactly the keys
+/// of its own slots.
+fn assert_every_master_holds_its_share(cluster: &RedisCluster, total: usize) {
+    let owners = cluster.slot_owners().unwrap();
+    let mut per_node = Vec::new();
+    for index in 0..cluster.nodes().len() {
+        let mut con = plain_node(cluster, index);
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{DEFAULT_PREFIX}*"))
+            .query(&mut con)
+            .unwrap();
+        for key in &keys {
+            assert_eq!(
+                owners[usize::from(key_slot(key.as_bytes()))],
+                Some(index),
+                "{key} is on the wrong node"
+            );
+        }
+        per_node.push(keys.len());
+    }
+    assert_eq!(per_node.iter().sum::<usize>(), total, "{per_node:?}");
+    assert!(per_node.iter().all(|&n| n > total / 6), "{per_node:?}");
 }
 
 /// Every task the listing returns, following cursors, with `limit` per page.
@@ -80,26 +106,7 @@ fn a_thousand_tasks_spread_over_every_master_work_through_every_operation() {
         assert_eq!(results.len(), chunk.len());
         assert!(results.iter().all(Result::is_ok), "{results:?}");
     }
-    // Every master holds a share, and holds exactly the keys of its slots.
-    let owners = cluster.slot_owners().unwrap();
-    let mut per_node = Vec::new();
-    for index in 0..3 {
-        let mut con = plain_node(&cluster, index);
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{DEFAULT_PREFIX}*"))
-            .query(&mut con)
-            .unwrap();
-        for key in &keys {
-            assert_eq!(
-                owners[usize::from(key_slot(key.as_bytes()))],
-                Some(index),
-                "{key} is on the wrong node"
-            );
-        }
-        per_node.push(keys.len());
-    }
-    assert_eq!(per_node.iter().sum::<usize>(), TASKS, "{per_node:?}");
-    assert!(per_node.iter().all(|&n| n > TASKS / 6), "{per_node:?}");
+    assert_every_master_holds_its_share(&cluster, TASKS);
 
     // get_many returns every document in input order, across nodes.
     let mut shuffled = ids.clone();
@@ -170,6 +177,60 @@ fn a_thousand_tasks_spread_over_every_master_work_through_every_operation() {
     assert_eq!(list_all(&mut store, None, 500).len(), TASKS - TASKS / 2 + 1);
     assert!(!store.delete(&ids[0]).unwrap());
     assert!(store.delete(&ids[1]).unwrap());
+}
+
+/// `rediss+cluster://` naming one TLS seed: the other masters are discovered over TLS (by the
+/// host, for its allow-list, and by the component) and reached on their TLS ports, each
+/// certificate verified against the given CA; a CA that did not sign them is a TLS
+/// connection error, never a plaintext fallback.
+#[test]
+fn tls_cluster_from_one_seed_reaches_every_master_over_tls() {
+    const TLS_TASKS: usize = 300;
+    let trusted = pki("taskstore cluster CA", &["127.0.0.1"]);
+    let cluster = RedisCluster::start_tls(3, trusted.server.clone())
+        .expect("a 3-master TLS redis cluster starts (run scripts/setup.sh)");
+    let url = cluster.seed_url(0);
+    assert!(url.starts_with("rediss+cluster://127.0.0.1:"), "{url}");
+    let tls_options = |url: &str, ca_pem: &str| Options {
+        tls_ca_certificates: Some(ca_pem.to_owned()),
+        ..Options::new(url)
+    };
+    let mut store = open_with(tls_options(&url, &trusted.ca_pem)).expect("open over TLS");
+
+    let ids = ids(TLS_TASKS);
+    let tasks: Vec<Task> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Task {
+            id: id.clone(),
+            document: doc(id, "pending", i),
+        })
+        .collect();
+    let results = store.set_many(&tasks, None).expect("set_many over TLS");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_every_master_holds_its_share(&cluster, TLS_TASKS);
+
+    let got = store.get_many(&ids).expect("get_many over TLS");
+    let expected: Vec<Option<String>> = tasks.iter().map(|t| Some(t.document.clone())).collect();
+    assert_eq!(got, expected);
+    for id in ids.iter().step_by(29) {
+        let updated = store
+            .update(id, r#"{"status": "done"}"#, &UpdateOptions::default())
+            .expect("update over TLS")
+            .expect("the task exists");
+        assert!(updated.contains(r#""status": "done""#), "{updated}");
+    }
+    assert_eq!(list_all(&mut store, None, 64).len(), TLS_TASKS);
+    assert_eq!(
+        list_all(&mut store, Some("done"), 100).len(),
+        ids.iter().step_by(29).count()
+    );
+
+    let other = pki("some other CA", &["127.0.0.1"]);
+    match open_with(tls_options(&url, &other.ca_pem)) {
+        Err(TaskError::Connection(message)) => assert!(message.contains("TLS"), "{message}"),
+        other => panic!("expected a TLS connection error, got {other:?}"),
+    }
 }
 
 /// Ids whose keys hash to a slot node `index` owns, `count` of them, all in one slot.

@@ -1,6 +1,6 @@
 //! `taskstore serve`, run as a user would: the composed research-task function over real
-//! HTTP on 127.0.0.1, against a private `redis-server` (a TLS one, a 3-master cluster) per
-//! test.
+//! HTTP on 127.0.0.1, against a private `redis-server` (a TLS one, a 3-master cluster, a
+//! 3-master cluster over TLS) per test.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -814,8 +814,25 @@ fn the_function_reaches_redis_over_tls() {
 #[test]
 fn the_function_works_on_a_redis_cluster() {
     let cluster = RedisCluster::start(3).unwrap();
+    function_works_on_cluster(&cluster, &[]);
+}
+
+#[test]
+fn the_function_works_on_a_redis_cluster_over_tls() {
+    let pki = crate::pki::pki("serve cluster CA", &["127.0.0.1"]);
+    let cluster = RedisCluster::start_tls(3, pki.server.clone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    assert!(cluster.seed_url(0).starts_with("rediss+cluster://"));
+    function_works_on_cluster(&cluster, &["--tls-ca-file", ca_file.to_str().unwrap()]);
+}
+
+/// Creates, patches, lists and deletes tasks through the function on `cluster` (served with
+/// `extra` flags), and checks they landed on every master.
+fn function_works_on_cluster(cluster: &RedisCluster, extra: &[&str]) {
     // One seed is enough: the store discovers the other masters, the host allows them.
-    let serve = Serve::start(&cluster.seed_url(0), &[]);
+    let serve = Serve::start(&cluster.seed_url(0), extra);
     let agent = agent();
     let ids: Vec<String> = (0..40)
         .map(|n| create(&agent, &serve, &format!(r#"{{"query": "q{n}"}}"#)))

@@ -1,8 +1,11 @@
-//! The `taskstore` binary over `rediss://`, against a private TLS `redis-server`.
+//! The `taskstore` binary over `rediss://`, against a private TLS `redis-server`, and over
+//! `rediss+cluster://`, against a private 3-master cluster with TLS on every node.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use taskstore::cluster::key_slot;
+use taskstore_host::redis_cluster::RedisCluster;
 use taskstore_host::redis_server::RedisServer;
 
 /// Any one run of the binary ends within this, or the test fails.
@@ -145,4 +148,61 @@ fn danger_flag_connects_without_verification_and_warns() {
         run.stderr
     );
     assert!(run.stderr.contains("WARNING"), "{}", run.stderr);
+}
+
+#[test]
+fn rediss_cluster_url_reaches_every_master_over_tls() {
+    let pki = crate::pki::pki("taskstore CLI cluster CA", &["127.0.0.1"]);
+    let cluster = RedisCluster::start_tls(3, pki.server.clone())
+        .expect("a 3-master TLS redis cluster starts");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let ca = ca_file.to_str().unwrap();
+    // One seed in the URL; one task id per master, found by hash slot.
+    let url = cluster.seed_url(0);
+    let owners = cluster.slot_owners().unwrap();
+    let ids: Vec<String> = (0..3)
+        .map(|node| {
+            (0..10_000)
+                .map(|n| format!("task-{n}"))
+                .find(|id| {
+                    let key = format!("research_task:{id}");
+                    owners[usize::from(key_slot(key.as_bytes()))] == Some(node)
+                })
+                .expect("an id on every node")
+        })
+        .collect();
+    for id in &ids {
+        let doc = format!(r#"{{"id":"{id}"}}"#);
+        let set = taskstore(&["--redis", &url, "--tls-ca-file", ca, "set", id, &doc]);
+        assert_eq!(set.code, 0, "{}", set.stderr);
+        let get = taskstore(&["--redis", &url, "--tls-ca-file", ca, "get", id]);
+        assert_eq!(
+            (get.code, get.stdout),
+            (0, format!("{doc}\n")),
+            "{}",
+            get.stderr
+        );
+    }
+    for node in 0..3 {
+        let size = cluster.command(node, &[b"DBSIZE"]).unwrap();
+        assert_eq!(size, b":1\r\n", "node {node}");
+    }
+    let wrong_ca = dir.path().join("wrong-ca.pem");
+    std::fs::write(
+        &wrong_ca,
+        crate::pki::pki("another CA", &["127.0.0.1"]).ca_pem,
+    )
+    .unwrap();
+    let wrong = taskstore(&[
+        "--redis",
+        &url,
+        "--tls-ca-file",
+        wrong_ca.to_str().unwrap(),
+        "get",
+        &ids[0],
+    ]);
+    assert_eq!(wrong.code, 3, "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("TLS"), "{}", wrong.stderr);
 }
