@@ -107,15 +107,8 @@ impl AsyncTaskStore {
     /// [`TaskError::Protocol`] if the value is too large; [`TaskError::Connection`],
     /// [`TaskError::Timeout`]; [`TaskError::Host`] if the component trapped.
     pub async fn get(&mut self, id: &str) -> Result<Option<String>, TaskError> {
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_get(&mut instance.store, instance.handle, id)
-            .bounded(instance.call_deadline)
-            .await;
-        self.finish(instance, outcome)
+        self.call(async |guest, store, handle| guest.call_get(store, handle, id).await)
+            .await
     }
 
     /// Stores `document` as task `id`, expiring after `ttl_seconds` (or the default TTL).
@@ -131,21 +124,12 @@ impl AsyncTaskStore {
         document: &str,
         ttl_seconds: Option<u64>,
     ) -> Result<(), TaskError> {
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_set(
-                &mut instance.store,
-                instance.handle,
-                id,
-                document,
-                ttl_seconds,
-            )
-            .bounded(instance.call_deadline)
-            .await;
-        self.finish(instance, outcome)
+        self.call(async |guest, store, handle| {
+            guest
+                .call_set(store, handle, id, document, ttl_seconds)
+                .await
+        })
+        .await
     }
 
     /// Removes task `id`; `true` if there was one.
@@ -155,15 +139,8 @@ impl AsyncTaskStore {
     /// [`TaskError::Connection`], [`TaskError::Timeout`]; [`TaskError::Host`] if the
     /// component trapped.
     pub async fn delete(&mut self, id: &str) -> Result<bool, TaskError> {
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_delete(&mut instance.store, instance.handle, id)
-            .bounded(instance.call_deadline)
-            .await;
-        self.finish(instance, outcome)
+        self.call(async |guest, store, handle| guest.call_delete(store, handle, id).await)
+            .await
     }
 
     /// Time left before task `id` expires, or `None` if there is no such task.
@@ -171,15 +148,9 @@ impl AsyncTaskStore {
     /// # Errors
     /// As [`AsyncTaskStore::delete`].
     pub async fn ttl(&mut self, id: &str) -> Result<Option<TimeToLive>, TaskError> {
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_ttl(&mut instance.store, instance.handle, id)
-            .bounded(instance.call_deadline)
-            .await;
-        let ttl = self.finish(instance, outcome)?;
+        let ttl = self
+            .call(async |guest, store, handle| guest.call_ttl(store, handle, id).await)
+            .await?;
         Ok(ttl.map(|ttl| match ttl {
             wit::TimeToLive::ExpiresIn(seconds) => TimeToLive::ExpiresIn(seconds),
             wit::TimeToLive::Persistent => TimeToLive::Persistent,
@@ -191,15 +162,8 @@ impl AsyncTaskStore {
     /// # Errors
     /// As [`AsyncTaskStore::delete`].
     pub async fn exists(&mut self, id: &str) -> Result<bool, TaskError> {
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_exists(&mut instance.store, instance.handle, id)
-            .bounded(instance.call_deadline)
-            .await;
-        self.finish(instance, outcome)
+        self.call(async |guest, store, handle| guest.call_exists(store, handle, id).await)
+            .await
     }
 
     /// Stores `document` as task `id` only if there is no such task, expiring after
@@ -216,21 +180,12 @@ impl AsyncTaskStore {
         document: &str,
         ttl_seconds: Option<u64>,
     ) -> Result<bool, TaskError> {
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_create(
-                &mut instance.store,
-                instance.handle,
-                id,
-                document,
-                ttl_seconds,
-            )
-            .bounded(instance.call_deadline)
-            .await;
-        self.finish(instance, outcome)
+        self.call(async |guest, store, handle| {
+            guest
+                .call_create(store, handle, id, document, ttl_seconds)
+                .await
+        })
+        .await
     }
 
     /// Applies the JSON merge patch `patch` (RFC 7386, a JSON object) to task `id`
@@ -265,15 +220,10 @@ impl AsyncTaskStore {
                 TtlPolicy::Set(seconds) => wit::TtlPolicy::Set(seconds),
             }),
         };
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_update(&mut instance.store, instance.handle, id, patch, &options)
-            .bounded(instance.call_deadline)
-            .await;
-        self.finish(instance, outcome)
+        self.call(async |guest, store, handle| {
+            guest.call_update(store, handle, id, patch, &options).await
+        })
+        .await
     }
 
     /// Sets task `id` to expire `ttl_seconds` from now without rewriting it; `false` if
@@ -284,15 +234,10 @@ impl AsyncTaskStore {
     /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`];
     /// [`TaskError::Host`] if the component trapped.
     pub async fn expire(&mut self, id: &str, ttl_seconds: u64) -> Result<bool, TaskError> {
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_expire(&mut instance.store, instance.handle, id, ttl_seconds)
-            .bounded(instance.call_deadline)
-            .await;
-        self.finish(instance, outcome)
+        self.call(async |guest, store, handle| {
+            guest.call_expire(store, handle, id, ttl_seconds).await
+        })
+        .await
     }
 
     /// One page of tasks, optionally only those with a given status.
@@ -312,15 +257,9 @@ impl AsyncTaskStore {
             limit: options.limit,
             cursor: options.cursor.clone(),
         };
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_list(&mut instance.store, instance.handle, &options)
-            .bounded(instance.call_deadline)
-            .await;
-        let page = self.finish(instance, outcome)?;
+        let page = self
+            .call(async |guest, store, handle| guest.call_list(store, handle, &options).await)
+            .await?;
         Ok(Page {
             tasks: page.tasks.into_iter().map(Task::from).collect(),
             cursor: page.cursor,
@@ -335,15 +274,8 @@ impl AsyncTaskStore {
     /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`];
     /// [`TaskError::Host`] if the component trapped.
     pub async fn get_many(&mut self, ids: &[String]) -> Result<Vec<Option<String>>, TaskError> {
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_get_many(&mut instance.store, instance.handle, ids)
-            .bounded(instance.call_deadline)
-            .await;
-        self.finish(instance, outcome)
+        self.call(async |guest, store, handle| guest.call_get_many(store, handle, ids).await)
+            .await
     }
 
     /// Stores every task in `tasks`, each expiring after `ttl_seconds` (or the default TTL),
@@ -367,15 +299,13 @@ impl AsyncTaskStore {
                 document: task.document.clone(),
             })
             .collect();
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_set_many(&mut instance.store, instance.handle, &tasks, ttl_seconds)
-            .bounded(instance.call_deadline)
-            .await;
-        let results = self.finish(instance, outcome)?;
+        let results = self
+            .call(async |guest, store, handle| {
+                guest
+                    .call_set_many(store, handle, &tasks, ttl_seconds)
+                    .await
+            })
+            .await?;
         Ok(results
             .into_iter()
             .map(|result| {
@@ -392,15 +322,8 @@ impl AsyncTaskStore {
     /// (nothing is sent); [`TaskError::Server`]; [`TaskError::Connection`],
     /// [`TaskError::Timeout`]; [`TaskError::Host`] if the component trapped.
     pub async fn delete_many(&mut self, ids: &[String]) -> Result<Vec<bool>, TaskError> {
-        let mut instance = self.take_instance().await?;
-        let outcome = instance
-            .guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_delete_many(&mut instance.store, instance.handle, ids)
-            .bounded(instance.call_deadline)
-            .await;
-        self.finish(instance, outcome)
+        self.call(async |guest, store, handle| guest.call_delete_many(store, handle, ids).await)
+            .await
     }
 
     /// Drops the guest `store` (closing its Redis connection) and the instance.
@@ -426,6 +349,24 @@ impl AsyncTaskStore {
                 .bounded(call_deadline)
                 .await;
         }
+    }
+
+    /// Runs one guest `store` method on the live instance (or a new one), bounded by the
+    /// per-call deadline, and maps its outcome ([`AsyncTaskStore::finish`]).
+    async fn call<T>(
+        &mut self,
+        method: impl AsyncFnOnce(
+            wit::GuestStore<'_>,
+            &mut Store<HostState>,
+            ResourceAny,
+        ) -> wasmtime::Result<Result<T, wit::Error>>,
+    ) -> Result<T, TaskError> {
+        let mut instance = self.take_instance().await?;
+        let guest = instance.guest.taskstore_storage_task_storage().store();
+        let outcome = method(guest, &mut instance.store, instance.handle)
+            .bounded(instance.call_deadline)
+            .await;
+        self.finish(instance, outcome)
     }
 
     /// The live instance, or a new one if the last call trapped or was cancelled.

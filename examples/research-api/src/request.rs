@@ -274,6 +274,9 @@ pub fn body_too_large(limit: usize) -> ApiError {
 pub enum BodyError {
     /// More than the limit was sent; reading stopped at limit + 1 bytes.
     TooLarge,
+    /// The body is within the limit, but the instance's memory (capped by the host) cannot
+    /// hold it.
+    OutOfMemory,
     /// The stream failed (the client went away, or the request has no readable body).
     Read(String),
 }
@@ -282,6 +285,13 @@ impl BodyError {
     pub fn into_api_error(self, limit: usize) -> ApiError {
         match self {
             BodyError::TooLarge => body_too_large(limit),
+            // Too large for this deployment all the same: the client can act on a 413 (send
+            // less), not on a 400 or a retry.
+            BodyError::OutOfMemory => ApiError::new(
+                413,
+                "body_too_large",
+                "the request body is larger than this function's memory can hold",
+            ),
             BodyError::Read(message) => ApiError::bad_request(
                 "body_unreadable",
                 format!("the request body could not be read: {message}"),
@@ -297,10 +307,15 @@ pub fn read_capped(reader: impl Read, limit: usize) -> Result<Vec<u8>, BodyError
     // read of a wasi stream is a host call).
     let mut body = Vec::with_capacity(limit.saturating_add(1).min(INITIAL_BODY_CAPACITY));
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    // `read_to_end` grows the buffer with `try_reserve`: an allocation the instance's memory
+    // limit refuses comes back as an `OutOfMemory` error instead of aborting the instance.
     reader
         .take(cap)
         .read_to_end(&mut body)
-        .map_err(|err| BodyError::Read(err.to_string()))?;
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::OutOfMemory => BodyError::OutOfMemory,
+            _ => BodyError::Read(err.to_string()),
+        })?;
     if body.len() > limit {
         return Err(BodyError::TooLarge);
     }
@@ -521,6 +536,34 @@ mod tests {
             Err(BodyError::TooLarge)
         );
         assert_eq!(read_capped(&b""[..], 0).unwrap(), b"");
+    }
+
+    /// What `read_to_end` reports when the buffer cannot grow.
+    struct RefusesToGrow;
+
+    impl Read for RefusesToGrow {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::OutOfMemory.into())
+        }
+    }
+
+    #[test]
+    fn a_body_memory_cannot_hold_is_a_413_and_a_broken_stream_a_400() {
+        assert_eq!(read_capped(RefusesToGrow, 10), Err(BodyError::OutOfMemory));
+        let error = BodyError::OutOfMemory.into_api_error(10);
+        assert_eq!((error.status, error.code), (413, "body_too_large"));
+        let broken = read_capped(std::io::Cursor::new(b"ab").chain(Broken), 10);
+        assert!(matches!(broken, Err(BodyError::Read(_))), "{broken:?}");
+        let error = broken.unwrap_err().into_api_error(10);
+        assert_eq!((error.status, error.code), (400, "body_unreadable"));
+    }
+
+    struct Broken;
+
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::ConnectionReset.into())
+        }
     }
 
     #[test]

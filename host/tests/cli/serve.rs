@@ -2,8 +2,8 @@
 //! HTTP on 127.0.0.1, against a private `redis-server` (a TLS one, a 3-master cluster, a
 //! 3-master cluster over TLS) per test.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -214,6 +214,64 @@ fn patch(agent: &ureq::Agent, url: &str, body: &str, expect_status: Option<&str>
     reply(request.send(body))
 }
 
+/// POSTs `body` to `path` over a raw connection, writing from another thread while this one
+/// reads: a server may answer early (413) and close without reading the rest, which a client
+/// that writes everything before reading sees only as a broken pipe. Returns the status and
+/// the response body.
+fn post_while_reading(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to serve");
+    stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let sender = thread::spawn(move || {
+        // Fails with a broken pipe or reset once the server has answered and closed.
+        let _ = writer.write_all(request.as_bytes());
+    });
+    let mut response = Vec::new();
+    // Ends at the server's close; a reset after the response still leaves it read.
+    let _ = stream.read_to_end(&mut response);
+    sender.join().unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("{head:?}"));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body.
+fn dechunk(mut rest: &str) -> String {
+    let mut payload = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        if size == 0 {
+            return payload;
+        }
+        payload.push_str(&after[..size]);
+        rest = after[size..]
+            .strip_prefix("\r\n")
+            .expect("CRLF after a chunk");
+    }
+}
+
 /// Creates a task over HTTP and returns its id.
 fn create(agent: &ureq::Agent, serve: &Serve, body: &str) -> String {
     let created = post(agent, &serve.url("/research/tasks"), body);
@@ -364,6 +422,24 @@ fn percent_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A body under `max-document-bytes` (16 MiB by default) that the instance's memory limit
+/// cannot hold: a 413 like any body too large for the deployment, and serving goes on.
+#[test]
+fn a_body_the_instance_memory_cannot_hold_is_a_413_and_serving_goes_on() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &["--memory-limit-mib", "8"]);
+    let huge = json!({ "query": "x".repeat(12 << 20) }).to_string();
+    let (status, body) = post_while_reading(serve.addr, "/research/tasks", &huge);
+    assert_eq!(status, 413, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("a JSON error body");
+    assert_eq!(error["error"]["code"], "body_too_large", "{body}");
+    assert!(body.contains("memory"), "{body}");
+    let agent = agent();
+    let id = create(&agent, &serve, r#"{"query": "after the big one"}"#);
+    let fetched = get(&agent, &serve.url(&format!("/research/tasks/{id}")));
+    assert_eq!(fetched.status, 200, "{fetched:?}");
 }
 
 #[test]
