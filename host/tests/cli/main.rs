@@ -10,5 +10,6 @@ mod pki;
 
 mod commands;
 mod reliability;
+mod run;
 mod serve;
 mod tls;

@@ -3,66 +3,18 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::run::Run;
 use taskstore_host::redis_server::RedisServer;
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 const SECRET: &str = "hunter2-S3CRET";
 const DOC: &str = r#"{"id": "t1", "status": "pending"}"#;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `taskstore` with `args` and `env` (no inherited `REDIS_URL`), stdin closed.
+/// Runs `taskstore` with `args` and `env`, nothing on stdin.
 fn taskstore(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = tempfile::tempdir().expect("temp dir for the binary's output");
-    let (stdout_path, stderr_path) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
-        .args(args)
-        .env_remove("REDIS_URL")
-        .env("RUST_BACKTRACE", "1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        // Files, not pipes: a full pipe cannot stall the child while we wait for it.
-        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("run the taskstore binary");
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for taskstore") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("taskstore {args:?} did not finish within {RUN_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let read = |path: &Path| String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
-    Run {
-        code: status.code().expect("taskstore exited normally"),
-        stdout: read(&stdout_path),
-        stderr: read(&stderr_path),
-    }
+    crate::run::taskstore(args, env, "")
 }
 
 /// A loopback server that answers every read with bytes that are not RESP, until the test

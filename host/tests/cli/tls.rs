@@ -1,52 +1,14 @@
 //! The `taskstore` binary over `rediss://`, against a private TLS `redis-server`, and over
 //! `rediss+cluster://`, against a private 3-master cluster with TLS on every node.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
+use crate::run::Run;
 use taskstore::cluster::key_slot;
 use taskstore_host::redis_cluster::RedisCluster;
 use taskstore_host::redis_server::RedisServer;
 
-/// Any one run of the binary ends within this, or the test fails.
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `taskstore` with `args`; output goes to files, so a full pipe cannot stall it.
+/// Runs `taskstore` with `args`.
 fn taskstore(args: &[&str]) -> Run {
-    let out = tempfile::tempdir().expect("temp dir for the binary's output");
-    let (stdout_path, stderr_path) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
-        .args(args)
-        .env_remove("REDIS_URL")
-        .env_remove("TASKSTORE_TLS_CA_FILE")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout_path).unwrap())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .expect("run the taskstore binary");
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("taskstore {args:?} did not finish within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code: status.code().expect("exited normally"),
-        stdout: std::fs::read_to_string(&stdout_path).unwrap(),
-        stderr: std::fs::read_to_string(&stderr_path).unwrap(),
-    }
+    crate::run::taskstore(args, &[], "")
 }
 
 #[test]
