@@ -2,8 +2,13 @@
 //!
 //! The URL parser is small and hand-written on purpose: the `url` crate brings IDNA tables
 //! that would more than double the component's size, and a Redis URL needs only scheme,
-//! userinfo, host, port and database. Error messages never repeat the URL, which may carry a
-//! password.
+//! userinfo, host, port and database.
+//!
+//! A password may contain any character, `/`, `?`, `#` and `@` included, written raw: the
+//! userinfo is everything up to the **last** `@` after the scheme ([`split_url`]), and every
+//! reader of a URL (the parser, [`redact_url`], the host's list of secrets to scrub) splits
+//! it there. Error messages never quote any part of the authority or path: a misplaced
+//! password could be in any of them.
 
 use std::fmt;
 use std::time::Duration;
@@ -227,12 +232,11 @@ impl fmt::Debug for Secret {
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<RedisUrl, ConfigError> {
         let Scheme { rest, tls, cluster } = strip_scheme(url)?;
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let (userinfo, hosts) = match authority.rfind('@') {
-            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-            None => (None, authority),
-        };
+        let UrlParts {
+            userinfo,
+            hosts,
+            tail,
+        } = UrlParts::split(rest);
         let credentials = userinfo.map(parse_userinfo).transpose()?.flatten();
         let database = parse_database(tail)?;
         if !cluster {
@@ -251,7 +255,16 @@ impl RedisUrl {
         }
         let seeds = hosts
             .split(',')
-            .map(parse_host_port)
+            .enumerate()
+            .map(|(index, seed)| {
+                parse_host_port(seed).map_err(|e| {
+                    ConfigError(format!(
+                        "{} (seed node {} of the cluster URL)",
+                        e.0,
+                        index + 1
+                    ))
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if seeds.len() > MAX_CLUSTER_SEEDS {
             return Err(ConfigError(format!(
@@ -288,6 +301,95 @@ impl RedisUrl {
 
 /// Most seed nodes a cluster URL may name.
 pub const MAX_CLUSTER_SEEDS: usize = 64;
+
+/// The parts of a URL after `scheme://`, split the one way every reader of a URL splits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UrlParts<'a> {
+    /// Everything before the last `@`, raw: `user:password`, `:password`, or `user`.
+    pub userinfo: Option<&'a str>,
+    /// The host(s) and port(s): up to the first `/`, `?` or `#` after the userinfo.
+    pub hosts: &'a str,
+    /// The path, query and fragment: `""` or `/db` in a valid URL.
+    pub tail: &'a str,
+}
+
+impl<'a> UrlParts<'a> {
+    /// Splits `rest` (a URL after its `scheme://`) at the last `@` first: a password may
+    /// hold `/`, `?`, `#` or `@`, while a host, port or database never holds an `@`.
+    pub fn split(rest: &'a str) -> UrlParts<'a> {
+        let (userinfo, after) = match rest.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        let hosts_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let (hosts, tail) = after.split_at(hosts_end);
+        UrlParts {
+            userinfo,
+            hosts,
+            tail,
+        }
+    }
+
+    /// The password as written in the URL (still %-encoded): what follows the first `:` of
+    /// the userinfo.
+    pub fn raw_password(&self) -> Option<&'a str> {
+        self.userinfo
+            .and_then(|userinfo| userinfo.split_once(':'))
+            .map(|(_, password)| password)
+    }
+}
+
+/// `url` split after its `scheme://`; `None` if it has no `://`.
+pub fn split_url(url: &str) -> Option<(&str, UrlParts<'_>)> {
+    url.split_once("://")
+        .map(|(scheme, rest)| (scheme, UrlParts::split(rest)))
+}
+
+/// `url` with the password `password` in place of its own, for the component only: how a
+/// password kept out of the URL the caller shows (read from a file or the environment)
+/// reaches the one parser. A user name in `url` is kept.
+///
+/// # Errors
+/// The URL has no `scheme://`, or already holds a password: two passwords are a mistake,
+/// and picking one silently would hide it.
+pub fn url_with_password(url: &str, password: &str) -> Result<String, ConfigError> {
+    let Some((scheme, parts)) = split_url(url) else {
+        return Err(ConfigError(
+            "Redis URL must look like redis://[[user]:password@]host[:port][/db]".into(),
+        ));
+    };
+    if parts.raw_password().is_some() {
+        return Err(ConfigError(
+            "a Redis password is given both in the URL and separately; give it once".into(),
+        ));
+    }
+    if password.is_empty() {
+        return Err(ConfigError(
+            "the separately given Redis password is empty".into(),
+        ));
+    }
+    let user = parts.userinfo.unwrap_or("");
+    Ok(format!(
+        "{scheme}://{user}:{}@{}{}",
+        percent_encode(password),
+        parts.hosts,
+        parts.tail
+    ))
+}
+
+/// `%XX` for every byte that is not unreserved (RFC 3986), so any password survives the
+/// round trip through [`RedisUrl::parse`].
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
 
 /// What the scheme says, and the rest of the URL after it.
 struct Scheme<'a> {
@@ -329,9 +431,9 @@ fn parse_host_port(host_port: &str) -> Result<Endpoint, ConfigError> {
             .ok_or_else(|| ConfigError("Redis URL has an unclosed '[' in its host".into()))?;
         let host = &bracketed[..close];
         if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(ConfigError(format!(
-                "Redis URL host [{host}] is not an IPv6 address"
-            )));
+            return Err(ConfigError(
+                "Redis URL host in [brackets] is not an IPv6 address".into(),
+            ));
         }
         let after = &bracketed[close + 1..];
         let port = match after.strip_prefix(':') {
@@ -353,20 +455,20 @@ fn parse_host_port(host_port: &str) -> Result<Endpoint, ConfigError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
     {
-        return Err(ConfigError(format!(
-            "Redis URL host {} is not a valid host name or IP address",
-            excerpt(host, 64)
-        )));
+        return Err(ConfigError(
+            "Redis URL host is not a valid host name or IP address (letters, digits, '-', '.', \
+             or an IPv6 address in [brackets])"
+                .into(),
+        ));
     }
     let port = match port {
         None => DEFAULT_PORT,
         Some(text) => match text.parse::<u16>() {
             Ok(port) if port != 0 => port,
             _ => {
-                return Err(ConfigError(format!(
-                    "Redis URL port {} is not a number between 1 and 65535",
-                    excerpt(text, 16)
-                )))
+                return Err(ConfigError(
+                    "Redis URL port is not a number between 1 and 65535".into(),
+                ))
             }
         },
     };
@@ -410,10 +512,7 @@ fn parse_database(tail: &str) -> Result<u32, ConfigError> {
     match tail.strip_prefix('/').unwrap_or(tail) {
         "" => Ok(0),
         db => db.parse::<u32>().map_err(|_| {
-            ConfigError(format!(
-                "Redis URL database {} is not a number",
-                excerpt(db, 16)
-            ))
+            ConfigError("Redis URL database (after the host's '/') is not a number".into())
         }),
     }
 }
@@ -441,16 +540,52 @@ fn percent_decode(text: &str, what: &str) -> Result<String, ConfigError> {
         .map_err(|_| ConfigError(format!("Redis URL {what} is not UTF-8 once decoded")))
 }
 
-/// The URL with any userinfo replaced by `***`, for logs and `Debug`.
+/// The URL with any userinfo replaced by `***`, for logs and `Debug`; split as
+/// [`RedisUrl::parse`] splits it, so whatever it reads as the password is what is hidden.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "***".into();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
+    match split_url(url) {
+        None => "***".into(),
+        Some((_, parts)) if parts.userinfo.is_none() => url.to_owned(),
+        Some((scheme, parts)) => format!("{scheme}://***@{}{}", parts.hosts, parts.tail),
     }
+}
+
+/// Test oracle, shared by the property test below and the `redis_url` fuzz target: every
+/// text a URL can be shown as ([`RedisUrl::parse`]'s error, the parsed URL's `Debug`,
+/// [`redact_url`]) checked for any three consecutive characters (fewer for a shorter
+/// password) of `password`, or of the password as the URL writes it, that occur nowhere in
+/// the URL outside its userinfo. Returns the first text that shows some, or `None`.
+///
+/// Give it passwords drawn from characters no message template holds (non-ASCII letters,
+/// `/`, `@`, `#`, `?`, `%`), or a shared English word would count as a leak.
+#[doc(hidden)]
+pub fn text_showing_password(url: &str, password: &str) -> Option<String> {
+    let (elsewhere, raw) = match split_url(url) {
+        Some((scheme, parts)) => (
+            format!("{scheme}://{}{}", parts.hosts, parts.tail),
+            parts.raw_password().unwrap_or(""),
+        ),
+        None => (String::new(), ""),
+    };
+    let mut shown = vec![redact_url(url)];
+    match RedisUrl::parse(url) {
+        Ok(parsed) => shown.push(format!("{parsed:?}")),
+        Err(error) => shown.push(error.to_string()),
+    }
+    for secret in [password, raw] {
+        let chars: Vec<char> = secret.chars().collect();
+        let size = chars.len().clamp(1, 3);
+        for window in chars.windows(size) {
+            let part: String = window.iter().collect();
+            if elsewhere.contains(part.as_str()) || part.contains('*') {
+                continue;
+            }
+            if let Some(text) = shown.iter().find(|text| text.contains(part.as_str())) {
+                return Some(text.clone());
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -555,6 +690,94 @@ mod tests {
         for text in bad {
             let err = RedisUrl::parse(text).expect_err(text);
             assert!(!err.0.contains("secret"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn password_with_slash_question_hash_or_at_is_read_whole() {
+        for (password, host) in [
+            ("Xk9Q/Zp2SecretTail", "127.0.0.1:6379"),
+            ("a?b#c", "h:1"),
+            ("p@ss/w:rd", "h"),
+        ] {
+            for scheme in ["redis", "rediss"] {
+                let url = RedisUrl::parse(&format!("{scheme}://:{password}@{host}/3")).unwrap();
+                let credentials = url.credentials.unwrap();
+                assert_eq!(credentials.password.expose(), password);
+                assert_eq!(url.database, 3);
+            }
+            let url =
+                RedisUrl::parse(&format!("redis+cluster://u:{password}@{host},h2:2")).unwrap();
+            assert_eq!(url.credentials.unwrap().password.expose(), password);
+            assert_eq!(url.cluster_seeds.len(), 2);
+        }
+    }
+
+    /// The issue's report: the part after the `/` was read as the database and quoted.
+    #[test]
+    fn errors_never_quote_the_authority_or_path() {
+        for text in [
+            "redis://:Xk9Q/Zp2SecretTail@127.0.0.1:6379x",
+            "redis://:Xk9Q/Zp2SecretTail@127.0.0.1:6379/Zp2SecretTail",
+            "redis://Zp2SecretTail!:6379",
+            "redis://host:Zp2SecretTail",
+            "redis://[Zp2SecretTail]:1",
+            "redis+cluster://a:1,Zp2SecretTail:x",
+            "redis+cluster://a:1,b:1/Zp2SecretTail",
+        ] {
+            let err = RedisUrl::parse(text).expect_err(text);
+            assert!(!err.0.contains("Zp2"), "{text}: {err}");
+            assert!(!redact_url(text).contains("Xk9Q"), "{text}");
+        }
+    }
+
+    #[test]
+    fn url_with_password_puts_any_password_where_the_parser_reads_it() {
+        for password in ["Xk9Q/Zp2", "a@b:c#d?e%f", "é ü", "%41"] {
+            for (url, host, port) in [
+                ("redis://h:1/2", "h", 1),
+                ("rediss://worker@h", "h", 6379),
+                ("redis+cluster://a:1,b:2", "a", 1),
+            ] {
+                let with = url_with_password(url, password).unwrap();
+                let parsed = RedisUrl::parse(&with).unwrap();
+                assert_eq!(
+                    parsed.credentials.as_ref().unwrap().password.expose(),
+                    password
+                );
+                assert_eq!(parsed.endpoint, endpoint(host, port));
+            }
+        }
+        let parsed =
+            RedisUrl::parse(&url_with_password("redis://worker@h/2", "pw").unwrap()).unwrap();
+        assert_eq!(
+            parsed.credentials.unwrap().username.as_deref(),
+            Some("worker")
+        );
+        assert_eq!(parsed.database, 2);
+        for (url, password) in [("redis://:old@h", "new"), ("redis://h", ""), ("h", "pw")] {
+            let err = url_with_password(url, password).unwrap_err();
+            assert!(!err.0.contains("old") && !err.0.contains("new"), "{err}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_part_of_any_password_shows_in_any_error(
+            // Characters that no message template holds, so any three of them in a row in a
+            // message can only have come from the password.
+            password in "[ЖßλЯ€/@:#?%é]{1,24}",
+            encode in proptest::bool::ANY,
+            user in "(|worker)",
+            scheme in "(redis|rediss|redis\\+cluster|rediss\\+cluster|http)",
+            hosts in "(|h|127\\.0\\.0\\.1:6379|h:0|h:x|\\[::1\\]:7|\\[zz\\]|a:1,b:2|a:1,,b|ho st)",
+            tail in "(|/|/0|/2|/x|\\?q|#f|/1/2)",
+        ) {
+            let written = if encode { percent_encode(&password) } else { password.clone() };
+            let url = format!("{scheme}://{user}:{written}@{hosts}{tail}");
+            if let Some(text) = text_showing_password(&url, &password) {
+                proptest::prop_assert!(false, "{url} shows its password in: {text}");
+            }
         }
     }
 

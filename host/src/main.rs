@@ -40,6 +40,12 @@ struct Cli {
     )]
     redis: Option<String>,
 
+    /// File holding the Redis password (one line; a trailing newline is ignored), kept out
+    /// of the URL, the command line and `ps`. Without it, the REDIS_PASSWORD environment
+    /// variable is read. The URL must then hold no password; a user name in it is kept
+    #[arg(long, value_name = "PATH", global = true)]
+    redis_password_file: Option<std::path::PathBuf>,
+
     /// Key prefix [default: research_task:]
     #[arg(long, value_name = "P", global = true)]
     prefix: Option<String>,
@@ -371,7 +377,16 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     };
     let url = match &throwaway {
         Some(server) => server.url(),
-        None => cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned()),
+        None => {
+            let url = cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
+            // The function reads one `redis-url`; the password joins it only there, and
+            // every message scrubs it (`ServeConfig`'s secrets are read from that URL).
+            match redis_password(cli)? {
+                Some(password) => taskstore::config::url_with_password(&url, &password)
+                    .map_err(|e| Failure::Usage(e.to_string()))?,
+                None => url,
+            }
+        }
     };
     let mut config = ServeConfig::new(url);
     config.listen = args.listen;
@@ -512,6 +527,7 @@ fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
         );
     }
     let options = Options {
+        password: redis_password(cli)?,
         key_prefix: cli.prefix.clone(),
         timeout_ms: cli.timeout_ms,
         tls_ca_certificates,
@@ -519,6 +535,34 @@ fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
         ..Options::new(url)
     };
     Ok(TaskStore::open(&runtime, options)?)
+}
+
+/// The Redis password given apart from the URL: `--redis-password-file`, else
+/// `REDIS_PASSWORD`, else none. Messages name the file, never its content.
+fn redis_password(cli: &Cli) -> Result<Option<String>, Failure> {
+    let password = match &cli.redis_password_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            Failure::Usage(format!(
+                "cannot read the Redis password file {}: {e}",
+                path.display()
+            ))
+        })?,
+        None => match std::env::var("REDIS_PASSWORD") {
+            Ok(password) => password,
+            Err(std::env::VarError::NotPresent) => return Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Failure::Usage("REDIS_PASSWORD is not UTF-8".into()))
+            }
+        },
+    };
+    let password = password
+        .strip_suffix('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+        .unwrap_or(&password);
+    if password.is_empty() {
+        return Err(Failure::Usage("the Redis password is empty".into()));
+    }
+    Ok(Some(password.to_owned()))
 }
 
 fn not_found(id: &str) -> Failure {

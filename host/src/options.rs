@@ -21,8 +21,13 @@ use crate::error::TaskError;
 pub struct Options {
     /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS, or for a Redis
     /// Cluster `redis+cluster://[[user]:password@]host[:port][,host[:port]…]` (seed nodes;
-    /// `rediss+cluster://…` for a cluster over TLS).
+    /// `rediss+cluster://…` for a cluster over TLS). A password may hold any character,
+    /// `/` and `@` included; better still, leave it out and give [`Options::password`].
     pub url: String,
+    /// The Redis password, given apart from the URL (read from a file or the environment,
+    /// say), so the URL can be shown and logged as it is. The URL must then hold no password
+    /// of its own; a user name in it is kept. It never appears in any message or `Debug`.
+    pub password: Option<String>,
     /// Prefix of every key.
     pub key_prefix: Option<String>,
     /// TTL given to a document written without one, in seconds.
@@ -50,6 +55,28 @@ impl Options {
         }
     }
 
+    /// The URL as the component reads it: [`Options::url`] with [`Options::password`]
+    /// written in. Handed to the component only; never shown.
+    ///
+    /// # Errors
+    /// [`TaskError::InvalidInput`] when a password is given both ways or the URL has no
+    /// `scheme://`.
+    pub(crate) fn guest_url(&self) -> Result<String, TaskError> {
+        match &self.password {
+            None => Ok(self.url.clone()),
+            Some(password) => taskstore::config::url_with_password(&self.url, password)
+                .map_err(|e| TaskError::InvalidInput(e.to_string())),
+        }
+    }
+
+    /// Every form of the password that a message could show, for scrubbing: the separate
+    /// password, and the URL's ([`url_secrets`]).
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let mut secrets = url_secrets(&self.url);
+        secrets.extend(self.password.clone());
+        secrets
+    }
+
     /// How TLS verifies the server, should the URL ask for TLS.
     pub(crate) fn tls_settings(&self) -> taskstore::config::TlsSettings {
         taskstore::config::TlsSettings {
@@ -63,6 +90,7 @@ impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Options")
             .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
             .field("key_prefix", &self.key_prefix)
             .field("default_ttl_seconds", &self.default_ttl_seconds)
             .field("timeout_ms", &self.timeout_ms)
@@ -153,24 +181,21 @@ impl Endpoint {
 }
 
 /// The password in a URL in the forms it may take in a message: percent-decoded, and as
-/// written in the URL. Empty when the URL has none or does not parse.
+/// written in the URL; also the whole userinfo as written. Split as the parser splits it
+/// ([`taskstore::config::split_url`]), so also for a URL the parser rejects: its messages
+/// never quote the authority, and this is the second line of defence.
 pub(crate) fn url_secrets(text: &str) -> Vec<String> {
-    let Ok(url) = RedisUrl::parse(text) else {
+    let Some((_, parts)) = taskstore::config::split_url(text) else {
         return Vec::new();
     };
-    let Some(credentials) = url.credentials else {
-        return Vec::new();
-    };
-    let mut secrets = vec![credentials.password.expose().to_owned()];
-    // The raw form: what follows the first `:` of the userinfo, as the parser reads it.
-    let raw = text
-        .split_once("://")
-        .map(|(_, rest)| &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())])
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password);
-    if let Some(raw) = raw {
-        if raw != secrets[0] {
+    let mut secrets = Vec::new();
+    if let Ok(url) = RedisUrl::parse(text) {
+        if let Some(credentials) = url.credentials {
+            secrets.push(credentials.password.expose().to_owned());
+        }
+    }
+    for raw in [parts.raw_password(), parts.userinfo].into_iter().flatten() {
+        if !raw.is_empty() && !secrets.iter().any(|known| known == raw) {
             secrets.push(raw.to_owned());
         }
     }
@@ -251,6 +276,33 @@ mod tests {
     }
 
     #[test]
+    fn separate_password_reaches_only_the_guest_url() {
+        let options = Options {
+            password: Some("Xk9Q/Zp2@Tail".into()),
+            ..Options::new("redis://worker@127.0.0.1:6379/2")
+        };
+        let guest = RedisUrl::parse(&options.guest_url().unwrap()).unwrap();
+        let credentials = guest.credentials.unwrap();
+        assert_eq!(credentials.password.expose(), "Xk9Q/Zp2@Tail");
+        assert_eq!(credentials.username.as_deref(), Some("worker"));
+        assert_eq!(guest.database, 2);
+        assert!(options.secrets().contains(&"Xk9Q/Zp2@Tail".to_owned()));
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("Xk9Q"), "{shown}");
+
+        let twice = Options {
+            password: Some("second".into()),
+            ..Options::new("redis://:first@h")
+        };
+        match twice.guest_url() {
+            Err(TaskError::InvalidInput(m)) => {
+                assert!(!m.contains("first") && !m.contains("second"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn debug_hides_credentials() {
         let options = Options::new("redis://admin:hunter2@localhost:6379/1");
         let shown = format!("{options:?}");
@@ -263,7 +315,13 @@ mod tests {
         assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
         assert_eq!(redact_url("redis://:p@ss@h"), "redis://***@h");
         assert_eq!(redact_url("redis://u:p@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(redact_url("redis://h/a@b"), "redis://h/a@b");
+        // An '@' after a '/' ends a userinfo too: a password may hold '/', a database
+        // never holds '@'.
+        assert_eq!(redact_url("redis://h/a@b"), "redis://***@b");
+        assert_eq!(
+            redact_url("redis://:Xk9Q/Zp2SecretTail@127.0.0.1:6379"),
+            "redis://***@127.0.0.1:6379"
+        );
         assert_eq!(redact_url("hunter2"), "***");
     }
 
@@ -271,12 +329,25 @@ mod tests {
     fn secrets_include_raw_and_decoded_password() {
         assert_eq!(
             url_secrets("redis://u:p%40ssword@h"),
-            vec!["p@ssword".to_owned(), "p%40ssword".to_owned()]
+            vec![
+                "p@ssword".to_owned(),
+                "p%40ssword".to_owned(),
+                "u:p%40ssword".to_owned()
+            ]
         );
         assert_eq!(
             url_secrets("redis://:plain@h:1/0"),
-            vec!["plain".to_owned()]
+            vec!["plain".to_owned(), ":plain".to_owned()]
         );
+        assert_eq!(
+            url_secrets("redis://:Xk9Q/Zp2SecretTail@127.0.0.1:6379"),
+            vec![
+                "Xk9Q/Zp2SecretTail".to_owned(),
+                ":Xk9Q/Zp2SecretTail".to_owned()
+            ]
+        );
+        // Found even where the URL does not parse.
+        assert!(url_secrets("redis://:Xk9Q/Zp2%zz@h:0").contains(&"Xk9Q/Zp2%zz".to_owned()));
         assert!(url_secrets("redis://h").is_empty());
         assert!(url_secrets("not a url").is_empty());
     }

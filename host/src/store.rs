@@ -11,7 +11,7 @@ use crate::bindings::exports::taskstore::storage::task_storage as wit;
 use crate::bindings::RedisTaskStore;
 use crate::error::TaskError;
 use crate::network::NetworkPolicy;
-use crate::options::{url_secrets, Options};
+use crate::options::Options;
 use crate::output::GuestOutput;
 use crate::runtime::{deadline_ticks, Runtime};
 use crate::sandbox::wasi_context;
@@ -68,7 +68,7 @@ struct Instance {
 pub struct AsyncTaskStore {
     runtime: Runtime,
     options: Options,
-    /// The URL's password, for scrubbing messages.
+    /// The password, in every form a message could show it, for scrubbing messages.
     secrets: Vec<String>,
     /// `None` during a call, after a trap or cancelled call (until the next call), and after
     /// `close`.
@@ -86,8 +86,10 @@ impl std::fmt::Debug for AsyncTaskStore {
 
 impl AsyncTaskStore {
     pub(crate) async fn open(runtime: Runtime, options: Options) -> Result<Self, TaskError> {
-        let secrets = url_secrets(&options.url);
-        let runtime = runtime.for_url(&options.url)?;
+        let secrets = options.secrets();
+        let runtime = runtime
+            .for_url(&options.url)
+            .map_err(|e| e.redact(&secrets))?;
         let instance = start(&runtime, &options)
             .await
             .map_err(|e| e.redact(&secrets))?;
@@ -411,7 +413,8 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
             .timeout_ms
             .unwrap_or(taskstore::config::DEFAULT_TIMEOUT_MS),
     ));
-    let policy = NetworkPolicy::for_url(&options.url, &options.tls_settings(), timeout).await?;
+    let url = options.guest_url()?;
+    let policy = NetworkPolicy::for_url(&url, &options.tls_settings(), timeout).await?;
     let output = GuestOutput::new(GUEST_OUTPUT_BYTES);
 
     let limits = StoreLimitsBuilder::new()
@@ -448,7 +451,7 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
     let opened = guest
         .taskstore_storage_task_storage()
         .store()
-        .call_open(&mut store, &to_wit(options))
+        .call_open(&mut store, &to_wit(options, url))
         .bounded(call_deadline)
         .await;
     match opened {
@@ -474,9 +477,10 @@ impl From<wit::Task> for Task {
     }
 }
 
-fn to_wit(options: &Options) -> wit::Options {
+/// The component's options; `url` is [`Options::guest_url`], password included.
+fn to_wit(options: &Options, url: String) -> wit::Options {
     wit::Options {
-        url: options.url.clone(),
+        url,
         key_prefix: options.key_prefix.clone(),
         default_ttl_seconds: options.default_ttl_seconds,
         timeout_ms: options.timeout_ms,

@@ -261,6 +261,150 @@ fn wrong_password_exits_3_without_showing_it() {
     assert!(!run.stderr.contains("wr0ng-pa55"), "{run:?}");
 }
 
+/// A password of `len` characters that alternates non-ASCII letters (which no message of
+/// the CLI holds) with the characters a URL gives meaning to, so that any two consecutive
+/// characters of it in the output can only have come from the password.
+fn marked_password(len: usize) -> String {
+    "Ж/λ@ß:€#Я?é%".chars().cycle().take(len).collect()
+}
+
+/// Whether `output` shows any two consecutive characters of `password` (the one character
+/// of a one-character password).
+fn shows_part_of(output: &str, password: &str) -> bool {
+    let chars: Vec<char> = password.chars().collect();
+    chars
+        .windows(chars.len().min(2))
+        .any(|part| output.contains(&part.iter().collect::<String>()))
+}
+
+/// The report, then passwords of every length from 1 to 24 holding `/`, `@`, `:`,
+/// `#`, `?` and `%`, raw in plain and cluster URLs, through every error the CLI can reach
+/// with them: a malformed URL, an unreachable server, a wrong password, a cluster seed that
+/// cannot be reached.
+#[test]
+fn no_part_of_a_password_with_url_characters_shows_in_any_error() {
+    let report = taskstore(
+        &[
+            "--redis",
+            "redis://:Xk9Q/Zp2SecretTail@127.0.0.1:6379x",
+            "get",
+            "t1",
+        ],
+        &[],
+        "",
+    );
+    assert_eq!(report.code, 2, "{report:?}");
+    assert!(!report.stderr.contains("Zp2"), "{report:?}");
+
+    let server = RedisServer::builder()
+        .arg("--requirepass")
+        .arg("right")
+        .start()
+        .unwrap();
+    let closed = closed_port();
+    for len in 1..=24 {
+        let password = marked_password(len);
+        // A '%' not followed by two hex digits is a malformed URL (exit 2): where the URL
+        // must parse, the password's '%' is written `%25`, everything else raw.
+        let escaped = password.replace('%', "%25");
+        let urls = [
+            (2, format!("redis://:{password}@127.0.0.1:{closed}x/1")),
+            (2, format!("redis://u:{password}@127.0.0.1:{closed}/x")),
+            (3, format!("redis://:{escaped}@127.0.0.1:{closed}/1")),
+            (3, format!("redis://:{escaped}@127.0.0.1:{}", server.port())),
+            (3, format!("redis+cluster://:{escaped}@127.0.0.1:{closed}")),
+            (
+                2,
+                format!("redis+cluster://:{password}@127.0.0.1:{closed},h:0"),
+            ),
+        ];
+        // Every length meets every path across the sweep, two paths per run of the CLI each.
+        for (code, url) in [&urls[len % 6], &urls[(len + 3) % 6]] {
+            let run = taskstore(&["--redis", url, "get", "t1"], &[], "");
+            assert_eq!(run.code, *code, "{url}: {run:?}");
+            assert_one_error_line(&run);
+            assert!(!shows_part_of(&run.stderr, &password), "{url}: {run:?}");
+            assert!(!shows_part_of(&run.stdout, &password), "{url}: {run:?}");
+        }
+    }
+}
+
+/// `--redis-password-file` and `REDIS_PASSWORD`: the URL on the command line holds none.
+#[test]
+fn password_file_or_environment_keeps_the_password_out_of_the_url() {
+    let password = "Xk9Q/Zp2@Secret:Tail#?%";
+    let server = RedisServer::builder()
+        .arg("--requirepass")
+        .arg(password)
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let url = server.url();
+
+    let set = taskstore(
+        &[
+            "--redis",
+            &url,
+            "--redis-password-file",
+            file,
+            "set",
+            "t1",
+            DOC,
+        ],
+        &[],
+        "",
+    );
+    assert_eq!(set.code, 0, "{set:?}");
+    let get = taskstore(
+        &["--redis", &url, "get", "t1"],
+        &[("REDIS_PASSWORD", password)],
+        "",
+    );
+    assert_eq!(get.code, 0, "{get:?}");
+    assert_eq!(get.stdout.trim_end(), DOC);
+    let user_url = format!("redis://default@127.0.0.1:{}", server.port());
+    let exists = taskstore(
+        &["--redis", &user_url, "exists", "t1"],
+        &[("REDIS_PASSWORD", password)],
+        "",
+    );
+    assert_eq!(exists.code, 0, "{exists:?}");
+
+    let wrong = "Wr0ng/Pass@Word";
+    let wrong_file = dir.path().join("wrong");
+    std::fs::write(&wrong_file, wrong).unwrap();
+    let twice_url = format!("redis://:{password}@127.0.0.1:{}", server.port());
+    let wrong_file = wrong_file.to_str().unwrap();
+    for (code, url, args, env) in [
+        // Wrong: the server refuses it.
+        (3, &url, vec!["--redis-password-file", wrong_file], vec![]),
+        (3, &url, vec![], vec![("REDIS_PASSWORD", wrong)]),
+        // Two passwords: refused before anything is sent.
+        (2, &twice_url, vec!["--redis-password-file", file], vec![]),
+        (
+            2,
+            &url,
+            vec!["--redis-password-file", "/no/such/file"],
+            vec![],
+        ),
+        (2, &url, vec![], vec![("REDIS_PASSWORD", "")]),
+    ] {
+        let mut all = vec!["--redis", url.as_str()];
+        all.extend(args);
+        all.extend(["get", "t1"]);
+        let run = taskstore(&all, &env, "");
+        assert_eq!(run.code, code, "{all:?}: {run:?}");
+        assert_one_error_line(&run);
+        for secret in [password, wrong] {
+            assert!(!run.stderr.contains(secret), "{all:?}: {run:?}");
+            assert!(!run.stderr.contains("Zp2@"), "{all:?}: {run:?}");
+        }
+    }
+}
+
 #[test]
 fn help_does_not_show_the_redis_url_from_the_environment() {
     let run = taskstore(

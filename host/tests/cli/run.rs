@@ -26,7 +26,7 @@ impl std::fmt::Debug for Run {
 }
 
 /// Runs `taskstore` with `args`, `stdin` as input and `env` on top of this process's
-/// environment minus `REDIS_URL` and `TASKSTORE_TLS_CA_FILE` (so a developer's settings
+/// environment minus `REDIS_URL`, `REDIS_PASSWORD` and `TASKSTORE_TLS_CA_FILE` (so a developer's settings
 /// cannot leak in). `RUST_BACKTRACE=1` unless `env` says otherwise: a panic would print as
 /// much as it can, which the secret-scrubbing tests want to see.
 pub fn taskstore(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
@@ -36,6 +36,7 @@ pub fn taskstore(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
         .args(args)
         .env_remove("REDIS_URL")
         .env_remove("TASKSTORE_TLS_CA_FILE")
+        .env_remove("REDIS_PASSWORD")
         .env("RUST_BACKTRACE", "1")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
