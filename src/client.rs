@@ -9,7 +9,9 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::RedisUrl;
-use crate::resp::{decode_reply, encode_command, push_decimal, Reply, ReplyLimits};
+use crate::resp::{
+    decode_reply_resuming, encode_command, push_decimal, Reply, ReplyLimits, ReplyScan,
+};
 use crate::transport::{Connector, IoError, Transport};
 
 /// Why a command failed, by what the caller can do about it.
@@ -92,12 +94,20 @@ impl<C: Connector> Client<C> {
                 // Room for the value plus a little framing; arrays are bounded separately.
                 max_bulk_bytes: max_value_bytes,
                 max_array_len: 1 << 20,
+                max_reply_bytes: usize::MAX,
             },
             connection: None,
             write_buf: Vec::new(),
             read_buf: Vec::new(),
             asking: false,
         }
+    }
+
+    /// The same client with tighter reply limits: for callers that expect only small
+    /// replies from a server they do not trust (the host asking a cluster for its nodes).
+    pub fn with_reply_limits(mut self, limits: ReplyLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Turns `ASK` redirect mode on or off (see the Redis Cluster specification): while on,
@@ -474,10 +484,15 @@ fn exchange_on<T: Transport>(
     transport.send(request)?;
     read_buf.clear();
     let mut start = 0;
+    // Resumed after every read, so a reply that arrives in many reads is walked once.
+    let mut scan = ReplyScan::default();
     while replies.len() < expected {
-        match decode_reply(&read_buf[start..], limits).map_err(|err| Failure::Protocol(err.0))? {
+        match decode_reply_resuming(&read_buf[start..], limits, &mut scan)
+            .map_err(|err| Failure::Protocol(err.0))?
+        {
             Some((reply, used)) => {
                 start += used;
+                scan = ReplyScan::default();
                 replies.push(reply);
             }
             None => transport.receive(read_buf)?,

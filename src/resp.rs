@@ -19,6 +19,10 @@ pub struct ReplyLimits {
     pub max_bulk_bytes: usize,
     /// Largest array (`*<n>`) accepted, in elements.
     pub max_array_len: usize,
+    /// Largest whole reply accepted, in bytes, headers included: a budget for callers that
+    /// expect small replies (the host asking a cluster for its nodes), so that an array of
+    /// many small elements cannot grow without bound either. `usize::MAX`: no budget.
+    pub max_reply_bytes: usize,
 }
 
 impl ReplyLimits {
@@ -89,7 +93,19 @@ pub fn decode_reply(
     buf: &[u8],
     limits: &ReplyLimits,
 ) -> Result<Option<(Reply, usize)>, ProtocolError> {
-    if !check_reply(buf, limits)? {
+    decode_reply_resuming(buf, limits, &mut ReplyScan::default())
+}
+
+/// [`decode_reply`] for a reply that arrives in pieces: `scan` remembers how far earlier
+/// calls walked `buf`, so each call walks only what arrived since, and a reply read in `n`
+/// pieces costs O(size), not O(size × n). Give it the same `buf` (grown at the end only)
+/// on every call, and a fresh [`ReplyScan`] for the next reply.
+pub fn decode_reply_resuming(
+    buf: &[u8],
+    limits: &ReplyLimits,
+    scan: &mut ReplyScan,
+) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    if !scan.check(buf, limits)? {
         return Ok(None);
     }
     match redis_protocol::resp2::decode::decode(buf) {
@@ -105,92 +121,139 @@ pub fn decode_reply(
 /// Ok(true): `buf` starts with one complete reply within `limits`. Ok(false): what is there
 /// so far is a valid, within-limits prefix of a reply. Err: it can never become one.
 pub fn check_reply(buf: &[u8], limits: &ReplyLimits) -> Result<bool, ProtocolError> {
-    // Elements still expected at each open array level, innermost last.
-    let mut pending: [usize; ReplyLimits::MAX_DEPTH + 1] = [0; ReplyLimits::MAX_DEPTH + 1];
-    let mut depth = 0;
-    let mut pos = 0;
-    loop {
-        let Some(&kind) = buf.get(pos) else {
-            return Ok(false);
-        };
-        let Some(line_len) = find_crlf(&buf[pos + 1..]) else {
-            if buf.len() - pos > ReplyLimits::MAX_LINE_BYTES {
-                return Err(ProtocolError(format!(
-                    "reply line longer than {} bytes",
-                    ReplyLimits::MAX_LINE_BYTES
-                )));
-            }
-            return Ok(false);
-        };
-        let line = &buf[pos + 1..pos + 1 + line_len];
-        pos += 1 + line_len + 2;
-        match kind {
-            b'+' | b'-' => {}
-            b':' => {
-                parse_integer(line).ok_or_else(|| invalid_header("integer", line))?;
-            }
-            b'$' => match parse_integer(line) {
-                Some(-1) => {}
-                Some(len) if len >= 0 => {
-                    let len = len as u64;
-                    if len > limits.max_bulk_bytes as u64 {
-                        return Err(ProtocolError(format!(
-                            "reply announces a {len}-byte value, more than the {}-byte limit",
-                            limits.max_bulk_bytes
-                        )));
-                    }
-                    let end = pos + len as usize;
-                    if end + 2 > buf.len() {
-                        return Ok(false);
-                    }
-                    if &buf[end..end + 2] != b"\r\n" {
-                        return Err(ProtocolError(
-                            "bulk string is not terminated by CRLF".into(),
-                        ));
-                    }
-                    pos = end + 2;
-                }
-                _ => return Err(invalid_header("bulk length", line)),
-            },
-            b'*' => match parse_integer(line) {
-                Some(-1) | Some(0) => {}
-                Some(len) if len > 0 => {
-                    if len as u64 > limits.max_array_len as u64 {
-                        return Err(ProtocolError(format!(
-                            "reply announces a {len}-element array, more than the {}-element limit",
-                            limits.max_array_len
-                        )));
-                    }
-                    if depth == ReplyLimits::MAX_DEPTH {
-                        return Err(ProtocolError(format!(
-                            "reply nests arrays deeper than {} levels",
-                            ReplyLimits::MAX_DEPTH
-                        )));
-                    }
-                    depth += 1;
-                    pending[depth] = len as usize;
-                    continue;
-                }
-                _ => return Err(invalid_header("array length", line)),
-            },
-            other => {
-                return Err(ProtocolError(format!(
-                    "reply starts with byte 0x{other:02x}, not a RESP2 type marker"
-                )))
-            }
+    ReplyScan::default().check(buf, limits)
+}
+
+/// How far a walk of a partly received reply got: the start of the first element not yet
+/// complete, and the elements still expected at each open array level.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyScan {
+    /// Elements still expected at each open array level, innermost last.
+    pending: [usize; ReplyLimits::MAX_DEPTH + 1],
+    depth: usize,
+    /// Where the first incomplete element starts.
+    pos: usize,
+    /// The reply was found complete: asked again, the answer stays yes.
+    complete: bool,
+}
+
+impl ReplyScan {
+    /// [`check_reply`], resumed where the last call on this scan stopped.
+    pub fn check(&mut self, buf: &[u8], limits: &ReplyLimits) -> Result<bool, ProtocolError> {
+        if self.complete {
+            return Ok(true);
         }
-        // One element finished: close every array it completes.
+        let complete = self.walk(buf, limits)?;
+        self.complete = complete;
+        if !complete && buf.len() > limits.max_reply_bytes {
+            // Incomplete, so every byte of `buf` belongs to this one reply.
+            return Err(over_budget(limits));
+        }
+        Ok(complete)
+    }
+
+    fn walk(&mut self, buf: &[u8], limits: &ReplyLimits) -> Result<bool, ProtocolError> {
         loop {
-            if depth == 0 {
-                return Ok(true);
+            // Progress is saved only at element boundaries: an element cut off by the end of
+            // `buf` is walked again, whole, once more bytes are there.
+            let mut pos = self.pos;
+            let Some(&kind) = buf.get(pos) else {
+                return Ok(false);
+            };
+            let Some(line_len) = find_crlf(&buf[pos + 1..]) else {
+                if buf.len() - pos > ReplyLimits::MAX_LINE_BYTES {
+                    return Err(ProtocolError(format!(
+                        "reply line longer than {} bytes",
+                        ReplyLimits::MAX_LINE_BYTES
+                    )));
+                }
+                return Ok(false);
+            };
+            let line = &buf[pos + 1..pos + 1 + line_len];
+            pos += 1 + line_len + 2;
+            match kind {
+                b'+' | b'-' => {}
+                b':' => {
+                    parse_integer(line).ok_or_else(|| invalid_header("integer", line))?;
+                }
+                b'$' => match parse_integer(line) {
+                    Some(-1) => {}
+                    Some(len) if len >= 0 => {
+                        let len = len as u64;
+                        if len > limits.max_bulk_bytes as u64 {
+                            return Err(ProtocolError(format!(
+                                "reply announces a {len}-byte value, more than the {}-byte limit",
+                                limits.max_bulk_bytes
+                            )));
+                        }
+                        if pos as u64 + len > limits.max_reply_bytes as u64 {
+                            return Err(over_budget(limits));
+                        }
+                        let end = pos + len as usize;
+                        if end + 2 > buf.len() {
+                            return Ok(false);
+                        }
+                        if &buf[end..end + 2] != b"\r\n" {
+                            return Err(ProtocolError(
+                                "bulk string is not terminated by CRLF".into(),
+                            ));
+                        }
+                        pos = end + 2;
+                    }
+                    _ => return Err(invalid_header("bulk length", line)),
+                },
+                b'*' => match parse_integer(line) {
+                    Some(-1) | Some(0) => {}
+                    Some(len) if len > 0 => {
+                        if len as u64 > limits.max_array_len as u64 {
+                            return Err(ProtocolError(format!(
+                                "reply announces a {len}-element array, more than the {}-element limit",
+                                limits.max_array_len
+                            )));
+                        }
+                        if self.depth == ReplyLimits::MAX_DEPTH {
+                            return Err(ProtocolError(format!(
+                                "reply nests arrays deeper than {} levels",
+                                ReplyLimits::MAX_DEPTH
+                            )));
+                        }
+                        self.depth += 1;
+                        self.pending[self.depth] = len as usize;
+                        self.pos = pos;
+                        continue;
+                    }
+                    _ => return Err(invalid_header("array length", line)),
+                },
+                other => {
+                    return Err(ProtocolError(format!(
+                        "reply starts with byte 0x{other:02x}, not a RESP2 type marker"
+                    )))
+                }
             }
-            pending[depth] -= 1;
-            if pending[depth] > 0 {
-                break;
+            self.pos = pos;
+            if pos > limits.max_reply_bytes {
+                return Err(over_budget(limits));
             }
-            depth -= 1;
+            // One element finished: close every array it completes.
+            loop {
+                if self.depth == 0 {
+                    return Ok(true);
+                }
+                self.pending[self.depth] -= 1;
+                if self.pending[self.depth] > 0 {
+                    break;
+                }
+                self.depth -= 1;
+            }
         }
     }
+}
+
+fn over_budget(limits: &ReplyLimits) -> ProtocolError {
+    ProtocolError(format!(
+        "reply is larger than the {}-byte limit",
+        limits.max_reply_bytes
+    ))
 }
 
 fn find_crlf(bytes: &[u8]) -> Option<usize> {
@@ -213,6 +276,7 @@ mod tests {
     const LIMITS: ReplyLimits = ReplyLimits {
         max_bulk_bytes: 1024,
         max_array_len: 16,
+        max_reply_bytes: usize::MAX,
     };
 
     fn decode(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
@@ -223,6 +287,57 @@ mod tests {
         let (reply, used) = decode(buf).expect("valid").expect("complete");
         assert_eq!(used, buf.len(), "whole buffer consumed");
         reply
+    }
+
+    /// A reply read in small pieces is walked once: after each piece the scan stands at
+    /// the start of the one element still incomplete, so the next call starts there
+    /// instead of at byte 0 (the cause of a quadratic read of a long streamed reply).
+    #[test]
+    fn scan_resumes_where_the_last_piece_ended() {
+        let limits = ReplyLimits {
+            max_bulk_bytes: 1024,
+            max_array_len: 100_000,
+            max_reply_bytes: usize::MAX,
+        };
+        let mut reply = b"*50000\r\n".to_vec();
+        for i in 0..50_000 {
+            reply.extend_from_slice(format!("${}\r\n{i}\r\n", i.to_string().len()).as_bytes());
+        }
+        let mut scan = ReplyScan::default();
+        let mut last = 0;
+        for end in (1..reply.len()).step_by(7) {
+            assert!(!scan.check(&reply[..end], &limits).unwrap());
+            assert!(scan.pos >= last && scan.pos <= end);
+            // Only the element cut off by the end is left to walk again: at most one
+            // header and a five-digit value.
+            assert!(end - scan.pos < 14, "{end} {}", scan.pos);
+            last = scan.pos;
+        }
+        assert!(scan.check(&reply, &limits).unwrap());
+        let (decoded, used) = decode_reply_resuming(&reply, &limits, &mut scan)
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, reply.len());
+        assert!(matches!(decoded, Reply::Array(items) if items.len() == 50_000));
+    }
+
+    #[test]
+    fn replies_over_the_byte_budget_are_refused_complete_or_not() {
+        let limits = ReplyLimits {
+            max_bulk_bytes: 1024,
+            max_array_len: 1024,
+            max_reply_bytes: 64,
+        };
+        let small = b"*2\r\n:1\r\n$3\r\nabc\r\n";
+        assert!(check_reply(small, &limits).unwrap());
+        let many = b":1\r\n".repeat(20);
+        let array = [b"*20\r\n".as_slice(), &many].concat();
+        assert!(check_reply(&array, &limits).is_err());
+        assert!(check_reply(&array[..70], &limits).is_err());
+        // A bulk string announced past the budget is refused before its bytes arrive.
+        assert!(check_reply(b"$100\r\n", &limits).is_err());
+        let err = check_reply(&array, &limits).unwrap_err();
+        assert!(err.0.contains("64-byte"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use taskstore::resp::{check_reply, decode_reply, ReplyLimits};
 const LIMITS: ReplyLimits = ReplyLimits {
     max_bulk_bytes: 1 << 16,
     max_array_len: 1 << 10,
+    max_reply_bytes: 1 << 20,
 };
 
 fuzz_target!(|data: &[u8]| {
