@@ -61,7 +61,7 @@ mod test_pki;
 
 pub use cache::{CacheOutcome, ComponentCache};
 pub use error::TaskError;
-pub use options::{redact_url, Options};
+pub use options::{redact_url, ClusterAllow, Options};
 pub use runtime::{Runtime, COMPONENT, DEFAULT_MEMORY_LIMIT, TLS_COMPONENT};
 pub use store::{
     AsyncTaskStore, ListOptions, Page, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,

@@ -70,6 +70,13 @@ struct Cli {
     #[arg(long, global = true)]
     danger_accept_invalid_certificates: bool,
 
+    /// Cluster URLs only: a network (and ports) where nodes the cluster reports may be
+    /// reached, besides the seeds' own addresses: CIDR[:PORTS], e.g. 10.0.0.0/8,
+    /// 10.1.2.3:7000-7005, [fd00::/8]:7000. Repeatable. Link-local and cloud metadata
+    /// addresses are refused whatever this says
+    #[arg(long, value_name = "CIDR[:PORTS]", global = true)]
+    cluster_allow: Vec<taskstore_host::ClusterAllow>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -532,6 +539,7 @@ fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
         timeout_ms: cli.timeout_ms,
         tls_ca_certificates,
         danger_accept_invalid_certificates: cli.danger_accept_invalid_certificates,
+        cluster_allow: cli.cluster_allow.clone(),
         ..Options::new(url)
     };
     Ok(TaskStore::open(&runtime, options)?)

@@ -1,116 +1,122 @@
 //! The component's network permissions: TCP to the Redis address from the URL, nothing else;
-//! for a Redis Cluster URL, TCP to the cluster's nodes, nothing else.
+//! for a Redis Cluster URL, TCP to the cluster's nodes within the operator's allow-list,
+//! nothing else.
+//!
+//! Names in the URL are resolved on the host. Should a name later resolve elsewhere (a
+//! managed Redis failing over to a new IP), a connect to an address the policy does not
+//! know makes it resolve the URL's names again, at most once per [`RERESOLVE_INTERVAL`];
+//! clones of a policy (every instance `serve` creates) share what it learns.
 //!
 //! A cluster's nodes are not all in its URL: the component discovers them (`CLUSTER SLOTS`,
-//! `MOVED`, `ASK`). So the host allows the seeds the URL names, and for any other address
-//! asks the cluster itself — natively, from the host, with the URL's credentials, only ever
-//! dialling the seeds — which masters serve slots now, and allows the address iff it is one
-//! of them. Answers are cached; an unknown address makes the host ask again at most once per
-//! [`CLUSTER_RECHECK_INTERVAL`], so a guest cannot make it flood the cluster. For
+//! `MOVED`, `ASK`). So the host allows the seeds the URL names, and a connect to any other
+//! address only if (1) the address is within the allow-list: the seeds' own IP addresses
+//! (any port) plus [`ClusterAllow`] entries the operator gives; (2) it is no link-local or
+//! cloud metadata address ([`never_a_node`]), whatever the allow-list says; and (3) the
+//! cluster itself says it is one of its masters, slots or not (so an empty node receiving its
+//! first slots, the target of an `ASK`, is reachable). The host asks (3) natively, with
+//! `CLUSTER NODES`, the URL's credentials and small reply limits
+//! ([`DISCOVERY_MAX_REPLY_BYTES`]), only ever dialling the seeds, and only for addresses that
+//! pass (1) and (2). Answers are cached; an unknown address makes the host ask again at most
+//! once per [`CLUSTER_RECHECK_INTERVAL`], so a guest cannot make it flood the cluster. For
 //! `rediss+cluster://` the host asks over TLS, verifying each node as the component will.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use taskstore::client::ClientError;
-use taskstore::cluster_client::ClusterClient;
+use taskstore::client::{Client, ClientError, Retry};
 use taskstore::config::{RedisUrl, TlsSettings};
+use taskstore::resp::{Reply, ReplyLimits};
 use taskstore::std_tcp::StdConnector;
 use taskstore::tls::MaybeTlsConnector;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::error::TaskError;
-use crate::options::{Endpoint, HostName};
+use crate::options::{ClusterAllow, Endpoint, HostName};
 
 /// Least time between two membership questions to the cluster about unknown addresses.
 pub const CLUSTER_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Which socket operations the component may perform.
+/// Least time between two resolutions of the URL's names after the first.
+pub const RERESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Largest `CLUSTER NODES` reply the host accepts, in bytes: about 2,000 nodes' lines.
+pub const DISCOVERY_MAX_REPLY_BYTES: usize = 256 * 1024;
+
+/// Most array elements in any reply the host's discovery accepts.
+pub const DISCOVERY_MAX_ARRAY_LEN: usize = 16_384;
+
+/// Which socket operations the component may perform. Clones share the resolved addresses
+/// and the cluster's answers.
 #[derive(Debug, Clone)]
 pub(crate) struct NetworkPolicy {
-    /// Every address the URL's hosts resolved to, with their ports.
-    connect_to: Vec<SocketAddr>,
-    /// Whether the component may resolve names: only when the URL names a host.
-    name_lookup: bool,
+    /// The URL's own servers (its host, or a cluster URL's seeds).
+    servers: Arc<Servers>,
     /// For a cluster URL: which other addresses are the cluster's nodes.
     cluster: Option<Arc<ClusterNodes>>,
 }
 
 impl NetworkPolicy {
-    /// The policy for the URL `url`: [`NetworkPolicy::resolve`] of its host, or for a
-    /// cluster URL, of each seed plus the cluster's discovered nodes (asked with `timeout`;
-    /// over TLS verified as `tls` says for `rediss+cluster://`).
+    /// [`NetworkPolicy::for_url_allowing`] with the default allow-list: the seeds only.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] for a malformed URL or unusable TLS CA certificates;
-    /// [`TaskError::Connection`] if a name does not resolve.
+    /// As [`NetworkPolicy::for_url_allowing`].
     pub(crate) async fn for_url(
         url: &str,
         tls: &TlsSettings,
         timeout: Duration,
     ) -> Result<NetworkPolicy, TaskError> {
+        NetworkPolicy::for_url_allowing(url, tls, timeout, &[]).await
+    }
+
+    /// The policy for the URL `url`: its host (resolved on the host), or for a cluster URL,
+    /// each seed plus the cluster's discovered nodes within `allow` (asked with `timeout`;
+    /// over TLS verified as `tls` says for `rediss+cluster://`).
+    ///
+    /// # Errors
+    /// [`TaskError::InvalidInput`] for a malformed URL or unusable TLS CA certificates;
+    /// [`TaskError::Connection`] if a name does not resolve.
+    pub(crate) async fn for_url_allowing(
+        url: &str,
+        tls: &TlsSettings,
+        timeout: Duration,
+        allow: &[ClusterAllow],
+    ) -> Result<NetworkPolicy, TaskError> {
         let parsed = RedisUrl::parse(url).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
-        if !parsed.is_cluster() {
-            return NetworkPolicy::resolve(&Endpoint::from_url(url)?).await;
-        }
-        let connector = MaybeTlsConnector::new(StdConnector, parsed.tls.then_some(tls))
-            .map_err(|e| TaskError::InvalidInput(e.0))?;
-        let mut connect_to = Vec::new();
-        let mut name_lookup = false;
-        for seed in Endpoint::all_from_url(url)? {
-            let policy = NetworkPolicy::resolve(&seed).await?;
-            connect_to.extend(policy.connect_to);
-            name_lookup |= policy.name_lookup;
-        }
-        connect_to.sort();
-        connect_to.dedup();
+        let servers = Servers::resolve(Endpoint::all_from_url(url)?, Resolver::System).await?;
+        let cluster = if parsed.is_cluster() {
+            let connector = MaybeTlsConnector::new(StdConnector, parsed.tls.then_some(tls))
+                .map_err(|e| TaskError::InvalidInput(e.0))?;
+            Some(Arc::new(ClusterNodes::new(
+                parsed,
+                connector,
+                timeout,
+                allow.to_vec(),
+            )))
+        } else {
+            None
+        };
         Ok(NetworkPolicy {
-            connect_to,
-            name_lookup,
-            cluster: Some(Arc::new(ClusterNodes::new(parsed, connector, timeout))),
+            servers: Arc::new(servers),
+            cluster,
         })
     }
 
-    /// The policy for `endpoint`, resolving a host name on the host.
-    ///
-    /// The addresses are fixed here: should the name later resolve elsewhere, connections
-    /// there are denied until the store is opened again.
+    /// The policy for `endpoint` alone, resolving a host name on the host.
     ///
     /// # Errors
     /// [`TaskError::Connection`] if the name does not resolve.
     pub(crate) async fn resolve(endpoint: &Endpoint) -> Result<NetworkPolicy, TaskError> {
-        match &endpoint.host {
-            HostName::Ip(ip) => Ok(NetworkPolicy {
-                connect_to: vec![SocketAddr::new(*ip, endpoint.port)],
-                name_lookup: false,
-                cluster: None,
-            }),
-            HostName::Name(name) => {
-                let unresolved = |why: String| {
-                    TaskError::Connection(format!("cannot resolve Redis host {endpoint}: {why}"))
-                };
-                let found = tokio::net::lookup_host((name.as_str(), endpoint.port))
-                    .await
-                    .map_err(|e| unresolved(e.to_string()))?;
-                let mut connect_to: Vec<SocketAddr> = found.collect();
-                connect_to.sort();
-                connect_to.dedup();
-                if connect_to.is_empty() {
-                    return Err(unresolved("no addresses".to_owned()));
-                }
-                Ok(NetworkPolicy {
-                    connect_to,
-                    name_lookup: true,
-                    cluster: None,
-                })
-            }
-        }
+        let servers = Servers::resolve(vec![endpoint.clone()], Resolver::System).await?;
+        Ok(NetworkPolicy {
+            servers: Arc::new(servers),
+            cluster: None,
+        })
     }
 
-    /// Whether the component may use `addr` for `usage`.
+    /// Whether the component may use `addr` for `usage`, by what is known now.
     ///
     /// wasmtime-wasi checks a connect twice: first as a bind of the unspecified address with
     /// port 0 (the implicit bind), then as a connect to the remote address. So that bind is
@@ -118,43 +124,236 @@ impl NetworkPolicy {
     pub(crate) fn allows(&self, addr: SocketAddr, usage: SocketAddrUse) -> bool {
         match usage {
             SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
-            SocketAddrUse::TcpConnect => self
-                .connect_to
-                .iter()
-                .any(|allowed| same_peer(*allowed, addr)),
+            SocketAddrUse::TcpConnect => self.servers.contains(addr),
             _ => false,
         }
     }
 
-    /// [`NetworkPolicy::allows`], and for a cluster URL also a connect to any address the
-    /// cluster says is one of its nodes.
+    /// [`NetworkPolicy::allows`]; else, for a connect, after resolving the URL's names again
+    /// (rate-limited), and for a cluster URL, a node within the allow-list that the cluster
+    /// reports.
     pub(crate) async fn allows_node(&self, addr: SocketAddr, usage: SocketAddrUse) -> bool {
         if self.allows(addr, usage) {
             return true;
         }
-        match (&self.cluster, usage) {
-            (Some(cluster), SocketAddrUse::TcpConnect) => cluster.clone().contains(addr).await,
+        if !matches!(usage, SocketAddrUse::TcpConnect) {
+            return false;
+        }
+        if self.servers.resolve_again().await && self.servers.contains(addr) {
+            return true;
+        }
+        match &self.cluster {
+            Some(cluster) if self.may_be_a_node(addr) => cluster.clone().contains(addr).await,
             _ => false,
         }
     }
 
-    /// Grants exactly this policy's permissions on `builder` (TCP, name lookup when needed,
-    /// the address check) and denies UDP.
+    /// Whether `addr` passes the cluster allow-list: a seed's IP address (any port) or
+    /// inside an operator's entry, and never a link-local or metadata address.
+    fn may_be_a_node(&self, addr: SocketAddr) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        if never_a_node(addr.ip()) {
+            return false;
+        }
+        let ip = addr.ip().to_canonical();
+        self.servers.ips().contains(&ip) || cluster.allow.iter().any(|entry| entry.contains(addr))
+    }
+
+    /// The host names the component may look up: the URL's own, nothing else.
+    pub(crate) fn lookup_names(&self) -> Vec<String> {
+        self.servers.names()
+    }
+
+    /// Grants exactly this policy's permissions on `builder` (TCP, name lookup when the URL
+    /// names a host, the address check) and denies UDP.
     pub(crate) fn apply(self, builder: &mut WasiCtxBuilder) {
         builder
             .allow_tcp(true)
             .allow_udp(false)
-            .allow_ip_name_lookup(self.name_lookup);
+            .allow_ip_name_lookup(!self.lookup_names().is_empty());
         let policy = Arc::new(self);
         builder.socket_addr_check(move |addr, usage| {
-            let allowed = policy.allows(addr, usage);
-            if allowed || policy.cluster.is_none() {
-                return Box::pin(async move { allowed });
+            if policy.allows(addr, usage) {
+                return Box::pin(async move { true });
             }
             let policy = policy.clone();
             Box::pin(async move { policy.allows_node(addr, usage).await })
         });
     }
+}
+
+/// Addresses that are never a cluster node the component may reach, whatever the cluster
+/// says or the allow-list holds: link-local addresses (which include the cloud metadata
+/// service at 169.254.169.254), other well-known metadata addresses, and addresses that
+/// name no one host.
+pub(crate) fn never_a_node(ip: IpAddr) -> bool {
+    /// Alibaba Cloud's metadata service.
+    const ALIBABA_METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
+    /// AWS's metadata service over IPv6 (`fd00:ec2::254`).
+    const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4 == ALIBABA_METADATA
+        }
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6 == AWS_METADATA_V6
+        }
+    }
+}
+
+/// How the URL's names are resolved: the system resolver, or in tests, a scripted answer.
+#[derive(Clone)]
+enum Resolver {
+    System,
+    #[cfg(test)]
+    Scripted(Arc<Mutex<Vec<SocketAddr>>>),
+}
+
+impl Resolver {
+    async fn lookup(&self, name: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        match self {
+            Resolver::System => Ok(tokio::net::lookup_host((name, port)).await?.collect()),
+            #[cfg(test)]
+            Resolver::Scripted(answer) => {
+                let _ = name;
+                Ok(answer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|addr| SocketAddr::new(addr.ip(), port))
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The URL's own servers and the addresses they resolved to last.
+struct Servers {
+    endpoints: Vec<Endpoint>,
+    resolver: Resolver,
+    resolved: Mutex<Resolved>,
+}
+
+struct Resolved {
+    addresses: Vec<SocketAddr>,
+    at: Instant,
+}
+
+impl fmt::Debug for Servers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoints: Vec<String> = self.endpoints.iter().map(|e| e.to_string()).collect();
+        f.debug_struct("Servers")
+            .field("endpoints", &endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Servers {
+    /// Resolves every endpoint once.
+    ///
+    /// # Errors
+    /// [`TaskError::Connection`] naming the endpoint whose name does not resolve.
+    async fn resolve(endpoints: Vec<Endpoint>, resolver: Resolver) -> Result<Servers, TaskError> {
+        let addresses = lookup_all(&endpoints, &resolver).await?;
+        Ok(Servers {
+            endpoints,
+            resolver,
+            resolved: Mutex::new(Resolved {
+                addresses,
+                at: Instant::now(),
+            }),
+        })
+    }
+
+    fn contains(&self, addr: SocketAddr) -> bool {
+        let resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        resolved
+            .addresses
+            .iter()
+            .any(|known| same_peer(*known, addr))
+    }
+
+    fn ips(&self) -> Vec<IpAddr> {
+        let resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        resolved
+            .addresses
+            .iter()
+            .map(|addr| addr.ip().to_canonical())
+            .collect()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .filter_map(|endpoint| match &endpoint.host {
+                HostName::Name(name) => Some(name.clone()),
+                HostName::Ip(_) => None,
+            })
+            .collect()
+    }
+
+    /// Resolves the names again unless that was done less than [`RERESOLVE_INTERVAL`] ago;
+    /// whether it was done (and succeeded: on failure the last answer stays).
+    async fn resolve_again(&self) -> bool {
+        if self.names().is_empty() {
+            return false;
+        }
+        {
+            let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            if resolved.at.elapsed() < RERESOLVE_INTERVAL {
+                return false;
+            }
+            // Claimed before the lookup, so concurrent denials resolve once.
+            resolved.at = Instant::now();
+        }
+        match lookup_all(&self.endpoints, &self.resolver).await {
+            Ok(addresses) => {
+                let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+                resolved.addresses = addresses;
+                resolved.at = Instant::now();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Every address of every endpoint, sorted, without duplicates.
+async fn lookup_all(
+    endpoints: &[Endpoint],
+    resolver: &Resolver,
+) -> Result<Vec<SocketAddr>, TaskError> {
+    let mut addresses = Vec::new();
+    for endpoint in endpoints {
+        match &endpoint.host {
+            HostName::Ip(ip) => addresses.push(SocketAddr::new(*ip, endpoint.port)),
+            HostName::Name(name) => {
+                let unresolved = |why: String| {
+                    TaskError::Connection(format!("cannot resolve Redis host {endpoint}: {why}"))
+                };
+                let found = resolver
+                    .lookup(name, endpoint.port)
+                    .await
+                    .map_err(|e| unresolved(e.to_string()))?;
+                if found.is_empty() {
+                    return Err(unresolved("no addresses".to_owned()));
+                }
+                addresses.extend(found);
+            }
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
 }
 
 /// The nodes of a cluster, as the cluster itself reports them.
@@ -163,6 +362,8 @@ pub(crate) struct ClusterNodes {
     /// Plain TCP, or TLS for `rediss+cluster://`.
     connector: MaybeTlsConnector<StdConnector>,
     timeout: Duration,
+    /// The operator's widening of the allow-list.
+    allow: Vec<ClusterAllow>,
     known: Mutex<KnownNodes>,
 }
 
@@ -183,6 +384,7 @@ impl fmt::Debug for ClusterNodes {
             .collect();
         f.debug_struct("ClusterNodes")
             .field("seeds", &seeds)
+            .field("allow", &self.allow)
             .finish()
     }
 }
@@ -192,11 +394,13 @@ impl ClusterNodes {
         url: RedisUrl,
         connector: MaybeTlsConnector<StdConnector>,
         timeout: Duration,
+        allow: Vec<ClusterAllow>,
     ) -> ClusterNodes {
         ClusterNodes {
             url,
             connector,
             timeout,
+            allow,
             known: Mutex::new(KnownNodes::default()),
         }
     }
@@ -228,24 +432,76 @@ impl ClusterNodes {
         }
     }
 
-    /// Asks a seed (with the URL's credentials, within `timeout` per step) for the slot map
-    /// and returns its masters' addresses. Blocking.
+    /// Asks the seeds in turn (with the URL's credentials, within `timeout` per step) for
+    /// `CLUSTER NODES` and returns the masters' addresses from the first that answers.
+    /// Blocking.
     fn discover(&self) -> Result<Vec<SocketAddr>, ClientError> {
-        let mut client = ClusterClient::new(
-            self.connector.clone(),
-            self.url.clone(),
-            self.timeout,
-            1 << 16,
-        );
-        client.connect()?;
-        let mut addresses = Vec::new();
-        for endpoint in client.master_endpoints() {
-            if let Ok(resolved) = (endpoint.host.as_str(), endpoint.port).to_socket_addrs() {
-                addresses.extend(resolved);
+        let limits = ReplyLimits {
+            max_bulk_bytes: DISCOVERY_MAX_REPLY_BYTES,
+            max_array_len: DISCOVERY_MAX_ARRAY_LEN,
+            max_reply_bytes: DISCOVERY_MAX_REPLY_BYTES,
+        };
+        let mut last_error = None;
+        for seed in &self.url.cluster_seeds {
+            let mut client = Client::new(
+                self.connector.clone(),
+                self.url.for_node(seed.clone()),
+                self.timeout,
+                DISCOVERY_MAX_REPLY_BYTES,
+            )
+            .with_reply_limits(limits);
+            let reply = client
+                .connect()
+                .and_then(|()| client.command(&[b"CLUSTER", b"NODES"], Retry::Idempotent));
+            match reply {
+                Ok(Reply::BulkString(text)) => {
+                    // A seed named by a host name fills no empty address: such a node is
+                    // not yet reachable by any other name anyway.
+                    let answering = seed.host.parse::<IpAddr>().ok();
+                    return Ok(cluster_masters(&String::from_utf8_lossy(&text), answering));
+                }
+                Ok(other) => last_error = Some(client.unexpected_reply("CLUSTER NODES", &other)),
+                Err(error) => last_error = Some(error),
             }
         }
-        Ok(addresses)
+        Err(last_error.unwrap_or_else(|| ClientError::Connection("no seed nodes".into())))
     }
+}
+
+/// The masters in a `CLUSTER NODES` reply, slots or not, that are neither failed nor still
+/// joining. A node line is `<id> <ip>:<port>@<bus-port>[,<hostname>] <flags> …`; an empty
+/// `<ip>` is the answering node's (`answering`), as it is in `CLUSTER SLOTS`.
+fn cluster_masters(text: &str, answering: Option<IpAddr>) -> Vec<SocketAddr> {
+    let mut masters = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split(' ');
+        let (Some(_id), Some(address), Some(flags)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master")
+            || flags
+                .iter()
+                .any(|flag| matches!(*flag, "fail" | "handshake" | "noaddr"))
+        {
+            continue;
+        }
+        let address = address.split(['@', ',']).next().unwrap_or("");
+        let Some((ip, port)) = address.rsplit_once(':') else {
+            continue;
+        };
+        let ip = match ip {
+            "" => answering,
+            ip => ip.trim_matches(['[', ']']).parse::<IpAddr>().ok(),
+        };
+        if let (Some(ip), Ok(port)) = (ip, port.parse::<u16>()) {
+            if port != 0 {
+                masters.push(SocketAddr::new(ip, port));
+            }
+        }
+    }
+    masters
 }
 
 /// Compares canonical forms: an IPv4-mapped IPv6 address is the same peer.
@@ -258,9 +514,22 @@ mod tests {
     use super::*;
 
     fn policy(addrs: &[&str]) -> NetworkPolicy {
+        let addresses: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
         NetworkPolicy {
-            connect_to: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-            name_lookup: false,
+            servers: Arc::new(Servers {
+                endpoints: addresses
+                    .iter()
+                    .map(|a| Endpoint {
+                        host: HostName::Ip(a.ip()),
+                        port: a.port(),
+                    })
+                    .collect(),
+                resolver: Resolver::System,
+                resolved: Mutex::new(Resolved {
+                    addresses,
+                    at: Instant::now(),
+                }),
+            }),
             cluster: None,
         }
     }
@@ -422,19 +691,217 @@ mod tests {
         );
     }
 
+    /// A managed Redis fails over: its name now resolves to another address. Every
+    /// instance sharing the policy (as `serve`'s do) reaches the new address once the name
+    /// is resolved again, which a denied connect triggers, at most once per interval.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_name_that_moves_is_resolved_again_after_a_denied_connect() {
+        let answer = Arc::new(Mutex::new(vec![addr("127.0.0.1:0")]));
+        let endpoint = Endpoint {
+            host: HostName::Name("redis.internal".into()),
+            port: 7000,
+        };
+        let servers = Servers::resolve(vec![endpoint], Resolver::Scripted(answer.clone()))
+            .await
+            .unwrap();
+        let first_instance = NetworkPolicy {
+            servers: Arc::new(servers),
+            cluster: None,
+        };
+        let later_instance = first_instance.clone();
+        let (old, new) = (addr("127.0.0.1:7000"), addr("127.0.0.2:7000"));
+        assert!(first_instance.allows(old, SocketAddrUse::TcpConnect));
+
+        *answer.lock().unwrap() = vec![addr("127.0.0.2:0")];
+        // Resolved less than an interval ago: not asked again yet.
+        assert!(
+            !first_instance
+                .allows_node(new, SocketAddrUse::TcpConnect)
+                .await
+        );
+        tokio::time::sleep(RERESOLVE_INTERVAL + Duration::from_millis(50)).await;
+        assert!(
+            later_instance
+                .allows_node(new, SocketAddrUse::TcpConnect)
+                .await
+        );
+        assert!(
+            first_instance.allows(new, SocketAddrUse::TcpConnect),
+            "shared"
+        );
+        assert!(
+            !first_instance.allows(old, SocketAddrUse::TcpConnect),
+            "old one dropped"
+        );
+        // Right after, a stranger does not make the policy resolve again.
+        *answer.lock().unwrap() = vec![addr("127.0.0.3:0")];
+        let stranger = addr("127.0.0.3:7000");
+        assert!(
+            !later_instance
+                .allows_node(stranger, SocketAddrUse::TcpConnect)
+                .await
+        );
+        // Only the URL's names may be looked up by the component.
+        assert_eq!(
+            later_instance.lookup_names(),
+            vec!["redis.internal".to_owned()]
+        );
+    }
+
+    #[test]
+    fn link_local_metadata_and_unspecified_addresses_are_never_nodes() {
+        for ip in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "100.100.100.200",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(never_a_node(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["127.0.0.1", "10.0.0.5", "::1", "fd12::1", "192.168.1.1"] {
+            assert!(!never_a_node(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_allow_list_is_the_seeds_hosts_plus_the_operators_entries() {
+        let url = "redis+cluster://127.0.0.1:7000";
+        let everywhere = ["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+        let tls = TlsSettings::default();
+        let timeout = Duration::from_secs(1);
+        let default = NetworkPolicy::for_url(url, &tls, timeout).await.unwrap();
+        let wide = NetworkPolicy::for_url_allowing(url, &tls, timeout, &everywhere)
+            .await
+            .unwrap();
+        let narrow = NetworkPolicy::for_url_allowing(
+            url,
+            &tls,
+            timeout,
+            &["10.0.0.0/8:7000-7002".parse().unwrap()],
+        )
+        .await
+        .unwrap();
+        assert!(
+            default.may_be_a_node(addr("127.0.0.1:7005")),
+            "a seed's host"
+        );
+        assert!(!default.may_be_a_node(addr("127.0.0.2:7000")));
+        assert!(!default.may_be_a_node(addr("10.0.0.1:7000")));
+        assert!(narrow.may_be_a_node(addr("10.0.0.1:7002")));
+        assert!(!narrow.may_be_a_node(addr("10.0.0.1:7003")));
+        assert!(wide.may_be_a_node(addr("10.0.0.1:7003")));
+        for metadata in ["169.254.169.254:80", "[fd00:ec2::254]:80", "[fe80::1]:7000"] {
+            assert!(!wide.may_be_a_node(addr(metadata)), "{metadata}");
+        }
+        let single =
+            NetworkPolicy::for_url_allowing("redis://127.0.0.1:7000", &tls, timeout, &everywhere)
+                .await
+                .unwrap();
+        assert!(
+            !single.may_be_a_node(addr("10.0.0.1:7000")),
+            "no cluster, no nodes"
+        );
+    }
+
+    #[test]
+    fn cluster_nodes_lists_masters_with_or_without_slots() {
+        let text = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001,node-b.internal master - 0 0 2 connected 5461-16383
+c3 127.0.0.1:7002@17002 master - 0 0 0 connected
+d4 127.0.0.1:7003@17003 slave a1 0 0 1 connected
+e5 127.0.0.1:7004@17004 master,fail - 0 0 3 disconnected
+f6 :7005@17005 master,handshake - 0 0 0 connected
+g7 ::1:7006@17006 master - 0 0 4 connected 1-2
+h8 :7007@17007 myself,master - 0 0 0 connected
+broken line
+";
+        assert_eq!(
+            cluster_masters(text, Some("10.0.0.9".parse().unwrap())),
+            vec![
+                addr("127.0.0.1:7000"),
+                addr("127.0.0.1:7001"),
+                addr("127.0.0.1:7002"),
+                addr("[::1]:7006"),
+                addr("10.0.0.9:7007"),
+            ]
+        );
+    }
+
+    /// A node that joined the cluster but serves no slots yet (the target of its first
+    /// slot migration, reached through `ASK`) is not in `CLUSTER SLOTS`; the policy still
+    /// lets the component reach it, as it is inside the allow-list and a master.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_empty_master_inside_the_allow_list_is_reachable() {
+        let cluster = crate::redis_cluster::RedisCluster::start(3).unwrap();
+        let empty = crate::redis_cluster::start_node(None, &[]).unwrap();
+        let bus_port = {
+            let reply = crate::redis_server::command(
+                empty.addr(),
+                &[b"CONFIG", b"GET", b"cluster-port"],
+                Instant::now() + Duration::from_secs(5),
+            )
+            .unwrap();
+            let text = String::from_utf8_lossy(&reply).into_owned();
+            text.lines().nth(4).unwrap().parse::<u16>().unwrap()
+        };
+        let port = empty.port().to_string();
+        let bus = bus_port.to_string();
+        cluster
+            .command(
+                0,
+                &[
+                    b"CLUSTER",
+                    b"MEET",
+                    b"127.0.0.1",
+                    port.as_bytes(),
+                    bus.as_bytes(),
+                ],
+            )
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let nodes = cluster.command(0, &[b"CLUSTER", b"NODES"]).unwrap();
+            let nodes = String::from_utf8_lossy(&nodes);
+            let joined = nodes.lines().any(|line| {
+                line.contains(&format!("127.0.0.1:{port}@")) && !line.contains("handshake")
+            });
+            if joined {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the node did not join: {nodes}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let p = NetworkPolicy::for_url(
+            &cluster.seed_url(0),
+            &TlsSettings::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(p.allows_node(empty.addr(), SocketAddrUse::TcpConnect).await);
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn ip_literal_needs_no_lookup() {
         let endpoint = Endpoint::from_url("redis://[::1]:7000").unwrap();
         let p = NetworkPolicy::resolve(&endpoint).await.unwrap();
-        assert_eq!(p.connect_to, policy(&["[::1]:7000"]).connect_to);
-        assert!(!p.name_lookup);
+        assert!(p.allows(addr("[::1]:7000"), SocketAddrUse::TcpConnect));
+        assert!(!p.allows(addr("[::1]:7001"), SocketAddrUse::TcpConnect));
+        assert!(p.lookup_names().is_empty());
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn name_is_resolved_on_the_host_and_lookup_allowed() {
         let endpoint = Endpoint::from_url("redis://localhost:7001").unwrap();
         let p = NetworkPolicy::resolve(&endpoint).await.unwrap();
-        assert!(p.name_lookup);
+        assert_eq!(p.lookup_names(), vec!["localhost".to_owned()]);
         assert!(p.allows(addr("127.0.0.1:7001"), SocketAddrUse::TcpConnect));
         assert!(!p.allows(addr("127.0.0.1:7002"), SocketAddrUse::TcpConnect));
     }

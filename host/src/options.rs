@@ -44,6 +44,12 @@ pub struct Options {
     /// server certificate, so anyone who can intercept the connection can impersonate Redis
     /// and read the password.
     pub danger_accept_invalid_certificates: bool,
+    /// Cluster URLs only: networks (and ports) where the component may reach nodes the
+    /// cluster reports, besides the seeds' own addresses (any port), which are always
+    /// allowed. A node the cluster reports outside them is refused, as is any link-local or
+    /// cloud metadata address whatever this says: the cluster's answers, not the operator,
+    /// would otherwise decide where the password is sent.
+    pub cluster_allow: Vec<ClusterAllow>,
 }
 
 impl Options {
@@ -103,7 +109,89 @@ impl fmt::Debug for Options {
                 "danger_accept_invalid_certificates",
                 &self.danger_accept_invalid_certificates,
             )
+            .field("cluster_allow", &self.cluster_allow)
             .finish()
+    }
+}
+
+/// A network, and optionally a port range, where discovered cluster nodes may be:
+/// `CIDR[:PORTS]`, e.g. `10.0.0.0/8`, `10.1.2.3:7000-7005`, `[fd00::/8]:7000`, `fd00::/8`.
+/// An address without a prefix length is that one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterAllow {
+    pub network: ipnet::IpNet,
+    pub ports: std::ops::RangeInclusive<u16>,
+}
+
+impl ClusterAllow {
+    /// Whether `addr` is inside.
+    pub fn contains(&self, addr: std::net::SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.network.contains(&ip) && self.ports.contains(&addr.port())
+    }
+}
+
+impl std::str::FromStr for ClusterAllow {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ClusterAllow, String> {
+        let (network, ports) = if let Some(bracketed) = text.strip_prefix('[') {
+            let (network, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("{text:?}: unclosed '['"))?;
+            match after.strip_prefix(':') {
+                Some(ports) => (network, Some(ports)),
+                None if after.is_empty() => (network, None),
+                None => return Err(format!("{text:?}: text after ']'")),
+            }
+        } else if text.matches(':').count() > 1 {
+            // An IPv6 network without ports; with ports it must be in [brackets].
+            (text, None)
+        } else {
+            match text.split_once(':') {
+                Some((network, ports)) => (network, Some(ports)),
+                None => (text, None),
+            }
+        };
+        let network = match network.parse::<ipnet::IpNet>() {
+            Ok(network) => network.trunc(),
+            Err(_) => match network.parse::<IpAddr>() {
+                Ok(ip) => ipnet::IpNet::from(ip),
+                Err(_) => {
+                    return Err(format!(
+                        "{text:?}: {network:?} is neither a CIDR network nor an IP address"
+                    ))
+                }
+            },
+        };
+        let ports = match ports {
+            None => 1..=u16::MAX,
+            Some(ports) => {
+                let (first, last) = ports.split_once('-').unwrap_or((ports, ports));
+                match (first.parse::<u16>(), last.parse::<u16>()) {
+                    (Ok(first), Ok(last)) if 0 < first && first <= last => first..=last,
+                    _ => {
+                        return Err(format!(
+                            "{text:?}: ports {ports:?} are not PORT or FIRST-LAST within 1-65535"
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(ClusterAllow {
+            network: match network {
+                // Compared with canonical addresses: an IPv4-mapped IPv6 network is IPv4.
+                ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+                    Some(v4) if v6.prefix_len() >= 96 => ipnet::IpNet::V4(
+                        ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                            .map_err(|e| format!("{text:?}: {e}"))?,
+                    ),
+                    _ => network,
+                },
+                ipnet::IpNet::V4(_) => network,
+            },
+            ports,
+        })
     }
 }
 
@@ -299,6 +387,37 @@ mod tests {
                 assert!(!m.contains("first") && !m.contains("second"), "{m}")
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cluster_allow_parses_networks_hosts_and_port_ranges() {
+        let parse = |text: &str| text.parse::<ClusterAllow>().unwrap();
+        let addr = |text: &str| text.parse::<std::net::SocketAddr>().unwrap();
+        let net = parse("10.0.0.0/8");
+        assert!(net.contains(addr("10.9.8.7:1")) && net.contains(addr("10.0.0.1:65535")));
+        assert!(!net.contains(addr("11.0.0.1:6379")));
+        assert!(net.contains(addr("[::ffff:10.1.1.1]:6379")), "IPv4-mapped");
+        let host = parse("127.0.0.2:7000-7005");
+        assert!(host.contains(addr("127.0.0.2:7000")) && host.contains(addr("127.0.0.2:7005")));
+        assert!(!host.contains(addr("127.0.0.2:7006")) && !host.contains(addr("127.0.0.3:7000")));
+        assert!(parse("[fd00::/8]:6379").contains(addr("[fd12::1]:6379")));
+        assert!(!parse("[fd00::/8]:6379").contains(addr("[fd12::1]:6380")));
+        assert!(parse("fd00::/8").contains(addr("[fd12::1]:1")));
+        assert!(parse("[::1]").contains(addr("[::1]:7")));
+        assert_eq!(parse("10.1.2.3/8"), parse("10.0.0.0/8"));
+        for bad in [
+            "",
+            "x",
+            "10.0.0.0/33",
+            "10.0.0.1:0",
+            "10.0.0.1:9-8",
+            "10.0.0.1:x",
+            "[::1",
+            "[::1]x",
+            "::1:7000-7001x",
+        ] {
+            assert!(bad.parse::<ClusterAllow>().is_err(), "{bad}");
         }
     }
 

@@ -66,7 +66,7 @@ impl RedisCluster {
             })?;
         let mut nodes = Vec::with_capacity(masters);
         for _ in 0..masters {
-            nodes.push(start_node(tls.as_ref())?);
+            nodes.push(start_node(tls.as_ref(), &[])?);
         }
         let cluster = RedisCluster {
             nodes,
@@ -160,6 +160,7 @@ impl RedisCluster {
         let limits = taskstore::resp::ReplyLimits {
             max_bulk_bytes: 1 << 16,
             max_array_len: 1 << 16,
+            max_reply_bytes: usize::MAX,
         };
         let (reply, _) = taskstore::resp::decode_reply(&reply, &limits)
             .map_err(|e| anyhow!("{}", e.0))?
@@ -285,9 +286,13 @@ impl RedisCluster {
     }
 }
 
-/// Starts one cluster-enabled node with its own free cluster-bus port (Redis's default,
-/// port + 10000, may be past 65535 for an ephemeral port).
-fn start_node(tls: Option<&TlsFiles>) -> anyhow::Result<RedisServer> {
+/// Starts one cluster-enabled node, in no cluster yet, with its own free cluster-bus port
+/// (Redis's default, port + 10000, may be past 65535 for an ephemeral port) and `args`
+/// after the cluster's own.
+///
+/// # Errors
+/// As [`RedisServer::start`].
+pub fn start_node(tls: Option<&TlsFiles>, args: &[&str]) -> anyhow::Result<RedisServer> {
     let mut last = None;
     for _ in 0..NODE_ATTEMPTS {
         let bus_port = free_loopback_port()?;
@@ -300,7 +305,7 @@ fn start_node(tls: Option<&TlsFiles>) -> anyhow::Result<RedisServer> {
         if let Some(files) = tls {
             builder = builder.tls(files.clone()).args(["--tls-cluster", "yes"]);
         }
-        let started = builder.start();
+        let started = builder.args(args).start();
         match started {
             Ok(server) => return Ok(server),
             Err(e) => last = Some(e),

@@ -414,7 +414,13 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
             .unwrap_or(taskstore::config::DEFAULT_TIMEOUT_MS),
     ));
     let url = options.guest_url()?;
-    let policy = NetworkPolicy::for_url(&url, &options.tls_settings(), timeout).await?;
+    let policy = NetworkPolicy::for_url_allowing(
+        &url,
+        &options.tls_settings(),
+        timeout,
+        &options.cluster_allow,
+    )
+    .await?;
     let output = GuestOutput::new(GUEST_OUTPUT_BYTES);
 
     let limits = StoreLimitsBuilder::new()

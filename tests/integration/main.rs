@@ -10,6 +10,7 @@ mod support;
 
 mod bad_input;
 mod cluster;
+mod cluster_policy;
 mod durability;
 mod faults;
 mod lifecycle;
