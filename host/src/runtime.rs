@@ -188,6 +188,7 @@ impl Runtime {
         };
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
+        crate::sandbox::add_sandbox_limits(&mut linker)?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| to_anyhow(e).context("the component needs imports this host lacks"))?;

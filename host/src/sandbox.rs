@@ -1,9 +1,28 @@
-//! The component's WASI context: the little it may reach outside its own memory.
+//! The component's WASI context: the little it may reach outside its own memory, and how
+//! much of the host it may hold.
 
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::StoreContextMut;
+use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
+use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily};
+use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket;
+use wasmtime_wasi::p2::{Network, SocketError, TcpSocket};
+use wasmtime_wasi::sockets::WasiSocketsView;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiView};
 
 use crate::network::NetworkPolicy;
 use crate::output::GuestOutput;
+
+/// Most TCP sockets one instance may hold at once. A cluster client keeps one connection
+/// per node it talks to; this leaves room for large clusters while keeping a component
+/// from exhausting the host's file descriptors. Over it, `create-tcp-socket` fails with
+/// `new-socket-limit`.
+pub const MAX_SOCKETS_PER_INSTANCE: usize = 256;
+
+/// Most entries in one instance's resource table (sockets, streams, pollables, name
+/// lookups…): about a dozen per connection suffice. Over it, the host call that would add
+/// one traps, and the next call starts a new instance. (wasmtime's default is 1,000,000.)
+pub const MAX_TABLE_ENTRIES: usize = 4096;
 
 /// The WASI context of one instance: deny by default, grant only what the WIT world says
 /// the component needs. TCP (and name lookup) as `policy` allows; no environment, no
@@ -16,6 +35,124 @@ pub(crate) fn wasi_context(policy: NetworkPolicy, output: &GuestOutput) -> WasiC
         .stderr(output.clone());
     policy.apply(&mut wasi);
     wasi.build()
+}
+
+/// A resource table within [`MAX_TABLE_ENTRIES`].
+pub(crate) fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_TABLE_ENTRIES);
+    table
+}
+
+/// What an instance's state keeps for [`add_sandbox_limits`].
+#[derive(Debug, Default)]
+pub(crate) struct SandboxLimits {
+    /// The names the component may resolve: the URL's own hosts.
+    lookup_names: Vec<String>,
+    /// Resource ids of the TCP sockets created, some possibly dropped since.
+    sockets: Vec<u32>,
+}
+
+impl SandboxLimits {
+    pub(crate) fn new(policy: &NetworkPolicy) -> SandboxLimits {
+        SandboxLimits {
+            lookup_names: policy.lookup_names(),
+            sockets: Vec::new(),
+        }
+    }
+}
+
+/// An instance state that carries [`SandboxLimits`].
+pub(crate) trait SandboxView: WasiView {
+    fn sandbox_limits(&mut self) -> &mut SandboxLimits;
+}
+
+/// Replaces two of wasmtime-wasi's socket functions in `linker` (which must already hold
+/// them, from `add_to_linker_async`) with checked ones:
+/// - `resolve-addresses` resolves only the names the URL gives (anything else is
+///   `access-denied`): any other name would be a channel out through DNS for a component
+///   given with `--component`;
+/// - `create-tcp-socket` fails with `new-socket-limit` once the instance holds
+///   [`MAX_SOCKETS_PER_INSTANCE`] sockets.
+///
+/// # Errors
+/// The linker lacks those functions.
+pub(crate) fn add_sandbox_limits<T: SandboxView + 'static>(
+    linker: &mut Linker<T>,
+) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    linker
+        .instance("wasi:sockets/ip-name-lookup@0.2.12")
+        .map_err(crate::runtime::to_anyhow)?
+        .func_wrap(
+            "resolve-addresses",
+            |mut store: StoreContextMut<'_, T>, (network, name): (Resource<Network>, String)| {
+                resolve_addresses(store.data_mut(), network, name).map(|result| (result,))
+            },
+        )
+        .map_err(crate::runtime::to_anyhow)?;
+    linker
+        .instance("wasi:sockets/tcp-create-socket@0.2.12")
+        .map_err(crate::runtime::to_anyhow)?
+        .func_wrap(
+            "create-tcp-socket",
+            |mut store: StoreContextMut<'_, T>, (family,): (IpAddressFamily,)| {
+                create_tcp_socket(store.data_mut(), family).map(|result| (result,))
+            },
+        )
+        .map_err(crate::runtime::to_anyhow)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// `resolve-addresses`, for the URL's own names only.
+fn resolve_addresses<T: SandboxView>(
+    state: &mut T,
+    network: Resource<Network>,
+    name: String,
+) -> wasmtime::Result<Result<Resource<ResolveAddressStream>, ErrorCode>> {
+    let known = state
+        .sandbox_limits()
+        .lookup_names
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(&name));
+    if !known {
+        return Ok(Err(ErrorCode::AccessDenied));
+    }
+    match ip_name_lookup::Host::resolve_addresses(&mut state.sockets(), network, name) {
+        Ok(stream) => Ok(Ok(stream)),
+        Err(error) => error_code(error),
+    }
+}
+
+/// `create-tcp-socket`, within [`MAX_SOCKETS_PER_INSTANCE`] live sockets.
+fn create_tcp_socket<T: SandboxView>(
+    state: &mut T,
+    family: IpAddressFamily,
+) -> wasmtime::Result<Result<Resource<TcpSocket>, ErrorCode>> {
+    let mut sockets = std::mem::take(&mut state.sandbox_limits().sockets);
+    // A socket the component dropped is gone from the table (or its id now holds another
+    // kind of resource); a reused id holding a new socket is counted once.
+    let table = state.ctx().table;
+    sockets.retain(|&rep| table.get(&Resource::<TcpSocket>::new_borrow(rep)).is_ok());
+    let outcome = if sockets.len() >= MAX_SOCKETS_PER_INSTANCE {
+        Ok(Err(ErrorCode::NewSocketLimit))
+    } else {
+        match tcp_create_socket::Host::create_tcp_socket(&mut state.sockets(), family) {
+            Ok(socket) => {
+                sockets.push(socket.rep());
+                Ok(Ok(socket))
+            }
+            Err(error) => error_code(error),
+        }
+    };
+    state.sandbox_limits().sockets = sockets;
+    outcome
+}
+
+/// A socket error as the WIT error code it carries, or the trap it is.
+fn error_code<T>(error: SocketError) -> wasmtime::Result<Result<T, ErrorCode>> {
+    error.downcast().map(Err)
 }
 
 /// These tests call wasmtime-wasi's own implementations of the WASI imports on the context
@@ -46,6 +183,13 @@ mod tests {
     struct Sandboxed {
         wasi: WasiCtx,
         table: ResourceTable,
+        limits: SandboxLimits,
+    }
+
+    impl SandboxView for Sandboxed {
+        fn sandbox_limits(&mut self) -> &mut SandboxLimits {
+            &mut self.limits
+        }
     }
 
     impl WasiView for Sandboxed {
@@ -61,8 +205,9 @@ mod tests {
         let endpoint = Endpoint::from_url(url).unwrap();
         let policy = NetworkPolicy::resolve(&endpoint).await.unwrap();
         Sandboxed {
+            limits: SandboxLimits::new(&policy),
             wasi: wasi_context(policy, &GuestOutput::new(1024)),
-            table: ResourceTable::new(),
+            table: resource_table(),
         }
     }
 
@@ -180,8 +325,9 @@ mod tests {
         .await
         .unwrap();
         let mut sandbox = Sandboxed {
+            limits: SandboxLimits::new(&policy),
             wasi: wasi_context(policy, &GuestOutput::new(1024)),
-            table: ResourceTable::new(),
+            table: resource_table(),
         };
         assert_eq!(
             wasi_connect(&mut sandbox, stranger_addr).await,
@@ -199,6 +345,65 @@ mod tests {
             !was_contacted(&stranger),
             "the denied port saw a connection"
         );
+    }
+
+    fn network(sandbox: &mut Sandboxed) -> Resource<Network> {
+        instance_network::Host::instance_network(&mut sandbox.sockets()).unwrap()
+    }
+
+    /// The component may resolve the URL's host name, and no other: any other name would
+    /// carry data out through DNS.
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_the_urls_own_name_may_be_looked_up() {
+        let mut sandbox = sandbox_for("redis://localhost:6379").await;
+        for name in ["localhost", "LOCALHOST"] {
+            let network = network(&mut sandbox);
+            let stream = resolve_addresses(&mut sandbox, network, name.into()).unwrap();
+            assert!(stream.is_ok(), "{name}: {stream:?}");
+        }
+        for name in [
+            "exfiltrate.example",
+            "localhost.",
+            "127.0.0.1",
+            "secret.localhost",
+        ] {
+            let network = network(&mut sandbox);
+            let denied = resolve_addresses(&mut sandbox, network, name.into()).unwrap();
+            assert!(matches!(denied, Err(ErrorCode::AccessDenied)), "{name}");
+        }
+        let mut by_address = sandbox_for("redis://127.0.0.1:6379").await;
+        let network = network(&mut by_address);
+        let denied = resolve_addresses(&mut by_address, network, "localhost".into()).unwrap();
+        assert!(matches!(denied, Err(ErrorCode::AccessDenied)));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn sockets_per_instance_are_capped_and_dropped_ones_are_freed() {
+        let mut sandbox = sandbox_for("redis://127.0.0.1:6379").await;
+        let mut sockets = Vec::new();
+        for _ in 0..MAX_SOCKETS_PER_INSTANCE {
+            sockets.push(
+                create_tcp_socket(&mut sandbox, IpAddressFamily::Ipv4)
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let over = create_tcp_socket(&mut sandbox, IpAddressFamily::Ipv4).unwrap();
+        assert!(matches!(over, Err(ErrorCode::NewSocketLimit)), "{over:?}");
+        let dropped = sockets.pop().unwrap();
+        HostTcpSocket::drop(&mut sandbox.sockets(), dropped).unwrap();
+        create_tcp_socket(&mut sandbox, IpAddressFamily::Ipv6)
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn resource_table_holds_at_most_the_cap() {
+        let mut table = resource_table();
+        for i in 0..MAX_TABLE_ENTRIES {
+            table.push(i).unwrap();
+        }
+        assert!(table.push(0usize).is_err());
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -14,7 +14,7 @@ use crate::network::NetworkPolicy;
 use crate::options::Options;
 use crate::output::GuestOutput;
 use crate::runtime::{deadline_ticks, Runtime};
-use crate::sandbox::wasi_context;
+use crate::sandbox::{resource_table, wasi_context, SandboxLimits, SandboxView};
 
 /// Bytes of the component's stdout/stderr kept for error reports.
 const GUEST_OUTPUT_BYTES: usize = 16 * 1024;
@@ -28,6 +28,13 @@ pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    sandbox: SandboxLimits,
+}
+
+impl SandboxView for HostState {
+    fn sandbox_limits(&mut self) -> &mut SandboxLimits {
+        &mut self.sandbox
+    }
 }
 
 impl WasiView for HostState {
@@ -432,8 +439,9 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
     let mut store = Store::new(
         runtime.engine(),
         HostState {
+            sandbox: SandboxLimits::new(&policy),
             wasi: wasi_context(policy, &output),
-            table: ResourceTable::new(),
+            table: resource_table(),
             limits,
         },
     );
