@@ -954,3 +954,44 @@ fn function_works_on_cluster(cluster: &RedisCluster, extra: &[&str]) {
     let gone = delete(&agent, &serve.url(&format!("/research/tasks/{}", ids[0])));
     assert_eq!(gone.status, 204, "{gone:?}");
 }
+
+/// Passwords holding the characters a URL gives meaning to (`/`, `@`, `:`, `#`, `?`), raw
+/// in `--redis` or read by `--redis-password-file`, never reach a response or a log line,
+/// and the one from the file opens the store. The non-ASCII letters between them appear in
+/// no message, so any two consecutive characters of a password in the output are a leak.
+#[test]
+fn passwords_with_url_characters_never_reach_responses_or_logs() {
+    let right = "Ж/λ@ß:€#Я?é";
+    let wrong = "λ@ß:€#Я?é/Ж";
+    let shows_part_of = |text: &str, password: &str| {
+        let chars: Vec<char> = password.chars().collect();
+        chars
+            .windows(2)
+            .any(|pair| text.contains(&pair.iter().collect::<String>()))
+    };
+    let redis = RedisServer::builder()
+        .args(["--requirepass", right])
+        .start()
+        .unwrap();
+    let mut serve = Serve::start(&format!("redis://:{wrong}@127.0.0.1:{}", redis.port()), &[]);
+    let reply = get(&agent(), &serve.url("/research/tasks/t1"));
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.error_code(), "storage_authentication");
+    let (_, stderr) = serve.signal_and_wait(libc::SIGTERM);
+    for password in [right, wrong] {
+        assert!(!shows_part_of(&reply.body, password), "{reply:?}");
+        assert!(!shows_part_of(&stderr, password), "{stderr}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{right}\n")).unwrap();
+    let mut serve = Serve::start(
+        &redis.url(),
+        &["--redis-password-file", file.to_str().unwrap()],
+    );
+    let reply = get(&agent(), &serve.url("/research/tasks/t1"));
+    assert_eq!(reply.status, 404, "{reply:?}");
+    let (_, stderr) = serve.signal_and_wait(libc::SIGTERM);
+    assert!(!shows_part_of(&stderr, right), "{stderr}");
+}
