@@ -161,9 +161,31 @@ impl NetworkPolicy {
         self.servers.ips().contains(&ip) || cluster.allow.iter().any(|entry| entry.contains(addr))
     }
 
-    /// The host names the component may look up: the URL's own, nothing else.
+    /// The host names the component may always look up: the URL's own.
     pub(crate) fn lookup_names(&self) -> Vec<String> {
         self.servers.names()
+    }
+
+    /// Whether the component may look up `name`: one of the URL's own names, or for a
+    /// cluster URL, a name a master announces (asked as for an address) whose address
+    /// passes the allow-list.
+    pub(crate) async fn may_look_up(&self, name: &str) -> bool {
+        if self
+            .lookup_names()
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
+        {
+            return true;
+        }
+        match &self.cluster {
+            Some(cluster) => cluster
+                .clone()
+                .announcing(name)
+                .await
+                .into_iter()
+                .any(|addr| self.may_be_a_node(addr)),
+            None => false,
+        }
     }
 
     /// Grants exactly this policy's permissions on `builder` (TCP, name lookup when the URL
@@ -172,7 +194,7 @@ impl NetworkPolicy {
         builder
             .allow_tcp(true)
             .allow_udp(false)
-            .allow_ip_name_lookup(!self.lookup_names().is_empty());
+            .allow_ip_name_lookup(!self.lookup_names().is_empty() || self.cluster.is_some());
         let policy = Arc::new(self);
         builder.socket_addr_check(move |addr, usage| {
             if policy.allows(addr, usage) {
@@ -369,8 +391,17 @@ pub(crate) struct ClusterNodes {
 
 #[derive(Default)]
 struct KnownNodes {
-    addresses: Vec<SocketAddr>,
+    masters: Vec<Master>,
     asked_at: Option<Instant>,
+}
+
+/// A master as `CLUSTER NODES` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Master {
+    addr: SocketAddr,
+    /// The name it announces (`cluster-announce-hostname`), which clients then dial when
+    /// the cluster prefers hostname endpoints.
+    hostname: Option<String>,
 }
 
 impl fmt::Debug for ClusterNodes {
@@ -408,34 +439,53 @@ impl ClusterNodes {
     /// Whether `addr` is one of the cluster's masters, asking the cluster unless the cache
     /// knows it or the cluster was asked less than [`CLUSTER_RECHECK_INTERVAL`] ago.
     pub(crate) async fn contains(self: Arc<Self>, addr: SocketAddr) -> bool {
-        if let Some(answer) = self.cached(addr) {
-            return answer;
+        let is_it = |master: &Master| same_peer(master.addr, addr);
+        self.masters(is_it).await.iter().any(is_it)
+    }
+
+    /// The addresses of the masters that announce the host name `name`, asked as
+    /// [`ClusterNodes::contains`] asks.
+    async fn announcing(self: Arc<Self>, name: &str) -> Vec<SocketAddr> {
+        let is_it = |master: &Master| {
+            master
+                .hostname
+                .as_deref()
+                .is_some_and(|hostname| hostname.eq_ignore_ascii_case(name))
+        };
+        let masters = self.masters(is_it).await;
+        masters
+            .iter()
+            .filter(|master| is_it(master))
+            .map(|master| master.addr)
+            .collect()
+    }
+
+    /// The masters known, asking the cluster first unless one of them is `wanted` or the
+    /// cluster was asked less than [`CLUSTER_RECHECK_INTERVAL`] ago.
+    async fn masters(self: Arc<Self>, wanted: impl Fn(&Master) -> bool) -> Vec<Master> {
+        {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            let recent = known
+                .asked_at
+                .is_some_and(|at| at.elapsed() < CLUSTER_RECHECK_INTERVAL);
+            if recent || known.masters.iter().any(&wanted) {
+                return known.masters.clone();
+            }
         }
         let asking = self.clone();
         let found = tokio::task::spawn_blocking(move || asking.discover()).await;
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.asked_at = Some(Instant::now());
-        if let Ok(Ok(addresses)) = found {
-            known.addresses = addresses;
+        if let Ok(Ok(masters)) = found {
+            known.masters = masters;
         }
-        known.addresses.iter().any(|node| same_peer(*node, addr))
-    }
-
-    fn cached(&self, addr: SocketAddr) -> Option<bool> {
-        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        if known.addresses.iter().any(|node| same_peer(*node, addr)) {
-            return Some(true);
-        }
-        match known.asked_at {
-            Some(at) if at.elapsed() < CLUSTER_RECHECK_INTERVAL => Some(false),
-            _ => None,
-        }
+        known.masters.clone()
     }
 
     /// Asks the seeds in turn (with the URL's credentials, within `timeout` per step) for
     /// `CLUSTER NODES` and returns the masters' addresses from the first that answers.
     /// Blocking.
-    fn discover(&self) -> Result<Vec<SocketAddr>, ClientError> {
+    fn discover(&self) -> Result<Vec<Master>, ClientError> {
         let limits = ReplyLimits {
             max_bulk_bytes: DISCOVERY_MAX_REPLY_BYTES,
             max_array_len: DISCOVERY_MAX_ARRAY_LEN,
@@ -471,7 +521,7 @@ impl ClusterNodes {
 /// The masters in a `CLUSTER NODES` reply, slots or not, that are neither failed nor still
 /// joining. A node line is `<id> <ip>:<port>@<bus-port>[,<hostname>] <flags> …`; an empty
 /// `<ip>` is the answering node's (`answering`), as it is in `CLUSTER SLOTS`.
-fn cluster_masters(text: &str, answering: Option<IpAddr>) -> Vec<SocketAddr> {
+fn cluster_masters(text: &str, answering: Option<IpAddr>) -> Vec<Master> {
     let mut masters = Vec::new();
     for line in text.lines() {
         let mut fields = line.split(' ');
@@ -487,6 +537,10 @@ fn cluster_masters(text: &str, answering: Option<IpAddr>) -> Vec<SocketAddr> {
         {
             continue;
         }
+        let hostname = address
+            .split_once(',')
+            .map(|(_, hostname)| hostname.to_owned())
+            .filter(|hostname| !hostname.is_empty());
         let address = address.split(['@', ',']).next().unwrap_or("");
         let Some((ip, port)) = address.rsplit_once(':') else {
             continue;
@@ -497,7 +551,10 @@ fn cluster_masters(text: &str, answering: Option<IpAddr>) -> Vec<SocketAddr> {
         };
         if let (Some(ip), Ok(port)) = (ip, port.parse::<u16>()) {
             if port != 0 {
-                masters.push(SocketAddr::new(ip, port));
+                masters.push(Master {
+                    addr: SocketAddr::new(ip, port),
+                    hostname,
+                });
             }
         }
     }
@@ -822,8 +879,11 @@ g7 ::1:7006@17006 master - 0 0 4 connected 1-2
 h8 :7007@17007 myself,master - 0 0 0 connected
 broken line
 ";
+        let masters = cluster_masters(text, Some("10.0.0.9".parse().unwrap()));
+        assert_eq!(masters[1].hostname.as_deref(), Some("node-b.internal"));
+        assert_eq!(masters[0].hostname, None);
         assert_eq!(
-            cluster_masters(text, Some("10.0.0.9".parse().unwrap())),
+            masters.iter().map(|master| master.addr).collect::<Vec<_>>(),
             vec![
                 addr("127.0.0.1:7000"),
                 addr("127.0.0.1:7001"),
@@ -832,6 +892,44 @@ broken line
                 addr("10.0.0.9:7007"),
             ]
         );
+    }
+
+    /// A cluster that prefers hostname endpoints tells its clients names to dial: the
+    /// component may look up a name a master announces if that master's address is inside
+    /// the allow-list, and no other name.
+    #[tokio::test(flavor = "current_thread")]
+    async fn names_cluster_nodes_announce_may_be_looked_up_within_the_allow_list() {
+        let tls = TlsSettings::default();
+        let timeout = Duration::from_secs(5);
+        let inside = crate::redis_cluster::start_node(
+            None,
+            &["--cluster-announce-hostname", "redis-node-a.internal"],
+        )
+        .unwrap();
+        let url = format!("redis+cluster://127.0.0.1:{}", inside.port());
+        let p = NetworkPolicy::for_url(&url, &tls, timeout).await.unwrap();
+        assert!(p.may_look_up("redis-node-a.internal").await);
+        assert!(p.may_look_up("REDIS-NODE-A.internal").await);
+        assert!(!p.may_look_up("exfiltrate.example").await);
+
+        let outside = crate::redis_cluster::start_node(
+            None,
+            &[
+                "--cluster-announce-ip",
+                "127.0.0.2",
+                "--cluster-announce-hostname",
+                "redis-node-b.internal",
+            ],
+        )
+        .unwrap();
+        let url = format!("redis+cluster://127.0.0.1:{}", outside.port());
+        let p = NetworkPolicy::for_url(&url, &tls, timeout).await.unwrap();
+        assert!(!p.may_look_up("redis-node-b.internal").await);
+        let widened =
+            NetworkPolicy::for_url_allowing(&url, &tls, timeout, &["127.0.0.2".parse().unwrap()])
+                .await
+                .unwrap();
+        assert!(widened.may_look_up("redis-node-b.internal").await);
     }
 
     /// A node that joined the cluster but serves no slots yet (the target of its first

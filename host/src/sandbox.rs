@@ -45,10 +45,10 @@ pub(crate) fn resource_table() -> ResourceTable {
 }
 
 /// What an instance's state keeps for [`add_sandbox_limits`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SandboxLimits {
-    /// The names the component may resolve: the URL's own hosts.
-    lookup_names: Vec<String>,
+    /// Which names the component may resolve ([`NetworkPolicy::may_look_up`]).
+    policy: NetworkPolicy,
     /// Resource ids of the TCP sockets created, some possibly dropped since.
     sockets: Vec<u32>,
 }
@@ -56,7 +56,7 @@ pub(crate) struct SandboxLimits {
 impl SandboxLimits {
     pub(crate) fn new(policy: &NetworkPolicy) -> SandboxLimits {
         SandboxLimits {
-            lookup_names: policy.lookup_names(),
+            policy: policy.clone(),
             sockets: Vec::new(),
         }
     }
@@ -69,9 +69,10 @@ pub(crate) trait SandboxView: WasiView {
 
 /// Replaces two of wasmtime-wasi's socket functions in `linker` (which must already hold
 /// them, from `add_to_linker_async`) with checked ones:
-/// - `resolve-addresses` resolves only the names the URL gives (anything else is
-///   `access-denied`): any other name would be a channel out through DNS for a component
-///   given with `--component`;
+/// - `resolve-addresses` resolves only the names the URL gives, and for a cluster URL the
+///   names its masters announce within the allow-list (anything else is `access-denied`):
+///   any other name would be a channel out through DNS for a component given with
+///   `--component`;
 /// - `create-tcp-socket` fails with `new-socket-limit` once the instance holds
 ///   [`MAX_SOCKETS_PER_INSTANCE`] sockets.
 ///
@@ -84,10 +85,14 @@ pub(crate) fn add_sandbox_limits<T: SandboxView + 'static>(
     linker
         .instance("wasi:sockets/ip-name-lookup@0.2.12")
         .map_err(crate::runtime::to_anyhow)?
-        .func_wrap(
+        .func_wrap_async(
             "resolve-addresses",
             |mut store: StoreContextMut<'_, T>, (network, name): (Resource<Network>, String)| {
-                resolve_addresses(store.data_mut(), network, name).map(|result| (result,))
+                Box::new(async move {
+                    resolve_addresses(store.data_mut(), network, name)
+                        .await
+                        .map(|result| (result,))
+                })
             },
         )
         .map_err(crate::runtime::to_anyhow)?;
@@ -105,18 +110,14 @@ pub(crate) fn add_sandbox_limits<T: SandboxView + 'static>(
     Ok(())
 }
 
-/// `resolve-addresses`, for the URL's own names only.
-fn resolve_addresses<T: SandboxView>(
+/// `resolve-addresses`, for the names [`NetworkPolicy::may_look_up`] allows only.
+async fn resolve_addresses<T: SandboxView>(
     state: &mut T,
     network: Resource<Network>,
     name: String,
 ) -> wasmtime::Result<Result<Resource<ResolveAddressStream>, ErrorCode>> {
-    let known = state
-        .sandbox_limits()
-        .lookup_names
-        .iter()
-        .any(|allowed| allowed.eq_ignore_ascii_case(&name));
-    if !known {
+    let policy = state.sandbox_limits().policy.clone();
+    if !policy.may_look_up(&name).await {
         return Ok(Err(ErrorCode::AccessDenied));
     }
     match ip_name_lookup::Host::resolve_addresses(&mut state.sockets(), network, name) {
@@ -358,7 +359,9 @@ mod tests {
         let mut sandbox = sandbox_for("redis://localhost:6379").await;
         for name in ["localhost", "LOCALHOST"] {
             let network = network(&mut sandbox);
-            let stream = resolve_addresses(&mut sandbox, network, name.into()).unwrap();
+            let stream = resolve_addresses(&mut sandbox, network, name.into())
+                .await
+                .unwrap();
             assert!(stream.is_ok(), "{name}: {stream:?}");
         }
         for name in [
@@ -368,12 +371,16 @@ mod tests {
             "secret.localhost",
         ] {
             let network = network(&mut sandbox);
-            let denied = resolve_addresses(&mut sandbox, network, name.into()).unwrap();
+            let denied = resolve_addresses(&mut sandbox, network, name.into())
+                .await
+                .unwrap();
             assert!(matches!(denied, Err(ErrorCode::AccessDenied)), "{name}");
         }
         let mut by_address = sandbox_for("redis://127.0.0.1:6379").await;
         let network = network(&mut by_address);
-        let denied = resolve_addresses(&mut by_address, network, "localhost".into()).unwrap();
+        let denied = resolve_addresses(&mut by_address, network, "localhost".into())
+            .await
+            .unwrap();
         assert!(matches!(denied, Err(ErrorCode::AccessDenied)));
     }
 
