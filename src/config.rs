@@ -556,8 +556,9 @@ pub fn redact_url(url: &str) -> String {
 /// password) of `password`, or of the password as the URL writes it, that occur nowhere in
 /// the URL outside its userinfo. Returns the first text that shows some, or `None`.
 ///
-/// Give it passwords drawn from characters no message template holds (non-ASCII letters,
-/// `/`, `@`, `#`, `?`, `%`), or a shared English word would count as a leak.
+/// Give it passwords drawn from non-ASCII letters and `/`, `@`, `#`, `?`, `%`, `:`, or a
+/// shared English word would count as a leak; parts of fewer than three ASCII characters
+/// are not checked, as templates hold those characters too.
 #[doc(hidden)]
 pub fn text_showing_password(url: &str, password: &str) -> Option<String> {
     let (elsewhere, raw) = match split_url(url) {
@@ -577,7 +578,10 @@ pub fn text_showing_password(url: &str, password: &str) -> Option<String> {
         let size = chars.len().clamp(1, 3);
         for window in chars.windows(size) {
             let part: String = window.iter().collect();
-            if elsewhere.contains(part.as_str()) || part.contains('*') {
+            // Message templates are ASCII and hold `%`, `@`, `:` and `/`: a shorter ASCII
+            // part ("%", "@/") shows up there without coming from the password.
+            let template_like = part.is_ascii() && window.len() < 3;
+            if template_like || elsewhere.contains(part.as_str()) || part.contains('*') {
                 continue;
             }
             if let Some(text) = shown.iter().find(|text| text.contains(part.as_str())) {
