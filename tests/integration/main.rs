@@ -13,6 +13,7 @@ mod cluster;
 mod durability;
 mod faults;
 mod lifecycle;
+mod listing;
 mod python_compat;
 mod security;
 mod storage;
