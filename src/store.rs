@@ -580,6 +580,7 @@ impl<C: Connector + Clone> TaskStore<C> {
                 planned += length;
                 take += 1;
             }
+            let budget_reached = take < chunk;
             if take == 0 {
                 if ListCursor::pending_text_bytes(pending) <= MAX_PENDING_CURSOR_BYTES {
                     return Ok(true);
@@ -602,6 +603,10 @@ impl<C: Connector + Clone> TaskStore<C> {
                 }
             }
             pending.drain(..consumed);
+            if budget_reached && ListCursor::pending_text_bytes(pending) <= MAX_PENDING_CURSOR_BYTES
+            {
+                return Ok(true);
+            }
         }
         Ok(false)
     }
@@ -899,6 +904,76 @@ mod tests {
             store.ttl("t").unwrap(),
             Some(TimeToLive::ExpiresIn(604_799))
         );
+    }
+
+    /// The command name and first argument of each command sent after the handshake.
+    fn commands(connector: &FakeConnector) -> Vec<String> {
+        sent(connector)[1..]
+            .iter()
+            .map(|bytes| {
+                let text = String::from_utf8_lossy(bytes);
+                let parts: Vec<&str> = text.split("\r\n").collect();
+                format!("{} {}", parts[2], parts.get(4).unwrap_or(&""))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keys_of_a_scan_call_that_do_not_fit_the_page_travel_in_the_cursor() {
+        let (mut store, connector) = open_store(vec![
+            // Asked for 2, SCAN answers 3 keys: the third waits in the cursor.
+            Step::Reply(b"*2\r\n$1\r\n7\r\n*3\r\n$15\r\nresearch_task:a\r\n$15\r\nresearch_task:b\r\n$15\r\nresearch_task:c\r\n"),
+            Step::Reply(b":2\r\n:2\r\n"),
+            Step::Reply(b"*2\r\n$2\r\n{}\r\n$2\r\n{}\r\n"),
+            // The next page reads it first, then continues SCAN from 7, never from 0 again.
+            Step::Reply(b":2\r\n"),
+            Step::Reply(b"*1\r\n$2\r\n{}\r\n"),
+            Step::Reply(b"*2\r\n$1\r\n0\r\n*0\r\n"),
+        ]);
+        let first = store
+            .list(&ListOptions {
+                limit: Some(2),
+                ..ListOptions::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = first.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(first.cursor.as_deref(), Some("s7.p63"));
+        let second = store
+            .list(&ListOptions {
+                limit: Some(2),
+                cursor: first.cursor,
+                ..ListOptions::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = second.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["c"]);
+        assert_eq!(second.cursor, None);
+        assert_eq!(
+            commands(&connector),
+            [
+                "SCAN 0",
+                "STRLEN research_task:a",
+                "MGET research_task:a",
+                "STRLEN research_task:c",
+                "MGET research_task:c",
+                "SCAN 7"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_page_ends_at_the_byte_budget_before_reading_more() {
+        let (mut store, connector) = open_store(vec![
+            Step::Reply(b"*2\r\n$1\r\n0\r\n*3\r\n$15\r\nresearch_task:a\r\n$15\r\nresearch_task:b\r\n$15\r\nresearch_task:c\r\n"),
+            // a fits, b would pass 4 MiB: only a is read.
+            Step::Reply(b":2\r\n:4194304\r\n:2\r\n"),
+            Step::Reply(b"*1\r\n$2\r\n{}\r\n"),
+        ]);
+        let page = store.list(&ListOptions::default()).unwrap();
+        assert_eq!(page.tasks.len(), 1);
+        assert_eq!(page.cursor.as_deref(), Some("p62.p63"));
+        assert_eq!(commands(&connector).len(), 3);
     }
 
     proptest! {
