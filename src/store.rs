@@ -450,7 +450,7 @@ impl<C: Connector + Clone> TaskStore<C> {
                 }
                 continue;
             }
-            if scans == MAX_SCANS_PER_PAGE {
+            if scans == MAX_SCANS_PER_PAGE || page.tasks.len() == page.limit {
                 break;
             }
             before_last_scan = Some(cursor.clone());
@@ -470,9 +470,11 @@ impl<C: Connector + Clone> TaskStore<C> {
             }
             _ => cursor,
         };
+        // A full page that used up the last keys of a single server's scan is the last page.
+        let finished = !cluster && next.position.is_none() && next.pending.is_empty();
         Ok(Page {
             tasks: page.tasks,
-            cursor: Some(next.format(cluster)),
+            cursor: (!finished).then(|| next.format(cluster)),
         })
     }
 
@@ -960,6 +962,51 @@ mod tests {
                 "SCAN 7"
             ]
         );
+    }
+
+    #[test]
+    fn a_full_page_that_ends_the_scan_is_the_last_page() {
+        let (mut store, _) = open_store(vec![
+            Step::Reply(b"*2\r\n$1\r\n0\r\n*1\r\n$15\r\nresearch_task:a\r\n"),
+            Step::Reply(b":2\r\n"),
+            Step::Reply(b"*1\r\n$2\r\n{}\r\n"),
+        ]);
+        let page = store
+            .list(&ListOptions {
+                limit: Some(1),
+                ..ListOptions::default()
+            })
+            .unwrap();
+        assert_eq!(page.tasks.len(), 1);
+        assert_eq!(page.cursor, None);
+    }
+
+    #[test]
+    fn a_cluster_listing_gives_up_after_four_scans_per_master() {
+        let connector = FakeConnector::default();
+        // The handshake and CLUSTER SLOTS: two masters.
+        connector.0.borrow_mut().connections = vec![Ok(vec![
+            Step::Reply(b"+PONG\r\n"),
+            Step::Reply(b"*2\r\n*3\r\n:0\r\n:8000\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n*3\r\n:8001\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7001\r\n"),
+        ])]
+        .into();
+        let options = StoreOptions::new("redis+cluster://127.0.0.1:7000");
+        let mut store = TaskStore::open(&options, connector.clone()).unwrap();
+        let listing = |cursor: &str| ListOptions {
+            cursor: Some(cursor.into()),
+            ..ListOptions::default()
+        };
+        match store.list(&listing("cr.k8")) {
+            Err(StoreError::Client(ClientError::Server(message))) => {
+                assert!(message.starts_with("TRYAGAIN"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            store.list(&listing("s1.p61")),
+            Err(StoreError::InvalidInput(_))
+        ));
+        assert_eq!(sent(&connector).len(), 2, "nothing sent for either cursor");
     }
 
     #[test]
