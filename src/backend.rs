@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use crate::client::{Client, ClientError, Retry};
+use crate::client::{Client, ClientError, Retry, ScanBatch};
 use crate::cluster_client::{ClusterClient, RedirectError};
 use crate::config::RedisUrl;
 use crate::resp::Reply;
-use crate::transport::Connector;
+use crate::transport::{Connector, Endpoint};
 
 pub enum Backend<C: Connector + Clone> {
     Single(Client<C>),
@@ -91,28 +91,51 @@ impl<C: Connector + Clone> Backend<C> {
         matches!(self, Backend::Cluster(_))
     }
 
-    /// How many servers a listing walks: 1, or the cluster's masters.
-    pub fn shards(&self) -> usize {
+    /// The cluster client, for what only a cluster has (slot ownership); `None` for one
+    /// server.
+    pub fn cluster(&mut self) -> Option<&mut ClusterClient<C>> {
         match self {
-            Backend::Single(_) => 1,
-            Backend::Cluster(cluster) => cluster.shards(),
+            Backend::Single(_) => None,
+            Backend::Cluster(cluster) => Some(cluster),
         }
     }
 
-    /// `SCAN` on shard `shard` (see [`Backend::shards`]); a shard that does not exist reads
-    /// as an empty, finished scan.
+    /// `SCAN` on the server, or on cluster master `node` (see [`ClusterClient::scan_node`]);
+    /// `None` when there is no such master (or no `node` on a cluster).
     pub fn scan(
         &mut self,
-        shard: usize,
+        node: Option<&Endpoint>,
         cursor: u64,
         pattern: &[u8],
         count: u32,
-    ) -> Result<(u64, Vec<Vec<u8>>), ClientError> {
-        match self {
-            Backend::Single(client) if shard == 0 => client.scan(cursor, pattern, count),
-            Backend::Single(_) => Ok((0, Vec::new())),
-            Backend::Cluster(cluster) => cluster.scan(shard, cursor, pattern, count),
+    ) -> Result<Option<ScanBatch>, ClientError> {
+        match (self, node) {
+            (Backend::Single(client), _) => client.scan(cursor, pattern, count).map(Some),
+            (Backend::Cluster(cluster), Some(node)) => {
+                cluster.scan_node(node, cursor, pattern, count)
+            }
+            (Backend::Cluster(_), None) => Ok(None),
         }
+    }
+
+    /// The length of each of `keys`' values (`STRLEN`, pipelined; per node on a cluster):
+    /// 0 where absent or not a string.
+    pub fn string_lengths(&mut self, keys: &[Vec<u8>]) -> Result<Vec<usize>, ClientError> {
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let commands: Vec<[&[u8]; 2]> = key_refs
+            .iter()
+            .map(|key| [b"STRLEN" as &[u8], key])
+            .collect();
+        let commands: Vec<&[&[u8]]> = commands.iter().map(|c| c.as_slice()).collect();
+        self.batch(&key_refs, &commands, Retry::Idempotent)?
+            .into_iter()
+            .map(|reply| match reply {
+                Reply::Integer(length) => Ok(usize::try_from(length).unwrap_or(0)),
+                // WRONGTYPE: a key that changed type since SCAN; MGET will read it as absent.
+                Reply::Error(_) => Ok(0),
+                other => Err(self.unexpected_reply("STRLEN", &other)),
+            })
+            .collect()
     }
 
     /// The error an error reply stands for.

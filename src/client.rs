@@ -64,6 +64,9 @@ impl From<IoError> for Failure {
     }
 }
 
+/// One `SCAN` call's answer: the next cursor (`0`: the iteration is over) and the keys.
+pub type ScanBatch = (u64, Vec<Vec<u8>>);
+
 pub struct Client<C: Connector> {
     connector: C,
     url: RedisUrl,
@@ -226,7 +229,7 @@ impl<C: Connector> Client<C> {
         cursor: u64,
         pattern: &[u8],
         count: u32,
-    ) -> Result<(u64, Vec<Vec<u8>>), ClientError> {
+    ) -> Result<ScanBatch, ClientError> {
         let mut cursor_text = Vec::with_capacity(20);
         push_decimal(&mut cursor_text, cursor);
         let mut count_text = Vec::with_capacity(10);

@@ -1,8 +1,6 @@
 //! Redis Cluster, the pure part: key slots, the slot map from `CLUSTER SLOTS`, `MOVED` /
-//! `ASK` redirects, and the listing cursor that spans every master. No I/O here; the
-//! cluster-aware client in [`crate::cluster_client`] uses these.
-
-use std::fmt;
+//! `ASK` redirects, the slots a node serves, and the listing cursor. No I/O here; the
+//! cluster-aware client in [`crate::cluster_client`] and the store use these.
 
 use crate::resp::Reply;
 use crate::transport::Endpoint;
@@ -143,58 +141,351 @@ pub fn parse_cluster_slots(reply: &Reply, answering_host: &str) -> Result<Vec<Sl
     Ok(ranges)
 }
 
-/// Where a cluster listing is: which master (by its index in the masters sorted by address),
-/// that master's `SCAN` cursor, and how many keys of that SCAN batch were already returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListCursor {
-    pub shard: usize,
-    pub scan: u64,
-    pub skip: usize,
+/// A set of hash slots, as a bitmap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotSet(Vec<u64>);
+
+impl Default for SlotSet {
+    fn default() -> SlotSet {
+        SlotSet(vec![0; SLOT_COUNT / 64])
+    }
 }
+
+impl SlotSet {
+    pub fn contains(&self, slot: u16) -> bool {
+        let slot = usize::from(slot);
+        slot < SLOT_COUNT && self.0[slot / 64] & (1 << (slot % 64)) != 0
+    }
+
+    pub fn insert(&mut self, slot: u16) {
+        let slot = usize::from(slot);
+        if slot < SLOT_COUNT {
+            self.0[slot / 64] |= 1 << (slot % 64);
+        }
+    }
+
+    pub fn remove(&mut self, slot: u16) {
+        let slot = usize::from(slot);
+        if slot < SLOT_COUNT {
+            self.0[slot / 64] &= !(1 << (slot % 64));
+        }
+    }
+
+    pub fn insert_range(&mut self, first: u16, last: u16) {
+        for slot in first..=last {
+            self.insert(slot);
+        }
+    }
+
+    /// Adds the slots that are in both `a` and `b`.
+    pub fn add_intersection(&mut self, a: &SlotSet, b: &SlotSet) {
+        for ((word, a), b) in self.0.iter_mut().zip(&a.0).zip(&b.0) {
+            *word |= a & b;
+        }
+    }
+
+    /// The slots in order, as inclusive ranges.
+    pub fn ranges(&self) -> Vec<(u16, u16)> {
+        let mut ranges: Vec<(u16, u16)> = Vec::new();
+        for slot in 0..SLOT_COUNT as u16 {
+            if !self.contains(slot) {
+                continue;
+            }
+            match ranges.last_mut() {
+                Some((_, last)) if *last + 1 == slot => *last = slot,
+                _ => ranges.push((slot, slot)),
+            }
+        }
+        ranges
+    }
+
+    /// The text form: `r` and the ranges (`0-5460_6000`), or, when that would be longer (a
+    /// badly fragmented set), `b` and the bitmap in hex — so the text is never longer than
+    /// [`SlotSet::MAX_TEXT_BYTES`].
+    fn to_text(&self) -> String {
+        let mut ranges = String::from("r");
+        for (index, (first, last)) in self.ranges().into_iter().enumerate() {
+            if index > 0 {
+                ranges.push('_');
+            }
+            ranges.push_str(&first.to_string());
+            if last > first {
+                ranges.push('-');
+                ranges.push_str(&last.to_string());
+            }
+            if ranges.len() > Self::MAX_TEXT_BYTES {
+                break;
+            }
+        }
+        if ranges.len() <= Self::MAX_TEXT_BYTES {
+            return ranges;
+        }
+        let mut bitmap = String::with_capacity(Self::MAX_TEXT_BYTES);
+        bitmap.push('b');
+        for word in &self.0 {
+            for byte in word.to_le_bytes() {
+                push_hex_byte(&mut bitmap, byte);
+            }
+        }
+        bitmap
+    }
+
+    /// One past the longest text form: `b` and 2048 bytes in hex.
+    pub const MAX_TEXT_BYTES: usize = 1 + SLOT_COUNT / 4;
+
+    fn parse(text: &str) -> Option<SlotSet> {
+        let mut set = SlotSet::default();
+        if let Some(hex) = text.strip_prefix('b') {
+            let bytes = decode_hex(hex)?;
+            if bytes.len() != SLOT_COUNT / 8 {
+                return None;
+            }
+            for (word, chunk) in set.0.iter_mut().zip(bytes.chunks_exact(8)) {
+                *word = u64::from_le_bytes(chunk.try_into().ok()?);
+            }
+            return Some(set);
+        }
+        let ranges = text.strip_prefix('r')?;
+        if ranges.is_empty() {
+            return Some(set);
+        }
+        // Canonical only: ascending, disjoint, not touching, `a-b` only for b > a.
+        let mut next_allowed = 0u32;
+        for range in ranges.split('_') {
+            let (first, last) = match range.split_once('-') {
+                Some((first, last)) => (parse_decimal(first)?, parse_decimal(last)?),
+                None => (parse_decimal(range)?, parse_decimal(range)?),
+            };
+            let valid = first >= u64::from(next_allowed)
+                && (last > first || !range.contains('-'))
+                && last < SLOT_COUNT as u64;
+            if !valid {
+                return None;
+            }
+            set.insert_range(first as u16, last as u16);
+            next_allowed = last as u32 + 2;
+        }
+        Some(set)
+    }
+}
+
+/// The slots the node that answered `CLUSTER NODES` (`text`, its reply) serves and is not
+/// migrating away: its `myself` line's slots, less those marked `[slot->-node]`.
+/// Importing slots (`[slot-<-node]`) are not its own yet, so they are not included.
+///
+/// # Errors
+/// The text has no `myself` line or a malformed slot entry; the message says which.
+pub fn stable_own_slots(text: &str) -> Result<SlotSet, String> {
+    let line = text
+        .lines()
+        .find(|line| {
+            line.split(' ')
+                .nth(2)
+                .is_some_and(|flags| flags.split(',').any(|flag| flag == "myself"))
+        })
+        .ok_or("CLUSTER NODES has no line for the node itself")?;
+    let mut owned = SlotSet::default();
+    let mut migrating = Vec::new();
+    for entry in line.split(' ').skip(8).filter(|entry| !entry.is_empty()) {
+        let bad = || format!("CLUSTER NODES has a malformed slot entry {entry:.40?}");
+        if let Some(inner) = entry.strip_prefix('[') {
+            if let Some((slot, _)) = inner.split_once("->-") {
+                let slot = parse_decimal(slot).filter(|slot| *slot < SLOT_COUNT as u64);
+                migrating.push(slot.ok_or_else(bad)? as u16);
+            }
+            continue;
+        }
+        let (first, last) = match entry.split_once('-') {
+            Some((first, last)) => (parse_decimal(first), parse_decimal(last)),
+            None => (parse_decimal(entry), parse_decimal(entry)),
+        };
+        match (first, last) {
+            (Some(first), Some(last)) if first <= last && last < SLOT_COUNT as u64 => {
+                owned.insert_range(first as u16, last as u16)
+            }
+            _ => return Err(bad()),
+        }
+    }
+    for slot in migrating {
+        owned.remove(slot);
+    }
+    Ok(owned)
+}
+
+/// The scan of one cluster master that a listing has under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeScan {
+    /// The master, as the slot map names it.
+    pub node: Endpoint,
+    /// Its `SCAN` cursor.
+    pub position: u64,
+    /// The slots it served, not migrating, when its scan began.
+    pub owned_before: SlotSet,
+}
+
+/// Where a listing is: the `SCAN` under way, the keys a `SCAN` call returned that no page has
+/// listed yet, and, on a cluster, which slots are done.
+///
+/// The keys of a `SCAN` call that did not fit in a page travel in the cursor, so no `SCAN`
+/// call is ever repeated: the calls of a listing form one uninterrupted `SCAN` iteration per
+/// server (or master), and `SCAN`'s own guarantee — every key present for the whole
+/// iteration is returned — carries over to the listing. On a cluster a slot counts as done
+/// only when one master served it (not migrating) both before and after a whole scan of
+/// that master; masters are scanned until every served slot is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    /// One server: the next `SCAN` cursor, or `None` once its scan has ended.
+    pub position: Option<u64>,
+    /// A cluster: the master being scanned, if any.
+    pub node_scan: Option<NodeScan>,
+    /// A cluster: slots whose keys have all been listed.
+    pub covered: SlotSet,
+    /// A cluster: master scans begun, to bound a listing while slots keep moving.
+    pub node_scans: u32,
+    /// Ids from `SCAN` not yet listed, in order: the next page reads them first.
+    pub pending: Vec<String>,
+}
+
+/// Longest cursor text, in bytes (17,410, as the WIT says): two slot sets, the pending ids,
+/// and under 1 KiB for the rest (a master's address is at most 255 + 6 bytes, in hex).
+pub const MAX_CURSOR_BYTES: usize = 2 * SlotSet::MAX_TEXT_BYTES + MAX_PENDING_CURSOR_BYTES + 1024;
+/// The most the pending ids may take in a cursor: at least 4 ids of the longest kind (1024
+/// bytes), or ~110 UUIDs. More would make the page resume its last `SCAN` call instead.
+pub const MAX_PENDING_CURSOR_BYTES: usize = 8192;
 
 impl ListCursor {
-    /// Parses `"<scan>:<skip>"` (one server, as before clusters) or, when `cluster`,
-    /// `"<shard>:<scan>:<skip>"`; the other form is malformed.
+    /// The start of a listing.
+    pub fn start() -> ListCursor {
+        ListCursor {
+            position: Some(0),
+            node_scan: None,
+            covered: SlotSet::default(),
+            node_scans: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Bytes the pending ids take in the cursor text.
+    pub fn pending_text_bytes(pending: &[String]) -> usize {
+        pending.iter().map(|id| 2 + 2 * id.len()).sum()
+    }
+
+    /// The cursor as text: URL-safe ASCII (`[0-9a-z._-]`), fields separated by `.`, each a
+    /// tag letter and a value: one server `s<scan cursor>` (absent once the scan has ended);
+    /// a cluster `n<master, hex>` `o<slots>` `s<scan cursor>` (a master scan under way),
+    /// `c<slots covered>`, `k<master scans begun>`; then `p<id, hex>` per pending id.
+    pub fn format(&self, cluster: bool) -> String {
+        let mut fields: Vec<String> = Vec::new();
+        if cluster {
+            if let Some(scan) = &self.node_scan {
+                let mut node = String::from("n");
+                let address = format!("{}:{}", scan.node.host, scan.node.port);
+                for byte in address.bytes() {
+                    push_hex_byte(&mut node, byte);
+                }
+                fields.push(node);
+                fields.push(format!("o{}", scan.owned_before.to_text()));
+                fields.push(format!("s{}", scan.position));
+            }
+            fields.push(format!("c{}", self.covered.to_text()));
+            fields.push(format!("k{}", self.node_scans));
+        } else if let Some(position) = self.position {
+            fields.push(format!("s{position}"));
+        }
+        for id in &self.pending {
+            let mut field = String::with_capacity(1 + 2 * id.len());
+            field.push('p');
+            for byte in id.bytes() {
+                push_hex_byte(&mut field, byte);
+            }
+            fields.push(field);
+        }
+        fields.join(".")
+    }
+
+    /// Parses [`ListCursor::format`]'s text, strictly: fields in that order, each once
+    /// (`p` repeated), canonical numbers, lowercase hex, nothing else. `None` if malformed.
+    /// Pending ids are returned as text; the caller checks them as ids.
     pub fn parse(text: &str, cluster: bool) -> Option<ListCursor> {
-        let mut parts = text.split(':');
-        let numbers: Vec<&str> = parts.by_ref().take(3).collect();
-        if parts.next().is_some() {
+        if text.is_empty() || text.len() > MAX_CURSOR_BYTES {
             return None;
         }
-        match numbers.as_slice() {
-            [scan, skip] if !cluster => Some(ListCursor {
-                shard: 0,
-                scan: scan.parse().ok()?,
-                skip: skip.parse().ok()?,
-            }),
-            [shard, scan, skip] if cluster => Some(ListCursor {
-                shard: shard.parse().ok()?,
-                scan: scan.parse().ok()?,
-                skip: skip.parse().ok()?,
-            }),
-            _ => None,
+        let mut cursor = ListCursor {
+            position: None,
+            ..ListCursor::start()
+        };
+        let mut fields = text.split('.').peekable();
+        let mut take = |tag: char| {
+            fields
+                .next_if(|field| field.starts_with(tag))
+                .map(|f| &f[1..])
+        };
+        if cluster {
+            if let Some(node) = take('n') {
+                let node = String::from_utf8(decode_hex(node)?).ok()?;
+                let (host, port) = node.rsplit_once(':')?;
+                let port = parse_decimal(port).filter(|p| (1..=u64::from(u16::MAX)).contains(p))?;
+                if !valid_host(host) {
+                    return None;
+                }
+                let owned_before = SlotSet::parse(take('o')?)?;
+                let position = parse_decimal(take('s')?)?;
+                cursor.node_scan = Some(NodeScan {
+                    node: Endpoint {
+                        host: host.to_owned(),
+                        port: port as u16,
+                    },
+                    position,
+                    owned_before,
+                });
+            }
+            cursor.covered = SlotSet::parse(take('c')?)?;
+            cursor.node_scans = u32::try_from(parse_decimal(take('k')?)?).ok()?;
+        } else if let Some(position) = take('s') {
+            cursor.position = Some(parse_decimal(position)?);
         }
-    }
-
-    /// The cursor's text: two parts for one server, so single-server cursors keep their
-    /// form; three for a cluster.
-    pub fn format(&self, cluster: bool) -> String {
-        self.to_text(cluster)
-    }
-
-    fn to_text(self, with_shard: bool) -> String {
-        if with_shard {
-            format!("{}:{}:{}", self.shard, self.scan, self.skip)
-        } else {
-            format!("{}:{}", self.scan, self.skip)
+        while let Some(id) = take('p') {
+            cursor
+                .pending
+                .push(String::from_utf8(decode_hex(id)?).ok()?);
         }
+        if fields.next().is_some()
+            || Self::pending_text_bytes(&cursor.pending) > MAX_PENDING_CURSOR_BYTES
+        {
+            return None;
+        }
+        Some(cursor)
     }
 }
 
-impl fmt::Display for ListCursor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_text(true))
+/// A canonical decimal: digits only, no sign, no leading zero (but `0`).
+fn parse_decimal(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
+fn push_hex_byte(out: &mut String, byte: u8) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+    out.push(char::from(DIGITS[usize::from(byte & 15)]));
+}
+
+/// Lowercase hex of at least one byte.
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
+        return None;
     }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    text.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
 }
 
 #[cfg(test)]
@@ -343,23 +634,143 @@ mod tests {
         }
     }
 
+    fn cluster_cursor() -> ListCursor {
+        let mut owned_before = SlotSet::default();
+        owned_before.insert_range(0, 5460);
+        owned_before.insert(6000);
+        let mut covered = SlotSet::default();
+        covered.insert_range(10923, 16383);
+        ListCursor {
+            position: None,
+            node_scan: Some(NodeScan {
+                node: endpoint("::1", 7000),
+                position: 17,
+                owned_before,
+            }),
+            covered,
+            node_scans: 2,
+            pending: vec!["t1".into(), "café 🚀".into()],
+        }
+    }
+
     #[test]
-    fn cursors_keep_the_single_server_form() {
-        let cursor = ListCursor {
-            shard: 0,
-            scan: 17,
-            skip: 3,
+    fn cursors_are_url_safe_and_round_trip() {
+        let single = ListCursor {
+            position: Some(17),
+            pending: vec!["a b/c?d".into()],
+            ..ListCursor::start()
         };
-        assert_eq!(cursor.format(false), "17:3");
-        assert_eq!(cursor.format(true), "0:17:3");
-        assert_eq!(ListCursor::parse("17:3", false), Some(cursor));
-        assert_eq!(ListCursor::parse("0:17:3", true), Some(cursor));
-        assert_eq!(ListCursor::parse("0:17:3", false), None);
-        assert_eq!(ListCursor::parse("17:3", true), None);
-        for bad in ["", "1", "a:1", "1:2:3:4", "-1:2", "1::2", "1:2:", "1:-2:3"] {
+        assert_eq!(single.format(false), "s17.p6120622f633f64");
+        assert_eq!(
+            ListCursor::parse("s17.p6120622f633f64", false),
+            Some(single)
+        );
+        let done = ListCursor {
+            position: None,
+            pending: vec!["x".into()],
+            ..ListCursor::start()
+        };
+        assert_eq!(ListCursor::parse(&done.format(false), false), Some(done));
+        let cluster = cluster_cursor();
+        let text = cluster.format(true);
+        assert_eq!(
+            text,
+            "n3a3a313a37303030.or0-5460_6000.s17.cr10923-16383.k2.p7431.p636166c3a920f09f9a80"
+        );
+        assert!(text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+        assert_eq!(ListCursor::parse(&text, true), Some(cluster));
+        // Each form is malformed for the other kind of store.
+        assert_eq!(ListCursor::parse(&text, false), None);
+        assert_eq!(ListCursor::parse("s17", true), None);
+    }
+
+    #[test]
+    fn malformed_cursors_are_rejected() {
+        for bad in [
+            "",
+            "12",
+            "x",
+            "abc",
+            ":",
+            "1:2",
+            "0:17:3",
+            "s",
+            "s-1",
+            "s+1",
+            "s01",
+            "s1.s2",
+            "s18446744073709551616",
+            "p",
+            "p6",
+            "p6G",
+            "p61.s1",
+            "s1.p61.x",
+            "s1.",
+            ".s1",
+            "s1..p61",
+        ] {
             assert_eq!(ListCursor::parse(bad, false), None, "{bad}");
+        }
+        for bad in [
+            "cr.k0.x",
+            "k0",
+            "cr",
+            "cr0-0.k0",
+            "cr5-3.k0",
+            "cr3_1.k0",
+            "cr1_2.k0",
+            "cr16384.k0",
+            "cb00.k0",
+            "cr.k-1",
+            "cr.k4294967296",
+            "n3a3a313a30.cr.k0",
+            "n6120623a31.or.s0.cr.k0",
+            "n683a30.or.s0.cr.k0",
+            "or.s0.cr.k0",
+        ] {
             assert_eq!(ListCursor::parse(bad, true), None, "{bad}");
         }
+        assert!(ListCursor::parse("cr.k0", true).is_some());
+        let long = format!("s1{}", ".p61".repeat(MAX_PENDING_CURSOR_BYTES / 4 + 1));
+        assert_eq!(ListCursor::parse(&long, false), None);
+    }
+
+    #[test]
+    fn the_cursor_bound_is_the_documented_one() {
+        assert_eq!(MAX_CURSOR_BYTES, 17_410);
+    }
+
+    #[test]
+    fn fragmented_slot_sets_fall_back_to_a_bitmap_of_bounded_length() {
+        let mut every_other = SlotSet::default();
+        for slot in (0..SLOT_COUNT as u16).step_by(2) {
+            every_other.insert(slot);
+        }
+        let text = every_other.to_text();
+        assert!(text.starts_with('b'));
+        assert_eq!(text.len(), SlotSet::MAX_TEXT_BYTES);
+        assert_eq!(SlotSet::parse(&text), Some(every_other));
+        let mut all = SlotSet::default();
+        all.insert_range(0, 16383);
+        assert_eq!(all.to_text(), "r0-16383");
+    }
+
+    #[test]
+    fn stable_own_slots_leave_out_migrating_and_importing_slots() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 master - 0 1 4 connected 5461-10922
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 6000 [5000->-07c3] [7000-<-07c3]
+";
+        let mut expected = SlotSet::default();
+        expected.insert_range(0, 5460);
+        expected.remove(5000);
+        expected.insert(6000);
+        assert_eq!(stable_own_slots(nodes), Ok(expected));
+        assert!(stable_own_slots("e7d1 h:1@2 master - 0 0 1 connected 0-5460").is_err());
+        assert!(stable_own_slots("e7d1 h:1@2 myself,master - 0 0 1 connected 9-x").is_err());
+        assert!(stable_own_slots("e7d1 h:1@2 myself,master - 0 0 1 connected 0-16384").is_err());
     }
 
     proptest! {
@@ -375,9 +786,36 @@ mod tests {
         }
 
         #[test]
-        fn cursor_round_trips(shard in 0usize..1000, scan: u64, skip in 0usize..100_000, cluster: bool) {
-            let cursor = ListCursor { shard: if cluster { shard } else { 0 }, scan, skip };
-            prop_assert_eq!(ListCursor::parse(&cursor.format(cluster), cluster), Some(cursor));
+        fn cursor_round_trips(
+            position: u64,
+            ranges in proptest::collection::vec((0u16..16384, 0u16..64), 0..40),
+            pending in proptest::collection::vec("\\PC{1,12}", 0..5),
+            node_scans: u32,
+            cluster: bool,
+        ) {
+            let mut covered = SlotSet::default();
+            for (first, width) in ranges {
+                covered.insert_range(first, first.saturating_add(width).min(16383));
+            }
+            let cursor = if cluster {
+                ListCursor {
+                    position: None,
+                    node_scan: Some(NodeScan { node: endpoint("n1.local", 7000), position, owned_before: covered.clone() }),
+                    covered,
+                    node_scans,
+                    pending,
+                }
+            } else {
+                ListCursor { position: Some(position), pending, ..ListCursor::start() }
+            };
+            let text = cursor.format(cluster);
+            prop_assert!(text.len() <= MAX_CURSOR_BYTES);
+            prop_assert_eq!(ListCursor::parse(&text, cluster), Some(cursor));
+        }
+
+        #[test]
+        fn cursor_parser_never_panics(text in "[a-z0-9._-]{0,40}|\\PC{0,40}", cluster: bool) {
+            let _ = ListCursor::parse(&text, cluster);
         }
 
         #[test]

@@ -11,9 +11,10 @@
 
 use std::time::Duration;
 
-use crate::client::{reply_kind, server_error, Client, ClientError, Retry};
+use crate::client::{reply_kind, server_error, Client, ClientError, Retry, ScanBatch};
 use crate::cluster::{
-    key_slot, parse_cluster_slots, parse_redirect, Redirect, RedirectKind, SLOT_COUNT,
+    key_slot, parse_cluster_slots, parse_redirect, stable_own_slots, Redirect, RedirectKind,
+    SlotSet, SLOT_COUNT,
 };
 use crate::config::RedisUrl;
 use crate::resp::Reply;
@@ -56,7 +57,7 @@ pub struct ClusterClient<C: Connector + Clone> {
     nodes: Vec<Client<C>>,
     /// The node serving each slot, or `NO_NODE`.
     slots: Vec<u16>,
-    /// The masters of the current map, sorted by address: the shards a listing walks.
+    /// The masters of the current map, sorted by address.
     masters: Vec<usize>,
 }
 
@@ -263,27 +264,76 @@ impl<C: Connector + Clone> ClusterClient<C> {
             .collect())
     }
 
-    /// The number of masters a listing walks.
-    pub fn shards(&self) -> usize {
+    /// The number of masters in the current slot map.
+    pub fn master_count(&self) -> usize {
         self.masters.len()
     }
 
-    /// `SCAN` on master number `shard` (in address order). A shard past the current masters
-    /// (the cluster shrank during a listing) reads as an empty, finished scan.
+    /// After reloading the slot map: the master serving the lowest slot not in `covered`,
+    /// or `None` when every served slot is covered.
+    ///
+    /// # Errors
+    /// As [`ClusterClient::refresh`].
+    pub fn next_uncovered_master(
+        &mut self,
+        covered: &SlotSet,
+    ) -> Result<Option<Endpoint>, ClientError> {
+        self.refresh()?;
+        let owner = (0..SLOT_COUNT as u16)
+            .find(|&slot| !covered.contains(slot) && self.slots[usize::from(slot)] != NO_NODE)
+            .map(|slot| usize::from(self.slots[usize::from(slot)]));
+        Ok(owner.map(|node| self.nodes[node].endpoint_ref().clone()))
+    }
+
+    /// The slots master `node` serves and is not migrating away, in its own view
+    /// (`CLUSTER NODES`); `None` if `node` is not a master of the current slot map.
+    ///
+    /// # Errors
+    /// The node cannot be reached or answers something else than `CLUSTER NODES` text.
+    pub fn stable_slots(&mut self, node: &Endpoint) -> Result<Option<SlotSet>, ClientError> {
+        let Some(index) = self.master_index(node) else {
+            return Ok(None);
+        };
+        let client = &mut self.nodes[index];
+        let reply = client.command(&[b"CLUSTER", b"NODES"], Retry::Idempotent)?;
+        let text = match &reply {
+            Reply::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+            Reply::Error(message) => return Err(server_error(message.clone(), &self.url)),
+            _ => None,
+        };
+        let Some(text) = text else {
+            return Err(client.unexpected_reply("CLUSTER NODES", &reply));
+        };
+        stable_own_slots(text).map(Some).map_err(|why| {
+            ClientError::Protocol(format!(
+                "bad CLUSTER NODES reply from Redis at {node}: {why}"
+            ))
+        })
+    }
+
+    /// `SCAN` on master `node`; `None` if it is no longer a master of the current slot map
+    /// (a listing never dials an address that only a cursor names).
     ///
     /// # Errors
     /// As [`Client::scan`].
-    pub fn scan(
+    pub fn scan_node(
         &mut self,
-        shard: usize,
+        node: &Endpoint,
         cursor: u64,
         pattern: &[u8],
         count: u32,
-    ) -> Result<(u64, Vec<Vec<u8>>), ClientError> {
-        match self.masters.get(shard) {
-            Some(&node) => self.nodes[node].scan(cursor, pattern, count),
-            None => Ok((0, Vec::new())),
+    ) -> Result<Option<ScanBatch>, ClientError> {
+        match self.master_index(node) {
+            Some(index) => self.nodes[index].scan(cursor, pattern, count).map(Some),
+            None => Ok(None),
         }
+    }
+
+    fn master_index(&self, node: &Endpoint) -> Option<usize> {
+        self.masters
+            .iter()
+            .copied()
+            .find(|&index| self.nodes[index].endpoint_ref() == node)
     }
 
     /// The error an error reply stands for.
@@ -384,7 +434,7 @@ mod tests {
     fn loads_the_map_and_sorts_masters() {
         let (mut client, _) = cluster(vec![Ok(vec![PONG, Step::Reply(SLOTS)])]);
         client.connect().unwrap();
-        assert_eq!(client.shards(), 2);
+        assert_eq!(client.master_count(), 2);
         assert_eq!(client.master_endpoints()[1].port, 7001);
         // "foo" is slot 12182: the second master.
         assert_eq!(client.route(key_slot(b"foo")).unwrap(), client.masters[1]);
@@ -473,10 +523,16 @@ mod tests {
     }
 
     #[test]
-    fn scan_past_the_last_master_is_finished() {
-        let (mut client, _) = cluster(vec![Ok(vec![PONG, Step::Reply(SLOTS)])]);
+    fn a_listing_never_scans_a_node_that_is_not_a_master() {
+        let (mut client, connector) = cluster(vec![Ok(vec![PONG, Step::Reply(SLOTS)])]);
         client.connect().unwrap();
-        assert_eq!(client.scan(2, 0, b"*", 10).unwrap(), (0, Vec::new()));
+        let stranger = Endpoint {
+            host: "10.9.9.9".into(),
+            port: 7000,
+        };
+        assert_eq!(client.scan_node(&stranger, 0, b"*", 10).unwrap(), None);
+        assert_eq!(client.stable_slots(&stranger).unwrap(), None);
+        assert_eq!(connector.0.borrow().connects, 1);
     }
 
     #[test]

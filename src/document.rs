@@ -7,8 +7,13 @@
 //! survive exactly.
 //! Objects the patch does touch are re-emitted with Python `json.dumps`'s default
 //! separators (`", "`, `": "`), the style the original service writes.
+//!
+//! Every operation is linear (hash lookups aside) in the size of the texts it reads, and
+//! none recurses deeper than a patch's nesting, which is bounded by [`MAX_NESTING_DEPTH`]:
+//! one large or deep document must not stall or trap the instance that reads it.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::IgnoredAny;
@@ -23,7 +28,13 @@ impl fmt::Display for DocumentError {
     }
 }
 
-/// A document must be one JSON object no longer than `max_bytes`.
+/// Most levels of nested objects and arrays a document or patch written through the store
+/// may have; the top-level object is level 1. serde_json's default recursion limit (128) and
+/// the WIT document the same bound, so documents that common parsers read are accepted.
+pub const MAX_NESTING_DEPTH: usize = 128;
+
+/// A document must be one JSON object no longer than `max_bytes`, nested at most
+/// [`MAX_NESTING_DEPTH`] levels.
 pub fn validate_document(document: &str, max_bytes: usize) -> Result<(), DocumentError> {
     if document.len() > max_bytes {
         return Err(DocumentError(format!(
@@ -31,15 +42,7 @@ pub fn validate_document(document: &str, max_bytes: usize) -> Result<(), Documen
             document.len()
         )));
     }
-    if let Err(err) = serde_json::from_str::<IgnoredAny>(document) {
-        return Err(DocumentError(format!("document is not valid JSON: {err}")));
-    }
-    match json_kind(document) {
-        "an object" => Ok(()),
-        kind => Err(DocumentError(format!(
-            "document must be a JSON object, not {kind}"
-        ))),
-    }
+    check_bounded_object(document, "document")
 }
 
 /// What kind of JSON value `text` (already known to be valid JSON) is, as a noun phrase.
@@ -65,22 +68,48 @@ struct Member<'a> {
 }
 
 /// The members of the JSON object `text`, in order, or `None` if `text` is not an object.
+/// Duplicate keys: the last one wins, in the last one's place, as in most parsers (Python's
+/// included).
+fn object_members(text: &str) -> Option<Vec<Member<'_>>> {
+    let mut members = Vec::new();
+    for_each_member(text, |member| members.push(member))?;
+    // One map from each key to its last occurrence, rather than a search per member, keeps
+    // an object of many members linear.
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(members.len());
+    for (index, member) in members.iter().enumerate() {
+        last.insert(member.key.as_ref(), index);
+    }
+    if last.len() == members.len() {
+        return Some(members);
+    }
+    let keep: Vec<bool> = members
+        .iter()
+        .enumerate()
+        .map(|(index, member)| last.get(member.key.as_ref()) == Some(&index))
+        .collect();
+    drop(last);
+    let mut keep = keep.into_iter();
+    members.retain(|_| keep.next().unwrap_or(true));
+    Some(members)
+}
+
+/// Calls `visit` with each member of the JSON object `text`, in order, duplicates included;
+/// `None` if `text` is not an object.
 ///
 /// A small scanner rather than serde: it keeps every key and value as its original text,
 /// and typed deserialization would pull float formatting and much of serde's error
-/// machinery into the component for nothing. It never panics; on text that is not valid
-/// JSON its answer is unspecified, so callers validate with serde_json first where it
-/// matters. Duplicate keys: the last one wins, as in most parsers (Python's included).
-fn object_members(text: &str) -> Option<Vec<Member<'_>>> {
+/// machinery into the component for nothing. It never panics and never recurses; on text
+/// that is not valid JSON its answer is unspecified, so callers validate with serde_json
+/// first where it matters.
+fn for_each_member<'a>(text: &'a str, mut visit: impl FnMut(Member<'a>)) -> Option<()> {
     let bytes = text.as_bytes();
     let mut pos = skip_whitespace(bytes, 0);
     if bytes.get(pos) != Some(&b'{') {
         return None;
     }
     pos = skip_whitespace(bytes, pos + 1);
-    let mut members: Vec<Member<'_>> = Vec::new();
     if bytes.get(pos) == Some(&b'}') {
-        return Some(members);
+        return Some(());
     }
     loop {
         if bytes.get(pos) != Some(&b'"') {
@@ -94,20 +123,47 @@ fn object_members(text: &str) -> Option<Vec<Member<'_>>> {
         }
         pos = skip_whitespace(bytes, pos + 1);
         let value_end = skip_value(bytes, pos)?;
-        let member = Member {
+        visit(Member {
             raw_key,
             key: decode_string(raw_key)?,
             value: &text[pos..value_end],
-        };
-        members.retain(|existing| existing.key != member.key);
-        members.push(member);
+        });
         pos = skip_whitespace(bytes, value_end);
         match bytes.get(pos) {
             Some(b',') => pos = skip_whitespace(bytes, pos + 1),
-            Some(b'}') => return Some(members),
+            Some(b'}') => return Some(()),
             _ => return None,
         }
     }
+}
+
+/// Whether the JSON text `text` nests objects and arrays more than `max_depth` levels deep;
+/// one pass, no recursion.
+fn nests_deeper_than(text: &str, max_depth: usize) -> bool {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut pos = 0;
+    while let Some(&byte) = bytes.get(pos) {
+        match byte {
+            b'"' => match skip_string(bytes, pos) {
+                Some(end) => {
+                    pos = end;
+                    continue;
+                }
+                None => return false,
+            },
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        pos += 1;
+    }
+    false
 }
 
 fn skip_whitespace(bytes: &[u8], mut pos: usize) -> usize {
@@ -214,31 +270,63 @@ fn hex4(chars: &mut std::str::Chars<'_>) -> Option<u32> {
     Some(value)
 }
 
-/// The members of `text`, which must be valid JSON and an object; `what` names it in errors.
+/// The members of `text`, which must be valid JSON, an object, and nested at most
+/// [`MAX_NESTING_DEPTH`] levels; `what` names it in errors.
 fn parse_object<'a>(text: &'a str, what: &str) -> Result<Vec<Member<'a>>, DocumentError> {
+    check_bounded_object(text, what)?;
+    object_members(text).ok_or_else(|| not_an_object(text, what))
+}
+
+/// Checks that `text` is valid JSON, an object, and nested at most [`MAX_NESTING_DEPTH`]
+/// levels; `what` names it in errors.
+fn check_bounded_object(text: &str, what: &str) -> Result<(), DocumentError> {
+    check_json_object(text, what)?;
+    if nests_deeper_than(text, MAX_NESTING_DEPTH) {
+        return Err(DocumentError(format!(
+            "{what} is nested more than {MAX_NESTING_DEPTH} levels deep"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `text` is valid JSON and an object, at any depth: serde_json skips values
+/// without recursion.
+fn check_json_object(text: &str, what: &str) -> Result<(), DocumentError> {
     if let Err(err) = serde_json::from_str::<IgnoredAny>(text) {
         return Err(DocumentError(format!("{what} is not valid JSON: {err}")));
     }
-    object_members(text).ok_or_else(|| {
-        DocumentError(format!(
-            "{what} must be a JSON object, not {}",
-            json_kind(text)
-        ))
-    })
+    match json_kind(text) {
+        "an object" => Ok(()),
+        _ => Err(not_an_object(text, what)),
+    }
+}
+
+fn not_an_object(text: &str, what: &str) -> DocumentError {
+    DocumentError(format!(
+        "{what} must be a JSON object, not {}",
+        json_kind(text)
+    ))
 }
 
 /// The document's top-level `"status"` when it is a string; `None` otherwise (absent, not a
-/// string, or the document is not a JSON object).
+/// string, or the document is not a JSON object). One pass over the document; with duplicate
+/// keys the last `"status"` counts.
 pub fn top_level_status(document: &str) -> Option<String> {
-    let members = object_members(document)?;
-    let status = members.into_iter().find(|member| member.key == "status")?;
-    if !status.value.starts_with('"') {
+    let mut status = None;
+    for_each_member(document, |member| {
+        if member.key == "status" {
+            status = Some(member.value);
+        }
+    })?;
+    let status = status?;
+    if !status.starts_with('"') {
         return None;
     }
-    decode_string(status.value).map(Cow::into_owned)
+    decode_string(status).map(Cow::into_owned)
 }
 
-/// Checks that `patch` is a JSON object usable as a merge patch.
+/// Checks that `patch` is a JSON object usable as a merge patch, nested at most
+/// [`MAX_NESTING_DEPTH`] levels (merging recurses along the patch's nesting).
 pub fn validate_patch(patch: &str, max_bytes: usize) -> Result<(), DocumentError> {
     if patch.len() > max_bytes {
         return Err(DocumentError(format!(
@@ -246,12 +334,16 @@ pub fn validate_patch(patch: &str, max_bytes: usize) -> Result<(), DocumentError
             patch.len()
         )));
     }
-    parse_object(patch, "patch").map(|_| ())
+    check_bounded_object(patch, "patch")
 }
 
 /// Applies the RFC 7386 merge patch `patch` (a JSON object) to `document` (a JSON object).
+/// The document may be nested at any depth (another client may have written it); the patch
+/// at most [`MAX_NESTING_DEPTH`] levels.
 pub fn merge_patch(document: &str, patch: &str) -> Result<String, DocumentError> {
-    let target = parse_object(document, "stored document")?;
+    check_json_object(document, "stored document")?;
+    let target =
+        object_members(document).ok_or_else(|| not_an_object(document, "stored document"))?;
     let patch = parse_object(patch, "patch")?;
     let mut out = String::with_capacity(document.len() + patch.len() * 16);
     merge_objects(Some(target), patch, &mut out);
@@ -259,40 +351,57 @@ pub fn merge_patch(document: &str, patch: &str) -> Result<String, DocumentError>
 }
 
 /// Writes `target` merged with `patch` as an object; `None` is "not an object", which a
-/// patch object replaces with `{}` (RFC 7386). Both are already validated JSON.
-fn merge_objects(target: Option<Vec<Member<'_>>>, patch: Vec<Member<'_>>, out: &mut String) {
-    let mut members: Vec<(&str, Cow<'_, str>, Cow<'_, str>)> = target
-        .unwrap_or_default()
-        .into_iter()
-        .map(|member| (member.raw_key, member.key, Cow::Borrowed(member.value)))
+/// patch object replaces with `{}` (RFC 7386). Both are already validated JSON, and neither
+/// holds a key twice ([`object_members`]). Recurses once per level of the patch's nesting.
+fn merge_objects<'a>(target: Option<Vec<Member<'a>>>, patch: Vec<Member<'a>>, out: &mut String) {
+    let target = target.unwrap_or_default();
+    // `None`: removed by the patch; left in place so positions stay valid.
+    let mut merged: Vec<(&str, Option<Cow<'_, str>>)> = target
+        .iter()
+        .map(|member| (member.raw_key, Some(Cow::Borrowed(member.value))))
         .collect();
-    for member in patch {
-        let position = members.iter().position(|(_, key, _)| *key == member.key);
+    let mut position: HashMap<&str, usize> = target
+        .iter()
+        .enumerate()
+        .map(|(index, member)| (member.key.as_ref(), index))
+        .collect();
+    for member in &patch {
+        let at = position.get(member.key.as_ref()).copied();
         if member.value == "null" {
-            if let Some(at) = position {
-                members.remove(at);
+            if let Some(at) = at {
+                merged[at].1 = None;
             }
             continue;
         }
-        let merged = match object_members(member.value) {
+        let value = match object_members(member.value) {
             Some(nested_patch) => {
-                let nested_target = position.and_then(|at| object_members(&members[at].2));
+                let nested_target = at
+                    .and_then(|at| merged[at].1.as_deref())
+                    .and_then(object_members);
                 let mut text = String::new();
                 merge_objects(nested_target, nested_patch, &mut text);
                 Cow::Owned(text)
             }
             None => Cow::Borrowed(member.value),
         };
-        match position {
-            Some(at) => members[at].2 = merged,
-            None => members.push((member.raw_key, member.key, merged)),
+        match at {
+            Some(at) => merged[at].1 = Some(value),
+            None => {
+                position.insert(member.key.as_ref(), merged.len());
+                merged.push((member.raw_key, Some(value)));
+            }
         }
     }
     out.push('{');
-    for (index, (raw_key, _, value)) in members.iter().enumerate() {
-        if index > 0 {
+    let mut first = true;
+    for (raw_key, value) in &merged {
+        let Some(value) = value else {
+            continue;
+        };
+        if !first {
             out.push_str(", ");
         }
+        first = false;
         out.push_str(raw_key);
         out.push_str(": ");
         out.push_str(value);
@@ -445,6 +554,98 @@ mod tests {
         );
     }
 
+    /// An object holding `levels` levels in all: `{"a": {"a": … {"status": "s"} … }}`.
+    fn nested_object(levels: usize) -> String {
+        let mut text = "{\"a\": ".repeat(levels - 1);
+        text.push_str("{\"status\": \"s\"}");
+        text.push_str(&"}".repeat(levels - 1));
+        text
+    }
+
+    #[test]
+    fn nesting_is_accepted_up_to_the_limit_and_rejected_beyond() {
+        validate_document(&nested_object(MAX_NESTING_DEPTH), usize::MAX).unwrap();
+        validate_patch(&nested_object(MAX_NESTING_DEPTH), usize::MAX).unwrap();
+        let arrays = format!(
+            "{{\"a\": {}1{}}}",
+            "[".repeat(MAX_NESTING_DEPTH),
+            "]".repeat(MAX_NESTING_DEPTH)
+        );
+        assert_eq!(
+            validate_document(&arrays, usize::MAX).unwrap_err().0,
+            "document is nested more than 128 levels deep"
+        );
+        assert_eq!(
+            validate_patch(&nested_object(MAX_NESTING_DEPTH + 1), usize::MAX)
+                .unwrap_err()
+                .0,
+            "patch is nested more than 128 levels deep"
+        );
+        // Brackets inside strings are text, not nesting.
+        let brackets = format!("{{\"a\": \"{}\"}}", "[{".repeat(10_000));
+        validate_document(&brackets, usize::MAX).unwrap();
+    }
+
+    #[test]
+    fn deep_patches_are_rejected_without_recursing() {
+        let deep = nested_object(100_000);
+        assert_eq!(
+            merge_patch("{}", &deep).unwrap_err().0,
+            "patch is nested more than 128 levels deep"
+        );
+        assert!(validate_document(&deep, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn deep_stored_documents_are_read_and_patched_without_recursing() {
+        // Written by another client: the store never rejects what it only reads.
+        let deep = format!(
+            "{{\"status\": \"done\", \"x\": {}}}",
+            nested_object(100_000)
+        );
+        assert_eq!(top_level_status(&deep).as_deref(), Some("done"));
+        let merged = merge_patch(&deep, r#"{"status": "archived", "x": {"b": 1}}"#).unwrap();
+        assert_eq!(top_level_status(&merged).as_deref(), Some("archived"));
+        assert!(merged.ends_with(&format!("{}, \"b\": 1}}}}", "}".repeat(99_999))));
+    }
+
+    #[test]
+    fn objects_with_many_members_merge_correctly() {
+        let members = 80_000;
+        let document = format!(
+            "{{\"status\": \"pending\", {}}}",
+            (0..members)
+                .map(|i| format!("\"k{i}\": {i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let patch = format!(
+            "{{\"status\": \"running\", {}, \"k7\": null, \"new\": true}}",
+            (0..members)
+                .step_by(2)
+                .map(|i| format!("\"k{i}\": \"v{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let merged = merge_patch(&document, &patch).unwrap();
+        let merged: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&merged).unwrap();
+        assert_eq!(merged.len(), members + 1);
+        assert_eq!(merged["status"], "running");
+        assert_eq!(merged["k2"], "v2");
+        assert_eq!(merged["k3"], 3);
+        assert!(!merged.contains_key("k7"));
+        assert_eq!(merged["new"], true);
+        assert_eq!(top_level_status(&patch).as_deref(), Some("running"));
+    }
+
+    #[test]
+    fn duplicate_keys_in_many_members_keep_the_last_in_its_place() {
+        let merged =
+            merge_patch(r#"{"a": 1, "b": 2, "a": 3, "c": 4, "b": 5}"#, r#"{"c": 6}"#).unwrap();
+        assert_eq!(merged, r#"{"a": 3, "c": 6, "b": 5}"#);
+    }
+
     fn json_value() -> impl Strategy<Value = serde_json::Value> {
         let leaf = prop_oneof![
             Just(serde_json::Value::Null),
@@ -488,6 +689,21 @@ mod tests {
             let _ = top_level_status(&text);
             let _ = object_members(&text);
             let _ = merge_patch(&text, &text);
+        }
+
+        #[test]
+        fn nesting_depth_matches_serde_json(value in json_value()) {
+            fn depth(value: &serde_json::Value) -> usize {
+                match value {
+                    serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+                    serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+                    _ => 0,
+                }
+            }
+            let text = value.to_string();
+            let levels = depth(&value);
+            prop_assert!(!nests_deeper_than(&text, levels));
+            prop_assert_eq!(nests_deeper_than(&text, levels.saturating_sub(1)), levels > 0);
         }
 
         #[test]

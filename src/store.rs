@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::backend::Backend;
 use crate::client::{Client, ClientError, Retry};
-use crate::cluster::ListCursor;
+use crate::cluster::{ListCursor, NodeScan, MAX_PENDING_CURSOR_BYTES};
 use crate::cluster_client::RedirectError;
 use crate::config::{check_ttl, ConfigError, StoreOptions, StoreSettings};
 use crate::document::{
@@ -137,6 +137,46 @@ const UPDATE_ATTEMPTS: usize = 100;
 /// SCAN round trips one `list` call makes at most before returning a (possibly short) page,
 /// so that a sparse status filter over a large keyspace cannot hold the call for long.
 const MAX_SCANS_PER_PAGE: usize = 64;
+/// A page ends early, its cursor continuing, once its documents reach this many bytes
+/// (at least one task per page, whatever its size): pages must fit an instance's memory.
+pub const PAGE_BYTE_BUDGET: usize = 4 * 1024 * 1024;
+/// Most keys one `SCAN` asks for, or one `MGET` reads.
+const MAX_KEYS_PER_CALL: u32 = 1000;
+/// On a cluster, a listing scans at most this many masters per master in the slot map
+/// before giving up on slots that keep migrating.
+const MAX_SCAN_ROUNDS: u32 = 4;
+
+/// A page being filled, and what sizes its next `SCAN` and `MGET`.
+struct PageFill<'a> {
+    tasks: Vec<Task>,
+    limit: usize,
+    status: Option<&'a str>,
+    /// Bytes of the documents in `tasks`.
+    bytes: usize,
+    /// Keys read so far, listed or not.
+    read: usize,
+}
+
+impl<'a> PageFill<'a> {
+    fn new(limit: usize, status: Option<&'a str>) -> PageFill<'a> {
+        PageFill {
+            tasks: Vec::new(),
+            limit,
+            status,
+            bytes: 0,
+            read: 0,
+        }
+    }
+
+    /// Keys to ask `SCAN` for, or to read in one `MGET`: what the page still has room for,
+    /// scaled by how many keys it took per listed task so far (a status filter), so that
+    /// few keys are left over for the cursor to carry.
+    fn keys_per_call(&self) -> u32 {
+        let room = self.limit - self.tasks.len();
+        let per_task = (self.read + 1) / (self.tasks.len() + 1);
+        (room.max(1) * per_task.clamp(1, 16)).min(MAX_KEYS_PER_CALL as usize) as u32
+    }
+}
 
 /// Research tasks stored as JSON documents under `<prefix><id>`, on one Redis server or a
 /// Redis Cluster (a `redis+cluster://` URL).
@@ -369,10 +409,15 @@ impl<C: Connector + Clone> TaskStore<C> {
     ///
     /// Keys are enumerated with `SCAN … MATCH <prefix>* TYPE string` (never `KEYS`) and
     /// read with `MGET`, so tasks written by any client are found, and a task deleted or
-    /// expired in between is skipped. The cursor is `"<scan cursor>:<keys to skip>"`: a page
-    /// ends exactly at `limit` tasks, even in the middle of a SCAN batch, by resuming that
-    /// batch and skipping the keys already seen. Keys whose id is not a valid id, and values
-    /// that are not UTF-8, are skipped.
+    /// expired in between is skipped. Keys whose id is not a valid id, and values that are
+    /// not UTF-8, are skipped.
+    ///
+    /// A task that exists for the whole listing is returned at least once, whatever is added,
+    /// deleted or expires meanwhile: no `SCAN` call is ever repeated (see [`ListCursor`]),
+    /// so the listing is one `SCAN` iteration per server and inherits its guarantee. A page
+    /// holds at most `limit` tasks and ends early once its documents reach
+    /// [`PAGE_BYTE_BUDGET`]; documents are read in `MGET`s sized by `STRLEN` to stay within
+    /// what is left of it.
     pub fn list(&mut self, options: &ListOptions) -> Result<Page, StoreError> {
         let limit = options.limit.unwrap_or(DEFAULT_PAGE_SIZE);
         if !(1..=MAX_PAGE_SIZE).contains(&limit) {
@@ -380,88 +425,195 @@ impl<C: Connector + Clone> TaskStore<C> {
                 "page size {limit} is out of range: it must be between 1 and {MAX_PAGE_SIZE}"
             )));
         }
-        let shards = self.redis.shards().max(1);
         let cluster = self.redis.is_cluster();
-        let ListCursor {
-            mut shard,
-            scan: mut scan_cursor,
-            mut skip,
-        } = match &options.cursor {
-            None => ListCursor {
-                shard: 0,
-                scan: 0,
-                skip: 0,
-            },
-            Some(text) => ListCursor::parse(text, cluster).ok_or_else(|| {
-                StoreError::InvalidInput(
-                    "cursor is malformed: pass the cursor of the previous page, or none to start over"
-                        .into(),
-                )
-            })?,
+        let mut cursor = match &options.cursor {
+            None => ListCursor::start(),
+            Some(text) => ListCursor::parse(text, cluster)
+                .filter(|cursor| cursor.pending.iter().all(|id| validate_id(id).is_ok()))
+                .ok_or_else(|| {
+                    StoreError::InvalidInput(
+                        "cursor is malformed: pass the cursor of the previous page, or none to start over"
+                            .into(),
+                    )
+                })?,
         };
         let pattern = glob_escape(&self.key_prefix);
-        let mut tasks = Vec::new();
-        for _ in 0..MAX_SCANS_PER_PAGE {
-            let (next, keys) = self
-                .redis
-                .scan(shard, scan_cursor, &pattern, limit.max(100))?;
-            let fresh: Vec<Vec<u8>> = keys.into_iter().skip(skip).collect();
-            let values = if fresh.is_empty() {
-                Vec::new()
-            } else {
-                self.redis.get_many(&fresh)?
-            };
-            for (index, (key, value)) in fresh.iter().zip(values).enumerate() {
-                if tasks.len() == limit as usize {
-                    let cursor = ListCursor {
-                        shard,
-                        scan: scan_cursor,
-                        skip: skip + index,
-                    };
-                    return Ok(Page {
-                        tasks,
-                        cursor: Some(cursor.format(cluster)),
-                    });
+        let mut page = PageFill::new(limit as usize, options.status.as_deref());
+        // The cursor as it was before the last SCAN call: resumed from instead should that
+        // call's keys be too many to carry in the cursor (never when a page ends by bytes).
+        let mut before_last_scan: Option<ListCursor> = None;
+        let mut scans = 0;
+        loop {
+            if !cursor.pending.is_empty() {
+                if self.read_pending(&mut cursor.pending, &mut page)? {
+                    break;
                 }
-                if let Some(task) = self.listed_task(key, value, options.status.as_deref()) {
-                    tasks.push(task);
-                }
+                continue;
             }
-            skip = 0;
-            scan_cursor = next;
-            if scan_cursor == 0 {
-                // This server (or master) is done: on to the next one, if any.
-                shard += 1;
-                if shard >= shards {
-                    return Ok(Page {
-                        tasks,
-                        cursor: None,
-                    });
-                }
-            }
-            if tasks.len() == limit as usize {
+            if scans == MAX_SCANS_PER_PAGE || page.tasks.len() == page.limit {
                 break;
             }
+            before_last_scan = Some(cursor.clone());
+            scans += 1;
+            if !self.scan_step(&mut cursor, &pattern, page.keys_per_call())? {
+                return Ok(Page {
+                    tasks: page.tasks,
+                    cursor: None,
+                });
+            }
         }
-        let cursor = ListCursor {
-            shard,
-            scan: scan_cursor,
-            skip: 0,
+        let next = match before_last_scan {
+            Some(before)
+                if ListCursor::pending_text_bytes(&cursor.pending) > MAX_PENDING_CURSOR_BYTES =>
+            {
+                before
+            }
+            _ => cursor,
         };
+        // A full page that used up the last keys of a single server's scan is the last page.
+        let finished = !cluster && next.position.is_none() && next.pending.is_empty();
         Ok(Page {
-            tasks,
-            cursor: Some(cursor.format(cluster)),
+            tasks: page.tasks,
+            cursor: (!finished).then(|| next.format(cluster)),
         })
     }
 
-    fn listed_task(
-        &self,
-        key: &[u8],
-        value: Option<Vec<u8>>,
-        status: Option<&str>,
-    ) -> Option<Task> {
-        let id = std::str::from_utf8(key.strip_prefix(self.key_prefix.as_bytes())?).ok()?;
-        validate_id(id).ok()?;
+    /// One `SCAN` call where `cursor` points, its keys' ids appended to `cursor.pending`
+    /// and `cursor` moved past it; on a cluster, starting or finishing a master's scan as
+    /// needed. `false` once the listing is over.
+    fn scan_step(
+        &mut self,
+        cursor: &mut ListCursor,
+        pattern: &[u8],
+        count: u32,
+    ) -> Result<bool, StoreError> {
+        let Some(cluster) = self.redis.cluster() else {
+            let Some(position) = cursor.position else {
+                return Ok(false);
+            };
+            let (next, keys) = self
+                .redis
+                .scan(None, position, pattern, count)?
+                .unwrap_or_default();
+            cursor.position = (next != 0).then_some(next);
+            self.add_pending(cursor, keys);
+            return Ok(true);
+        };
+        if cursor.node_scan.is_none() {
+            let limit = MAX_SCAN_ROUNDS * cluster.master_count().max(1) as u32;
+            if cursor.node_scans >= limit {
+                return Err(ClientError::Server(format!(
+                    "TRYAGAIN hash slots kept migrating: the listing scanned {limit} masters without seeing every slot settled; list again from the start"
+                ))
+                .into());
+            }
+            let Some(node) = cluster.next_uncovered_master(&cursor.covered)? else {
+                return Ok(false);
+            };
+            cursor.node_scans += 1;
+            if let Some(owned_before) = cluster.stable_slots(&node)? {
+                cursor.node_scan = Some(NodeScan {
+                    node,
+                    position: 0,
+                    owned_before,
+                });
+            }
+            return Ok(true);
+        }
+        let Some(scan) = cursor.node_scan.as_mut() else {
+            return Ok(true);
+        };
+        let Some((next, keys)) =
+            self.redis
+                .scan(Some(&scan.node), scan.position, pattern, count)?
+        else {
+            // No longer a master (failed over, removed): its slots stay uncovered and are
+            // scanned again where they live now.
+            cursor.node_scan = None;
+            return Ok(true);
+        };
+        scan.position = next;
+        if next == 0 {
+            let owned_after = match self.redis.cluster() {
+                Some(cluster) => cluster.stable_slots(&scan.node)?,
+                None => None,
+            };
+            if let Some(owned_after) = owned_after {
+                cursor
+                    .covered
+                    .add_intersection(&scan.owned_before, &owned_after);
+            }
+            cursor.node_scan = None;
+        }
+        self.add_pending(cursor, keys);
+        Ok(true)
+    }
+
+    fn add_pending(&self, cursor: &mut ListCursor, keys: Vec<Vec<u8>>) {
+        let ids = keys.into_iter().filter_map(|key| {
+            let id =
+                String::from_utf8(key.strip_prefix(self.key_prefix.as_bytes())?.to_vec()).ok()?;
+            validate_id(&id).is_ok().then_some(id)
+        });
+        cursor.pending.extend(ids);
+    }
+
+    /// Reads pending tasks into `page`, front first, until none is pending (`false`) or the
+    /// page is full (`true`): `limit` tasks, or documents worth [`PAGE_BYTE_BUDGET`] —
+    /// unless the ids left would not fit in a cursor, then the budget gives way.
+    fn read_pending(
+        &mut self,
+        pending: &mut Vec<String>,
+        page: &mut PageFill<'_>,
+    ) -> Result<bool, StoreError> {
+        while !pending.is_empty() {
+            if page.tasks.len() == page.limit {
+                return Ok(true);
+            }
+            let chunk = page.keys_per_call().min(pending.len() as u32) as usize;
+            let keys = self.keys(&pending[..chunk])?;
+            let lengths = self.redis.string_lengths(&keys)?;
+            let (mut take, mut planned) = (0, page.bytes);
+            for length in lengths {
+                let first_of_page = page.tasks.is_empty() && take == 0;
+                if !first_of_page && planned + length > PAGE_BYTE_BUDGET {
+                    break;
+                }
+                planned += length;
+                take += 1;
+            }
+            let budget_reached = take < chunk;
+            if take == 0 {
+                if ListCursor::pending_text_bytes(pending) <= MAX_PENDING_CURSOR_BYTES {
+                    return Ok(true);
+                }
+                take = 1;
+            }
+            let values = self.redis.get_many(&keys[..take])?;
+            // Read ahead of a status filter, a chunk may hold more matches than the page has
+            // room for: those stay pending and are read again by the next page.
+            let mut consumed = 0;
+            for (id, value) in pending[..take].iter().zip(values) {
+                if page.tasks.len() == page.limit {
+                    break;
+                }
+                consumed += 1;
+                page.read += 1;
+                if let Some(task) = self.listed_task(id, value, page.status) {
+                    page.bytes += task.document.len();
+                    page.tasks.push(task);
+                }
+            }
+            pending.drain(..consumed);
+            if budget_reached && ListCursor::pending_text_bytes(pending) <= MAX_PENDING_CURSOR_BYTES
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn listed_task(&self, id: &str, value: Option<Vec<u8>>, status: Option<&str>) -> Option<Task> {
         let document = String::from_utf8(value?).ok()?;
         if let Some(status) = status {
             if top_level_status(&document).as_deref() != Some(status) {
@@ -754,6 +906,121 @@ mod tests {
             store.ttl("t").unwrap(),
             Some(TimeToLive::ExpiresIn(604_799))
         );
+    }
+
+    /// The command name and first argument of each command sent after the handshake.
+    fn commands(connector: &FakeConnector) -> Vec<String> {
+        sent(connector)[1..]
+            .iter()
+            .map(|bytes| {
+                let text = String::from_utf8_lossy(bytes);
+                let parts: Vec<&str> = text.split("\r\n").collect();
+                format!("{} {}", parts[2], parts.get(4).unwrap_or(&""))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keys_of_a_scan_call_that_do_not_fit_the_page_travel_in_the_cursor() {
+        let (mut store, connector) = open_store(vec![
+            // Asked for 2, SCAN answers 3 keys: the third waits in the cursor.
+            Step::Reply(b"*2\r\n$1\r\n7\r\n*3\r\n$15\r\nresearch_task:a\r\n$15\r\nresearch_task:b\r\n$15\r\nresearch_task:c\r\n"),
+            Step::Reply(b":2\r\n:2\r\n"),
+            Step::Reply(b"*2\r\n$2\r\n{}\r\n$2\r\n{}\r\n"),
+            // The next page reads it first, then continues SCAN from 7, never from 0 again.
+            Step::Reply(b":2\r\n"),
+            Step::Reply(b"*1\r\n$2\r\n{}\r\n"),
+            Step::Reply(b"*2\r\n$1\r\n0\r\n*0\r\n"),
+        ]);
+        let first = store
+            .list(&ListOptions {
+                limit: Some(2),
+                ..ListOptions::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = first.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(first.cursor.as_deref(), Some("s7.p63"));
+        let second = store
+            .list(&ListOptions {
+                limit: Some(2),
+                cursor: first.cursor,
+                ..ListOptions::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = second.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["c"]);
+        assert_eq!(second.cursor, None);
+        assert_eq!(
+            commands(&connector),
+            [
+                "SCAN 0",
+                "STRLEN research_task:a",
+                "MGET research_task:a",
+                "STRLEN research_task:c",
+                "MGET research_task:c",
+                "SCAN 7"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_page_that_ends_the_scan_is_the_last_page() {
+        let (mut store, _) = open_store(vec![
+            Step::Reply(b"*2\r\n$1\r\n0\r\n*1\r\n$15\r\nresearch_task:a\r\n"),
+            Step::Reply(b":2\r\n"),
+            Step::Reply(b"*1\r\n$2\r\n{}\r\n"),
+        ]);
+        let page = store
+            .list(&ListOptions {
+                limit: Some(1),
+                ..ListOptions::default()
+            })
+            .unwrap();
+        assert_eq!(page.tasks.len(), 1);
+        assert_eq!(page.cursor, None);
+    }
+
+    #[test]
+    fn a_cluster_listing_gives_up_after_four_scans_per_master() {
+        let connector = FakeConnector::default();
+        // The handshake and CLUSTER SLOTS: two masters.
+        connector.0.borrow_mut().connections = vec![Ok(vec![
+            Step::Reply(b"+PONG\r\n"),
+            Step::Reply(b"*2\r\n*3\r\n:0\r\n:8000\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n*3\r\n:8001\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7001\r\n"),
+        ])]
+        .into();
+        let options = StoreOptions::new("redis+cluster://127.0.0.1:7000");
+        let mut store = TaskStore::open(&options, connector.clone()).unwrap();
+        let listing = |cursor: &str| ListOptions {
+            cursor: Some(cursor.into()),
+            ..ListOptions::default()
+        };
+        match store.list(&listing("cr.k8")) {
+            Err(StoreError::Client(ClientError::Server(message))) => {
+                assert!(message.starts_with("TRYAGAIN"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            store.list(&listing("s1.p61")),
+            Err(StoreError::InvalidInput(_))
+        ));
+        assert_eq!(sent(&connector).len(), 2, "nothing sent for either cursor");
+    }
+
+    #[test]
+    fn a_page_ends_at_the_byte_budget_before_reading_more() {
+        let (mut store, connector) = open_store(vec![
+            Step::Reply(b"*2\r\n$1\r\n0\r\n*3\r\n$15\r\nresearch_task:a\r\n$15\r\nresearch_task:b\r\n$15\r\nresearch_task:c\r\n"),
+            // a fits, b would pass 4 MiB: only a is read.
+            Step::Reply(b":2\r\n:4194304\r\n:2\r\n"),
+            Step::Reply(b"*1\r\n$2\r\n{}\r\n"),
+        ]);
+        let page = store.list(&ListOptions::default()).unwrap();
+        assert_eq!(page.tasks.len(), 1);
+        assert_eq!(page.cursor.as_deref(), Some("p62.p63"));
+        assert_eq!(commands(&connector).len(), 3);
     }
 
     proptest! {

@@ -9,7 +9,9 @@
 //! then `list`: every page (100 tasks each) of a filtered listing (`status = "running"`,
 //! a quarter of them) over `--list-tasks` tasks. Repetitions alternate which client goes
 //! first. Each line reads `<client>:<op> <ops_per_s> <p50_us> <p99_us>`; for batches and
-//! `list`, ops/s counts tasks and the latencies are per call.
+//! `list`, ops/s counts tasks and the latencies are per call. `big-document` times `update`
+//! and a status-filtered `list` of one 1.2 MB task of 80,000 members (document work must
+//! stay linear in its size).
 //!
 //! The component runs as [`AsyncTaskStore`] on a current-thread tokio runtime, each
 //! repetition inside one `block_on` on the thread that drives it (no thread hop per socket
@@ -56,6 +58,10 @@ pub const DEFAULT_DOCUMENT: &str = include_str!("../benches/task.json");
 /// TTL of every task written: 7 days.
 const TTL_SECONDS: u64 = 604_800;
 const BATCH: usize = 100;
+/// Members of the `big-document` task: about 1.2 MB of JSON.
+const BIG_DOCUMENT_MEMBERS: usize = 80_000;
+/// Timed `update` + `list` rounds on the big task.
+const BIG_DOCUMENT_ROUNDS: usize = 5;
 const LIST_PAGE: u32 = 100;
 const LIST_STATUSES: [&str; 4] = ["pending", "running", "completed", "failed"];
 const LIST_FILTER: &str = "running";
@@ -106,6 +112,8 @@ pub enum Section {
     SetMany,
     GetMany,
     List,
+    /// `update` and a status-filtered `list` of one 1 MB task with 80,000 members.
+    BigDocument,
     /// Component size, compile and cache-load times, instantiation, CLI starts.
     Start,
     /// Memory per idle store.
@@ -138,6 +146,7 @@ impl Section {
             Section::SetMany => "set-many",
             Section::GetMany => "get-many",
             Section::List => "list",
+            Section::BigDocument => "big-document",
             Section::Start => "start",
             Section::Memory => "memory",
         }
@@ -188,7 +197,7 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
     );
     let sections: Vec<Section> = if args.ops.is_empty() {
         let mut all = WORKLOAD.to_vec();
-        all.extend([Section::Start, Section::Memory]);
+        all.extend([Section::BigDocument, Section::Start, Section::Memory]);
         all
     } else {
         args.ops.clone()
@@ -244,6 +253,9 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
     if WORKLOAD.iter().any(|op| bench.has(*op)) {
         bench.workload(&mut report)?;
         report.print_workload(&bench);
+    }
+    if bench.has(Section::BigDocument) {
+        bench.big_document()?;
     }
     if bench.has(Section::Start) {
         bench.start_up(&mut report)?;
@@ -790,6 +802,70 @@ impl Bench {
                 "list returned {listed} tasks with status {LIST_FILTER:?}, expected {expected}"
             );
         }
+        Ok(())
+    }
+
+    /// One task of [`BIG_DOCUMENT_MEMBERS`] members (about 1.2 MB): `update` (a merge patch
+    /// touching one member, so the whole document is scanned, merged and written) and a
+    /// status-filtered `list` that reads it, through the component and natively.
+    fn big_document(&self) -> anyhow::Result<()> {
+        let id = "big-document";
+        let members: Vec<String> = (0..BIG_DOCUMENT_MEMBERS)
+            .map(|i| format!("\"k{i}\": {i}"))
+            .collect();
+        let document = format!("{{\"status\": \"running\", {}}}", members.join(", "));
+        let options = Options {
+            key_prefix: Some(self.prefix.clone()),
+            ..Options::new(&self.url)
+        };
+        let runtime = Runtime::new()?;
+        let mut component = TaskStore::open(&runtime, options)?;
+        let mut native_options = StoreOptions::new(&self.url);
+        native_options.key_prefix = Some(self.prefix.clone());
+        let mut native = NativeStore::open(&native_options, StdConnector)?;
+        component.set(id, &document, Some(TTL_SECONDS))?;
+        let list = ListOptions {
+            status: Some("running".into()),
+            limit: Some(10),
+            cursor: None,
+        };
+        let (mut update, mut listing, mut native_update, mut native_listing) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..BIG_DOCUMENT_ROUNDS {
+            let patch = format!("{{\"progress\": {round}}}");
+            let started = Instant::now();
+            let updated = component.update(id, &patch, &UpdateOptions::default())?;
+            update.push(started.elapsed().as_nanos() as u64);
+            ensure!(updated.is_some(), "the big task vanished");
+            let started = Instant::now();
+            let page = component.list(&list)?;
+            listing.push(started.elapsed().as_nanos() as u64);
+            ensure!(
+                page.tasks.iter().any(|task| task.id == id) || page.cursor.is_some(),
+                "list --status running missed the big task"
+            );
+
+            let started = Instant::now();
+            native.update(id, &patch, &taskstore::store::UpdateOptions::default())?;
+            native_update.push(started.elapsed().as_nanos() as u64);
+            let started = Instant::now();
+            native.list(&taskstore::store::ListOptions {
+                status: Some("running".into()),
+                limit: Some(10),
+                cursor: None,
+            })?;
+            native_listing.push(started.elapsed().as_nanos() as u64);
+        }
+        component.delete(id)?;
+        component.close();
+        println!(
+            "big-document: {} bytes, {BIG_DOCUMENT_MEMBERS} members: update component {:.1} ms, native {:.1} ms; list --status (first page) component {:.1} ms, native {:.1} ms (medians of {BIG_DOCUMENT_ROUNDS})",
+            document.len(),
+            ms(median(&update)),
+            ms(median(&native_update)),
+            ms(median(&listing)),
+            ms(median(&native_listing)),
+        );
         Ok(())
     }
 

@@ -252,9 +252,11 @@ impl AsyncTaskStore {
     /// One page of tasks, optionally only those with a given status.
     ///
     /// Tasks written by any client are found (keys are enumerated with `SCAN`, never
-    /// `KEYS`); a task deleted or expired before it is read is not returned. While the set
-    /// of tasks does not change, following the cursors from `None` to `None` returns every
-    /// task exactly once.
+    /// `KEYS`); a task deleted or expired before it is read is not returned. Following the
+    /// cursors from `None` to `None` returns every task that exists for the whole listing
+    /// at least once, whatever is added, deleted or expires meanwhile (also on a cluster
+    /// whose slots move); while nothing changes, exactly once. A page ends early once its
+    /// documents reach 4 MiB. See the WIT's `list`.
     ///
     /// # Errors
     /// [`TaskError::InvalidInput`] for a limit out of range or a malformed cursor;

@@ -432,3 +432,131 @@ fn invalid_urls_and_options_are_rejected_before_connecting() {
     assert_eq!(connections(&mut con), before, "an invalid store connected");
     assert_eq!(dbsize(&mut con), 0);
 }
+
+/// An object nested `levels` levels in all, with a top-level `"status"`.
+fn nested_document(levels: usize, status: &str) -> String {
+    format!(
+        "{{\"status\": \"{status}\", \"x\": {}1{}}}",
+        "{\"a\": ".repeat(levels - 1),
+        "}".repeat(levels - 1)
+    )
+}
+
+#[test]
+fn documents_and_patches_nested_too_deep_are_invalid_input_and_the_store_keeps_working() {
+    let server = server();
+    let mut store = open(&server);
+    let mut con = plain(&server);
+    store.set("t1", DOC, None).unwrap();
+    for (what, result) in [
+        (
+            "set of a 100000-deep document",
+            store.set("deep", &nested_document(100_000, "pending"), None),
+        ),
+        (
+            "set of a 129-deep document",
+            store.set("deep", &nested_document(129, "pending"), None),
+        ),
+        (
+            "update with a 5000-deep patch",
+            store
+                .update(
+                    "t1",
+                    &nested_document(5_000, "running"),
+                    &UpdateOptions::default(),
+                )
+                .map(|_| ()),
+        ),
+    ] {
+        match result {
+            Err(TaskError::InvalidInput(message)) => {
+                assert!(
+                    message.contains("nested more than 128 levels"),
+                    "{what}: {message}"
+                )
+            }
+            other => panic!("{what}: expected InvalidInput, got {other:?}"),
+        }
+    }
+    // The same instance still answers, and nothing was written.
+    assert_eq!(store.get("t1").unwrap().as_deref(), Some(DOC));
+    assert_eq!(store.get("deep").unwrap(), None);
+    assert_eq!(dbsize(&mut con), 1);
+    store
+        .set("ok", &nested_document(128, "pending"), None)
+        .unwrap();
+    let patched = store
+        .update(
+            "ok",
+            &nested_document(127, "running"),
+            &UpdateOptions::default(),
+        )
+        .unwrap()
+        .unwrap();
+    assert!(
+        patched.starts_with("{\"status\": \"running\""),
+        "{patched:.60}"
+    );
+}
+
+#[test]
+fn a_deep_document_written_by_another_client_is_read_unchanged_and_listed_by_status() {
+    let server = server();
+    let mut store = open(&server);
+    let mut con = plain(&server);
+    let deep = nested_document(100_000, "stuck");
+    plain_set(&mut con, &format!("{DEFAULT_PREFIX}deep"), deep.as_str());
+    store.set("t1", DOC, None).unwrap();
+    assert_eq!(store.get("deep").unwrap().as_deref(), Some(deep.as_str()));
+    let page = store
+        .list(&ListOptions {
+            status: Some("stuck".into()),
+            limit: Some(10),
+            cursor: None,
+        })
+        .unwrap();
+    let ids: Vec<&str> = page.tasks.iter().map(|task| task.id.as_str()).collect();
+    assert_eq!(ids, ["deep"]);
+    assert_eq!(page.tasks[0].document, deep);
+    // A shallow patch of the deep task works; the untouched deep member keeps its text.
+    let patched = store
+        .update("deep", r#"{"status": "done"}"#, &UpdateOptions::default())
+        .unwrap()
+        .unwrap();
+    assert!(patched.starts_with("{\"status\": \"done\", \"x\": {\"a\": {\"a\": "));
+    assert_eq!(patched.len(), deep.len() - "stuck".len() + "done".len());
+}
+
+#[test]
+fn a_task_of_80000_members_updates_and_lists_within_the_default_deadline() {
+    let server = server();
+    let mut store = open(&server);
+    const MEMBERS: usize = 80_000;
+    let members: Vec<String> = (0..MEMBERS).map(|i| format!("\"k{i}\": {i}")).collect();
+    let document = format!("{{\"status\": \"pending\", {}}}", members.join(", "));
+    assert!(document.len() > 1_000_000, "{} bytes", document.len());
+    store.set("big", &document, None).unwrap();
+    let patch = r#"{"status": "running", "k17": "seventeen", "k18": null, "added": true}"#;
+    let patched = store
+        .update("big", patch, &UpdateOptions::default())
+        .expect("an 80000-member update finishes within the default deadline")
+        .unwrap();
+    let parsed: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&patched).unwrap();
+    assert_eq!(parsed.len(), MEMBERS + 1);
+    assert_eq!(parsed["status"], "running");
+    assert_eq!(parsed["k17"], "seventeen");
+    assert!(!parsed.contains_key("k18"));
+    assert_eq!(parsed["k79999"], 79_999);
+    assert_eq!(parsed["added"], true);
+    assert_eq!(store.get("big").unwrap().as_deref(), Some(patched.as_str()));
+    let page = store
+        .list(&ListOptions {
+            status: Some("running".into()),
+            limit: Some(10),
+            cursor: None,
+        })
+        .unwrap();
+    assert_eq!(page.tasks.len(), 1);
+    assert_eq!(page.tasks[0].document, patched);
+}

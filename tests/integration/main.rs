@@ -14,6 +14,7 @@ mod cluster_policy;
 mod durability;
 mod faults;
 mod lifecycle;
+mod listing;
 mod python_compat;
 mod security;
 mod storage;
