@@ -21,11 +21,13 @@
 //! its bearer token against the API key (if one is set), and reads its body whole (capped at
 //! the function's `max-document-bytes`, each read bounded in time): a slow or hostile client
 //! holds at most a connection, never an instance slot. Connections are capped
-//! ([`ServeConfig::max_connections`]; over it a connection gets a `503` and is closed), a
+//! ([`ServeConfig::max_connections`]; over it the connection that has waited longest for a
+//! request head is closed, or, when all are in requests, the new one gets a `503`), a
 //! request head must arrive within [`ServeConfig::header_timeout`] (which also closes idle
 //! keep-alive connections), and a response write that makes no progress for
 //! [`ServeConfig::write_timeout`] closes the connection.
 
+mod connections;
 mod guard;
 mod io;
 
@@ -59,6 +61,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use hyper_util::rt::{TokioIo, TokioTimer};
 use research_api::settings::Settings;
 
+use self::connections::Connections;
 use self::guard::{AllowedHosts, Authorization};
 use self::io::{read_body, BodyFailure, ThrottledLog, WriteDeadline};
 use crate::cache::{compile, ComponentCache};
@@ -120,8 +123,10 @@ pub struct ServeConfig {
     pub memory_limit: usize,
     /// How long shutdown waits for requests in flight before dropping them.
     pub shutdown_grace: Duration,
-    /// Open client connections at most; one more is answered `503` and closed (accepting
-    /// goes on). Startup fails if the process's file-descriptor limit cannot cover it.
+    /// Open client connections at most. One more replaces the connection that has waited
+    /// longest for a request head; when every connection is in a request, it is answered
+    /// `503` and closed (accepting goes on). Startup fails if the process's file-descriptor
+    /// limit cannot cover it.
     pub max_connections: usize,
     /// A client must send a complete request head within this, counted from connecting or
     /// from the end of its previous response (so it is also the keep-alive idle timeout).
@@ -405,7 +410,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<usize> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
-        let connection_slots = Arc::new(Semaphore::new(self.max_connections));
+        let open_connections = Connections::new(self.max_connections);
         let mut accept_errors = ThrottledLog::new(Duration::from_secs(1));
         let mut refusals = ThrottledLog::new(Duration::from_secs(1));
         let mut shutdown = pin!(shutdown);
@@ -430,12 +435,13 @@ impl Server {
                     continue;
                 }
             };
-            // Over the cap, a connection is answered and closed at once, without waiting for
-            // its request: accepting goes on, so the descriptors stay within the limit.
-            let Ok(connection_slot) = Arc::clone(&connection_slots).try_acquire_owned() else {
+            // Over the cap, the connection that has waited longest for a request head makes
+            // room; if every connection is in a request, the new one is answered and closed
+            // at once. Either way accepting goes on and descriptors stay within the limit.
+            let Some(registered) = open_connections.open(tokio::time::Instant::now()) else {
                 let _ = socket.try_write(CONNECTION_LIMIT_RESPONSE);
                 let message = format!(
-                    "taskstore serve: {} connections open; refusing new ones",
+                    "taskstore serve: {} connections open, all in requests; refusing new ones",
                     self.max_connections
                 );
                 if let Some(line) = refusals.line(tokio::time::Instant::now(), &message) {
@@ -452,10 +458,17 @@ impl Server {
                 .header_read_timeout(self.header_timeout);
             let io = TokioIo::new(WriteDeadline::new(socket, self.write_timeout));
             connections.spawn(async move {
-                let _connection_slot = connection_slot;
+                let registered = Arc::new(registered);
+                let in_service = Arc::clone(&registered);
                 let service = service_fn(move |request| {
                     let shared = Arc::clone(&shared);
-                    async move { Ok::<_, std::convert::Infallible>(shared.handle(request).await) }
+                    let registered = Arc::clone(&in_service);
+                    registered.request_started();
+                    async move {
+                        let response = shared.handle(request).await;
+                        registered.request_finished(tokio::time::Instant::now());
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 });
                 let connection = builder.serve_connection(io, service);
                 let mut connection = pin!(connection);
@@ -466,6 +479,9 @@ impl Server {
                         return;
                     }
                     _ = stop.wait_for(|stop| *stop) => {}
+                    // Replaced while it waited for a request head: closed at once, so that
+                    // its descriptor is free for the connection that replaced it.
+                    () = registered.replaced() => return,
                 }
                 // Finish the request in progress, then close: no new requests on it.
                 connection.as_mut().graceful_shutdown();
@@ -832,7 +848,8 @@ fn error_response(status: u16, code: &str, message: &str) -> hyper::Response<Hyp
     response
 }
 
-/// What a connection over [`ServeConfig::max_connections`] gets before it is closed.
+/// What a connection over [`ServeConfig::max_connections`] gets before it is closed, when
+/// every open connection is in a request.
 const CONNECTION_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 78\r\n\r\n\
 {\"error\":{\"code\":\"busy\",\"message\":\"the server has too many open connections\"}}";

@@ -847,6 +847,18 @@ fn connections_that_never_send_a_whole_head_are_closed() {
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 }
 
+/// A connection that sends a POST head announcing 1000 body bytes, then only one.
+fn start_trickling_a_post(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(
+            b"POST /research/tasks HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .unwrap();
+    stream
+}
+
 /// Bodies sent a byte at a time hold a connection, never an instance slot: with a single
 /// slot, a normal request is served while three POSTs trickle, and each trickler gets a 408
 /// once its next byte is overdue.
@@ -862,18 +874,8 @@ fn trickled_bodies_take_no_request_slot() {
             "2000",
         ],
     );
-    let mut tricklers: Vec<TcpStream> = (0..3)
-        .map(|_| {
-            let mut stream = TcpStream::connect(serve.addr).unwrap();
-            stream
-                .write_all(
-                    b"POST /research/tasks HTTP/1.1\r\nHost: localhost\r\n\
-                      Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
-                )
-                .unwrap();
-            stream
-        })
-        .collect();
+    let mut tricklers: Vec<TcpStream> =
+        (0..3).map(|_| start_trickling_a_post(serve.addr)).collect();
     // Let the tricklers' heads reach the server first.
     thread::sleep(Duration::from_millis(300));
     let patient_enough: ureq::Agent = ureq::Agent::config_builder()
@@ -901,15 +903,49 @@ fn trickled_bodies_take_no_request_slot() {
     assert_eq!(keys.len(), 1, "{keys:?}");
 }
 
-/// Over `--max-connections`, a new connection is answered 503 and closed at once, accepting
-/// goes on, and the server serves again as soon as connections close.
+/// Over `--max-connections`, a new connection replaces the one that has waited longest for a
+/// request head (slowloris heads and forgotten keep-alive connections), and is served.
 #[test]
-fn connections_over_the_cap_are_refused_and_serving_goes_on() {
+fn over_the_cap_the_longest_waiting_connection_makes_room() {
     let redis = RedisServer::start().unwrap();
-    let mut serve = Serve::start(&redis.url(), &["--max-connections", "4"]);
-    let idle: Vec<TcpStream> = (0..4)
-        .map(|_| TcpStream::connect(serve.addr).unwrap())
+    let serve = Serve::start(&redis.url(), &["--max-connections", "4"]);
+    let mut waiting: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let stream = TcpStream::connect(serve.addr).unwrap();
+            // Accepted in this order, so they have waited in this order.
+            thread::sleep(Duration::from_millis(50));
+            stream
+        })
         .collect();
+    let (status, _, body) = exchange_while_reading(
+        serve.addr,
+        "GET /research/tasks HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(),
+    );
+    assert_eq!(status, 200, "{body}");
+    read_until_closed(&mut waiting[0], Duration::from_secs(20));
+    // The others keep their places.
+    waiting[1]
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let still_open = waiting[1].read(&mut [0_u8; 16]);
+    assert!(
+        still_open.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "{still_open:?}"
+    );
+}
+
+/// When every connection is in a request (here: trickling a body), one more is answered 503
+/// and closed at once; accepting goes on, and the log says so once, not per connection.
+#[test]
+fn when_every_connection_is_in_a_request_new_ones_get_503() {
+    let redis = RedisServer::start().unwrap();
+    let mut serve = Serve::start(&redis.url(), &["--max-connections", "2"]);
+    let _tricklers: Vec<TcpStream> = (0..2).map(|_| start_trickling_a_post(serve.addr)).collect();
+    // Let their heads reach the server, so that both are in requests.
+    thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
         let mut refused = TcpStream::connect(serve.addr).unwrap();
         let answer = read_until_closed(&mut refused, Duration::from_secs(20));
@@ -918,21 +954,14 @@ fn connections_over_the_cap_are_refused_and_serving_goes_on() {
         let error: Value = serde_json::from_str(body).expect("a JSON body");
         assert_eq!(error["error"]["code"], "busy", "{answer}");
     }
-    drop(idle);
-    let agent = agent();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        // The server notices the closes by itself; until then a connection may be refused.
-        if let Ok(response) = agent.get(&serve.url("/research/tasks")).call() {
-            if response.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "never served again");
-        thread::sleep(Duration::from_millis(50));
-    }
     let (_, stderr) = serve.kill();
-    assert!(stderr.contains("4 connections open"), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("2 connections open, all in requests")
+            .count(),
+        1,
+        "{stderr}"
+    );
 }
 
 /// The function's default document limit fits its default memory; a larger one is a startup
@@ -988,12 +1017,12 @@ fn a_document_of_the_largest_size_fits_the_smallest_allowed_memory() {
     let redis = RedisServer::start().unwrap();
     let serve = Serve::start(&redis.url(), &["--memory-limit-mib", "12"]);
     let agent = agent();
-    // Many small members, the costliest shape to parse and merge; stored with a space after
-    // each `:` and `,`, so 900 KiB sent is just under 1 MiB stored.
+    // Many members (stored with a space after each `:` and `,`, so 900 KiB sent is just
+    // under 1 MiB stored), but not so many that the store's merge takes long.
     let mut task = String::from(r#"{"query": "largest""#);
     let mut n = 0;
     while task.len() < 900 * 1024 {
-        task.push_str(&format!(r#","member{n}":{n}"#));
+        task.push_str(&format!(r#","member{n}":"{}""#, "v".repeat(48)));
         n += 1;
     }
     task.push('}');
@@ -1016,18 +1045,22 @@ fn a_deadline_hit_inside_the_function_is_a_503_timeout() {
         &redis.url(),
         &[
             "--request-timeout-ms",
-            "400",
+            "1000",
             "--memory-limit-mib",
             "512",
             "--config",
-            "max-document-bytes=100000000",
+            "max-document-bytes=50000000",
         ],
     );
     let agent = agent();
-    // Warm an instance (and its Redis connection) first, so the deadline is spent computing.
-    assert_eq!(get(&agent, &serve.url("/research/tasks")).status, 200);
+    // Warm an instance (and its Redis connection) first, so the deadline is spent computing
+    // (a loaded machine may need more than one try within the short deadline).
+    let warmed = (0..20).any(|_| get(&agent, &serve.url("/research/tasks")).status == 200);
+    assert!(warmed, "no request succeeded within the 1 s deadline");
+    // 26 MB in 1.5 million members: read by the host in well under the deadline, then
+    // seconds of parsing and building in the function (2.8 s in all with a long deadline).
     let mut task = String::from(r#"{"query": "q""#);
-    for n in 0..3_000_000 {
+    for n in 0..1_500_000 {
         task.push_str(&format!(r#","m{n}":{n}"#));
     }
     task.push('}');
