@@ -319,24 +319,21 @@ impl Server {
         let redis_url = config.redis_url()?;
         let secrets = url_secrets(redis_url);
         // The allow-list: the URL's addresses, and for a cluster the nodes it reports.
-        let timeout_ms = match config.config_vars.get("timeout-ms") {
-            Some(ms) => ms
-                .parse::<u64>()
-                .map_err(|_| anyhow::anyhow!("timeout-ms must be a number of milliseconds"))?,
-            None => u64::from(taskstore::config::DEFAULT_TIMEOUT_MS),
-        };
+        let timeout_ms = settings
+            .timeout_ms
+            .unwrap_or(taskstore::config::DEFAULT_TIMEOUT_MS);
         // For `rediss+cluster://` the host's discovery verifies the nodes as the function
-        // will (a value the function rejects makes it answer every request with an error).
+        // will, from the same parsed settings.
         let tls = taskstore::config::TlsSettings {
-            ca_certificates: config.config_vars.get("tls-ca-certificates").cloned(),
-            danger_accept_invalid_certificates: config
-                .config_vars
-                .get("danger-accept-invalid-certificates")
-                .is_some_and(|value| value == "true"),
+            ca_certificates: settings.tls_ca_certificates.clone(),
+            danger_accept_invalid_certificates: settings
+                .danger_accept_invalid_certificates
+                .unwrap_or(false),
         };
-        let network = NetworkPolicy::for_url(redis_url, &tls, Duration::from_millis(timeout_ms))
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
+        let network =
+            NetworkPolicy::for_url(redis_url, &tls, Duration::from_millis(timeout_ms.into()))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
 
         let engine = Engine::new(&engine_config()).map_err(to_anyhow)?;
         let bytes = match &config.component {
