@@ -121,9 +121,33 @@ struct ServeArgs {
     /// Deadline of one request in milliseconds; past it the client gets 503
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
-    /// Linear-memory limit of one request's instance, in MiB
+    /// Linear-memory limit of one request's instance, in MiB; it must hold the function's
+    /// documents (max-document-bytes, 1 MiB by default) with room to spare, or serve refuses
+    /// to start
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     memory_limit_mib: usize,
+    /// Open client connections at most; one more is answered 503 and closed
+    #[arg(long, value_name = "N", default_value_t = taskstore_host::serve::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// A client must send a complete request head within this many milliseconds of
+    /// connecting or of its previous response (also the keep-alive idle timeout)
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Longest wait for the next bytes of a request body, in milliseconds (then 408)
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    body_read_timeout_ms: u64,
+    /// A response write that makes no progress for this many milliseconds closes the
+    /// connection
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    write_timeout_ms: u64,
+    /// File holding the API key (bearer token) every request must present; or set
+    /// TASKSTORE_API_KEY. Required when --listen is not a loopback address
+    #[arg(long, value_name = "PATH")]
+    api_key_file: Option<std::path::PathBuf>,
+    /// Another host name requests may address in Host (repeatable; localhost and the listen
+    /// address are always allowed)
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
     /// Start a private, throwaway redis-server for this run instead of using --redis
     #[arg(long, conflicts_with = "redis")]
     throwaway_redis: bool,
@@ -402,6 +426,12 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.max_requests_per_instance = args.max_requests_per_instance;
     config.request_timeout = std::time::Duration::from_millis(args.request_timeout_ms);
     config.memory_limit = args.memory_limit_mib.saturating_mul(1024 * 1024);
+    config.max_connections = args.max_connections;
+    config.header_timeout = std::time::Duration::from_millis(args.header_timeout_ms);
+    config.body_read_timeout = std::time::Duration::from_millis(args.body_read_timeout_ms);
+    config.write_timeout = std::time::Duration::from_millis(args.write_timeout_ms);
+    config.allowed_hosts = args.allowed_hosts.clone();
+    config.api_key = api_key(args)?;
     if let Some(prefix) = &cli.prefix {
         config
             .config_vars
@@ -479,6 +509,29 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         }
         Ok(())
     })
+}
+
+/// The API key from `--api-key-file` or the environment; both at once is ambiguous.
+fn api_key(args: &ServeArgs) -> Result<Option<taskstore_host::serve::ApiKey>, Failure> {
+    use taskstore_host::serve::{ApiKey, API_KEY_ENV};
+    let from_env = std::env::var_os(API_KEY_ENV);
+    match (&args.api_key_file, from_env) {
+        (Some(_), Some(_)) => Err(Failure::Usage(format!(
+            "give the API key either with --api-key-file or in {API_KEY_ENV}, not both"
+        ))),
+        (Some(path), None) => ApiKey::from_file(path)
+            .map(Some)
+            .map_err(|e| Failure::Usage(format!("{e:#}"))),
+        (None, Some(value)) => {
+            let value = value
+                .into_string()
+                .map_err(|_| Failure::Usage(format!("{API_KEY_ENV} is not UTF-8")))?;
+            ApiKey::new(&value)
+                .map(Some)
+                .map_err(|e| Failure::Usage(format!("{API_KEY_ENV}: {e:#}")))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 fn export(out_dir: &std::path::Path) -> Result<(), Failure> {

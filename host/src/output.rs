@@ -46,17 +46,34 @@ impl GuestOutput {
         buffer.extend_from_slice(bytes);
     }
 
+    /// Every non-empty line written since the last call, each shortened as by
+    /// [`GuestOutput::last_line`], oldest first; the buffer is emptied.
+    pub(crate) fn take_lines(&self) -> Vec<String> {
+        let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        let text = String::from_utf8_lossy(&buffer).into_owned();
+        buffer.clear();
+        text.lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(shorten)
+            .collect()
+    }
+
     /// The last non-empty line written, shortened to a few hundred characters.
     pub(crate) fn last_line(&self) -> Option<String> {
         let buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
         let text = String::from_utf8_lossy(&buffer);
         let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
-        let mut quoted: String = line.chars().take(MAX_QUOTED_CHARS).collect();
-        if quoted.len() < line.len() {
-            quoted.push('…');
-        }
-        Some(quoted)
+        Some(shorten(line))
     }
+}
+
+fn shorten(line: &str) -> String {
+    let mut quoted: String = line.chars().take(MAX_QUOTED_CHARS).collect();
+    if quoted.len() < line.len() {
+        quoted.push('…');
+    }
+    quoted
 }
 
 impl OutputStream for GuestOutput {
@@ -139,6 +156,16 @@ mod tests {
         out.append(b"first\nsecond\n\n  \n");
         assert_eq!(out.last_line().as_deref(), Some("second"));
         assert_eq!(GuestOutput::new(16).last_line(), None);
+    }
+
+    #[test]
+    fn take_lines_returns_each_line_once() {
+        let out = GuestOutput::new(1024);
+        out.append(b"first\n\nsecond\n");
+        assert_eq!(out.take_lines(), ["first", "second"]);
+        assert!(out.take_lines().is_empty());
+        out.append(b"third");
+        assert_eq!(out.take_lines(), ["third"]);
     }
 
     #[test]

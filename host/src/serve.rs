@@ -13,7 +13,25 @@
 //!
 //! The function reads its settings from `wasi:config/store` (`redis-url`, `key-prefix`,
 //! `timeout-ms`, `default-ttl-seconds`, `max-document-bytes`), which this host fills from
-//! [`ServeConfig`]: the same keys `wasmtime serve -S config-var=...` sets.
+//! [`ServeConfig`]: the same keys `wasmtime serve -S config-var=...` sets. They are parsed
+//! here too, with the function's own parser, so that a bad value, or a document limit the
+//! instance memory cannot hold, stops the server at startup instead of failing requests.
+//!
+//! Before a request reaches an instance, the host checks its `Host` against an allow-list and
+//! its bearer token against the API key (if one is set), and reads its body whole (capped at
+//! the function's `max-document-bytes`, each read bounded in time): a slow or hostile client
+//! holds at most a connection, never an instance slot. Connections are capped
+//! ([`ServeConfig::max_connections`]; over it the connection that has waited longest for a
+//! request head is closed, or, when all are in requests, the new one gets a `503`), a
+//! request head must arrive within [`ServeConfig::header_timeout`] (which also closes idle
+//! keep-alive connections), and a response write that makes no progress for
+//! [`ServeConfig::write_timeout`] closes the connection.
+
+mod connections;
+mod guard;
+mod io;
+
+pub use guard::{ApiKey, API_KEY_ENV};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,12 +53,17 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
-use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use hyper_util::rt::{TokioIo, TokioTimer};
+use research_api::settings::Settings;
+
+use self::connections::Connections;
+use self::guard::{AllowedHosts, Authorization};
+use self::io::{read_body, BodyFailure, ThrottledLog, WriteDeadline};
 use crate::cache::{compile, ComponentCache};
 use crate::network::NetworkPolicy;
 use crate::options::{redact_url, url_secrets};
@@ -62,6 +85,19 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REQUEST_MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 /// How long a graceful shutdown waits for requests in flight.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default cap on open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default time a client has to send a request head, from connecting or from the end of its
+/// previous response.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest wait for the next bytes of a request body.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest a response write may make no progress.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// File descriptors kept free beyond connections and Redis sockets (listener, logs, cache).
+const SPARE_DESCRIPTORS: u64 = 64;
+/// Redis sockets one instance may hold (a cluster connection holds one per node).
+const REDIS_SOCKETS_PER_INSTANCE: u64 = 4;
 
 /// What `taskstore serve` runs and how.
 #[derive(Clone)]
@@ -87,6 +123,23 @@ pub struct ServeConfig {
     pub memory_limit: usize,
     /// How long shutdown waits for requests in flight before dropping them.
     pub shutdown_grace: Duration,
+    /// Open client connections at most. One more replaces the connection that has waited
+    /// longest for a request head; when every connection is in a request, it is answered
+    /// `503` and closed (accepting goes on). Startup fails if the process's file-descriptor
+    /// limit cannot cover it.
+    pub max_connections: usize,
+    /// A client must send a complete request head within this, counted from connecting or
+    /// from the end of its previous response (so it is also the keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// Longest wait for the next bytes of a request body; past it the client gets `408`.
+    pub body_read_timeout: Duration,
+    /// A response write that makes no progress for this long closes the connection.
+    pub write_timeout: Duration,
+    /// When set, every request needs `Authorization: Bearer <key>`. Required to listen on a
+    /// non-loopback address.
+    pub api_key: Option<ApiKey>,
+    /// Host names requests may address (`Host`), besides `localhost` and the listen address.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -98,6 +151,9 @@ impl std::fmt::Debug for ServeConfig {
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("request_timeout", &self.request_timeout)
             .field("memory_limit", &self.memory_limit)
+            .field("max_connections", &self.max_connections)
+            .field("api_key", &self.api_key.is_some())
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +172,12 @@ impl ServeConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             memory_limit: DEFAULT_REQUEST_MEMORY_LIMIT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            api_key: None,
+            allowed_hosts: Vec::new(),
         }
     }
 
@@ -192,6 +254,11 @@ struct Shared {
     max_requests_per_instance: u32,
     request_timeout: Duration,
     memory_limit: usize,
+    /// The function's `max-document-bytes`: the largest request body read.
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+    api_key: Option<ApiKey>,
+    allowed_hosts: AllowedHosts,
     /// The Redis URL's password, scrubbed from anything logged.
     secrets: Vec<String>,
     _ticker: EpochTicker,
@@ -202,6 +269,9 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown_grace: Duration,
+    max_connections: usize,
+    header_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl Server {
@@ -210,8 +280,11 @@ impl Server {
     ///
     /// # Errors
     /// The component cannot be read, compiled or linked, or does not export
-    /// `wasi:http/incoming-handler`; the Redis URL is malformed or its host does not
-    /// resolve; the address cannot be bound.
+    /// `wasi:http/incoming-handler`; a function setting is malformed, or its
+    /// `max-document-bytes` needs more than the instance memory limit; the listen address is
+    /// not loopback and no API key is set; the file-descriptor limit cannot cover the
+    /// connection cap; the Redis URL is malformed or its host does not resolve; the address
+    /// cannot be bound.
     pub async fn bind(
         config: ServeConfig,
         cache: Option<&ComponentCache>,
@@ -220,27 +293,47 @@ impl Server {
             config.max_concurrent_requests > 0,
             "max concurrent requests must be at least 1"
         );
+        anyhow::ensure!(
+            config.max_connections > 0,
+            "max connections must be at least 1"
+        );
+        anyhow::ensure!(
+            config.listen.ip().is_loopback() || config.api_key.is_some(),
+            "listening on {}, which other machines can reach, needs an API key \
+             (--api-key-file PATH or {API_KEY_ENV})",
+            config.listen.ip()
+        );
+        // The function's own parser: messages name keys, never values (the URL's password).
+        let settings = Settings::load(|key| Ok(config.config_vars.get(key).cloned()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let needed = settings.min_memory_bytes();
+        anyhow::ensure!(
+            config.memory_limit >= needed,
+            "max-document-bytes {} needs an instance memory limit of at least {} MiB (room for \
+             the copies of a document the function holds while serving it); raise the memory \
+             limit or lower max-document-bytes",
+            settings.max_document_bytes(),
+            needed.div_ceil(1 << 20)
+        );
+        ensure_descriptors(&config)?;
         let redis_url = config.redis_url()?;
         let secrets = url_secrets(redis_url);
         // The allow-list: the URL's addresses, and for a cluster the nodes it reports.
-        let timeout_ms = match config.config_vars.get("timeout-ms") {
-            Some(ms) => ms
-                .parse::<u64>()
-                .map_err(|_| anyhow::anyhow!("timeout-ms must be a number of milliseconds"))?,
-            None => u64::from(taskstore::config::DEFAULT_TIMEOUT_MS),
-        };
+        let timeout_ms = settings
+            .timeout_ms
+            .unwrap_or(taskstore::config::DEFAULT_TIMEOUT_MS);
         // For `rediss+cluster://` the host's discovery verifies the nodes as the function
-        // will (a value the function rejects makes it answer every request with an error).
+        // will, from the same parsed settings.
         let tls = taskstore::config::TlsSettings {
-            ca_certificates: config.config_vars.get("tls-ca-certificates").cloned(),
-            danger_accept_invalid_certificates: config
-                .config_vars
-                .get("danger-accept-invalid-certificates")
-                .is_some_and(|value| value == "true"),
+            ca_certificates: settings.tls_ca_certificates.clone(),
+            danger_accept_invalid_certificates: settings
+                .danger_accept_invalid_certificates
+                .unwrap_or(false),
         };
-        let network = NetworkPolicy::for_url(redis_url, &tls, Duration::from_millis(timeout_ms))
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
+        let network =
+            NetworkPolicy::for_url(redis_url, &tls, Duration::from_millis(timeout_ms.into()))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
 
         let engine = Engine::new(&engine_config()).map_err(to_anyhow)?;
         let bytes = match &config.component {
@@ -280,6 +373,10 @@ impl Server {
             max_requests_per_instance: config.max_requests_per_instance.max(1),
             request_timeout: config.request_timeout,
             memory_limit: config.memory_limit,
+            max_body_bytes: settings.max_document_bytes(),
+            body_read_timeout: config.body_read_timeout,
+            api_key: config.api_key.clone(),
+            allowed_hosts: AllowedHosts::new(config.listen, &config.allowed_hosts),
             secrets,
             _ticker: ticker,
         };
@@ -287,6 +384,9 @@ impl Server {
             listener,
             shared: Arc::new(shared),
             shutdown_grace: config.shutdown_grace,
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+            write_timeout: config.write_timeout,
         })
     }
 
@@ -307,6 +407,9 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<usize> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
+        let open_connections = Connections::new(self.max_connections);
+        let mut accept_errors = ThrottledLog::new(Duration::from_secs(1));
+        let mut refusals = ThrottledLog::new(Duration::from_secs(1));
         let mut shutdown = pin!(shutdown);
         loop {
             // Reap finished connection tasks so the set does not grow without bound.
@@ -318,23 +421,53 @@ impl Server {
             let (socket, _peer) = match accepted {
                 Ok(accepted) => accepted,
                 // Per-connection failures (reset before accept, out of descriptors): keep
-                // serving, after a pause so a persistent one does not spin.
+                // serving, after a pause so a persistent one does not spin, and say so at
+                // most once a second.
                 Err(e) => {
-                    eprintln!("taskstore serve: accept failed: {e}");
+                    let message = format!("taskstore serve: accept failed: {e}");
+                    if let Some(line) = accept_errors.line(tokio::time::Instant::now(), &message) {
+                        eprintln!("{line}");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
+            // Over the cap, the connection that has waited longest for a request head makes
+            // room; if every connection is in a request, the new one is answered and closed
+            // at once. Either way accepting goes on and descriptors stay within the limit.
+            let Some(registered) = open_connections.open(tokio::time::Instant::now()) else {
+                let _ = socket.try_write(CONNECTION_LIMIT_RESPONSE);
+                let message = format!(
+                    "taskstore serve: {} connections open, all in requests; refusing new ones",
+                    self.max_connections
+                );
+                if let Some(line) = refusals.line(tokio::time::Instant::now(), &message) {
+                    eprintln!("{line}");
+                }
+                continue;
+            };
             let shared = Arc::clone(&self.shared);
             let mut stop = stop_rx.clone();
+            let mut builder = http1::Builder::new();
+            builder
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.header_timeout);
+            let io = TokioIo::new(WriteDeadline::new(socket, self.write_timeout));
             connections.spawn(async move {
+                let registered = Arc::new(registered);
+                let in_service = Arc::clone(&registered);
                 let service = service_fn(move |request| {
                     let shared = Arc::clone(&shared);
-                    async move { Ok::<_, std::convert::Infallible>(shared.handle(request).await) }
+                    let registered = Arc::clone(&in_service);
+                    registered.request_started();
+                    async move {
+                        let response = shared.handle(request).await;
+                        registered.request_finished(tokio::time::Instant::now());
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 });
-                let connection = http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(socket), service);
+                let connection = builder.serve_connection(io, service);
                 let mut connection = pin!(connection);
                 tokio::select! {
                     result = connection.as_mut() => {
@@ -343,6 +476,9 @@ impl Server {
                         return;
                     }
                     _ = stop.wait_for(|stop| *stop) => {}
+                    // Replaced while it waited for a request head: closed at once, so that
+                    // its descriptor is free for the connection that replaced it.
+                    () = registered.replaced() => return,
                 }
                 // Finish the request in progress, then close: no new requests on it.
                 connection.as_mut().graceful_shutdown();
@@ -371,13 +507,27 @@ impl Server {
 }
 
 impl Shared {
-    /// One request: wait for a slot, run a warm (or new) instance's handler, return its
-    /// response, or a JSON error in the function's own format when it gave none.
+    /// One request: check its host and credentials, read its body, wait for a slot, run a
+    /// warm (or new) instance's handler, return its response, or a JSON error in the
+    /// function's own format when it gave none.
     async fn handle(
         self: Arc<Self>,
         request: hyper::Request<Incoming>,
     ) -> hyper::Response<HyperOutgoingBody> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
+        if let Err(refusal) = self.admit(&request) {
+            return refusal.into_response();
+        }
+        let (head, body) = request.into_parts();
+        let body =
+            match read_body(body, self.max_body_bytes, self.body_read_timeout, deadline).await {
+                Ok(body) => body,
+                Err(failure) => return self.body_failure_response(failure),
+            };
+        let request = hyper::Request::from_parts(
+            head,
+            Full::new(body).map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
+        );
         let slot = match tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned())
             .await
         {
@@ -440,18 +590,29 @@ impl Shared {
             );
             let end = match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok(())) => HandlerEnd::Returned,
+                // An epoch interrupt is the deadline reached inside guest code. Recognised
+                // on wasmtime's own error: once converted, the trap code is out of reach.
+                Ok(Err(trap))
+                    if trap.downcast_ref::<wasmtime::Trap>()
+                        == Some(&wasmtime::Trap::Interrupt) =>
+                {
+                    HandlerEnd::TimedOut
+                }
                 Ok(Err(trap)) => {
-                    let trap = to_anyhow(trap);
-                    // An epoch interrupt is the deadline reached inside guest code.
-                    if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-                        HandlerEnd::TimedOut
-                    } else {
-                        shared.log_trap(&trap, &warm.output);
-                        HandlerEnd::Trapped
-                    }
+                    shared.log_function_output(&warm.output);
+                    shared.log_trap(&to_anyhow(trap), &warm.output);
+                    HandlerEnd::Trapped
                 }
                 Err(_elapsed) => HandlerEnd::TimedOut,
             };
+            // The function's own reasons for its errors (one line each), for operators.
+            shared.log_function_output(&warm.output);
+            if matches!(end, HandlerEnd::TimedOut) {
+                eprintln!(
+                    "taskstore serve: a request ran past its {} ms deadline and was cut off",
+                    shared.request_timeout.as_millis()
+                );
+            }
             // Only an instance that returned normally is used again; one that trapped or
             // was cut off mid-call is dropped with its sockets and Redis connection.
             warm.served += 1;
@@ -528,11 +689,75 @@ impl Shared {
         })
     }
 
-    fn log(&self, what: &str, error: &anyhow::Error) {
-        let mut message = format!("{error:#}");
-        for secret in &self.secrets {
-            message = message.replace(secret.as_str(), "***");
+    /// The checks that need no instance: the `Host` allow-list, then the API key.
+    fn admit(&self, request: &hyper::Request<Incoming>) -> Result<(), Refusal> {
+        let authority = match request.uri().authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => request
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|host| host.to_str().ok()),
+        };
+        if !authority.is_some_and(|authority| self.allowed_hosts.admits(authority)) {
+            return Err(Refusal::HostNotAllowed);
         }
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
+        let header = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|value| value.as_bytes());
+        match key.admits(header) {
+            Authorization::Admitted => Ok(()),
+            refused => Err(Refusal::Unauthorized(refused)),
+        }
+    }
+
+    fn body_failure_response(&self, failure: BodyFailure) -> hyper::Response<HyperOutgoingBody> {
+        let mut response = match failure {
+            BodyFailure::TooLarge => error_response(
+                413,
+                "body_too_large",
+                &format!(
+                    "the request body is larger than {} bytes, the most this function accepts \
+                     (its max-document-bytes, sized to its instance memory)",
+                    self.max_body_bytes
+                ),
+            ),
+            BodyFailure::Stalled => error_response(
+                408,
+                "body_timeout",
+                "the request body did not arrive in time",
+            ),
+            BodyFailure::Broken => {
+                error_response(400, "body_unreadable", "the request body could not be read")
+            }
+        };
+        // The rest of the body was not read: the connection cannot carry another request.
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        response
+    }
+
+    /// What the function wrote to stdout and stderr during a request, one log line each.
+    fn log_function_output(&self, output: &GuestOutput) {
+        for line in output.take_lines() {
+            eprintln!("taskstore serve: function: {}", self.redact(line));
+        }
+    }
+
+    fn redact(&self, mut text: String) -> String {
+        for secret in &self.secrets {
+            text = text.replace(secret.as_str(), "***");
+        }
+        text
+    }
+
+    fn log(&self, what: &str, error: &anyhow::Error) {
+        let message = self.redact(format!("{error:#}"));
         eprintln!("taskstore serve: {what}: {message}");
     }
 
@@ -553,6 +778,41 @@ struct Warm {
     output: GuestOutput,
     /// Requests it has handled; it is retired at [`ServeConfig::max_requests_per_instance`].
     served: u32,
+}
+
+/// Why a request was refused before its body was read.
+enum Refusal {
+    HostNotAllowed,
+    /// The API key was missing or wrong.
+    Unauthorized(Authorization),
+}
+
+impl Refusal {
+    fn into_response(self) -> hyper::Response<HyperOutgoingBody> {
+        let challenge = match self {
+            Refusal::HostNotAllowed => {
+                return error_response(
+                    421,
+                    "host_not_allowed",
+                    "this server does not serve the host the request names",
+                )
+            }
+            Refusal::Unauthorized(Authorization::Invalid) => {
+                r#"Bearer realm="taskstore", error="invalid_token""#
+            }
+            Refusal::Unauthorized(_) => r#"Bearer realm="taskstore""#,
+        };
+        let mut response = error_response(
+            401,
+            "unauthorized",
+            "this server needs Authorization: Bearer <API key>",
+        );
+        response.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static(challenge),
+        );
+        response
+    }
 }
 
 /// How a request's handler task ended.
@@ -585,7 +845,77 @@ fn error_response(status: u16, code: &str, message: &str) -> hyper::Response<Hyp
     response
 }
 
+/// What a connection over [`ServeConfig::max_connections`] gets before it is closed, when
+/// every open connection is in a request.
+const CONNECTION_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 78\r\n\r\n\
+{\"error\":{\"code\":\"busy\",\"message\":\"the server has too many open connections\"}}";
+
+/// Makes sure the process may open a descriptor for every connection and Redis socket the
+/// configuration allows, raising the soft limit up to the hard one if needed: running out
+/// makes `accept` fail for everyone.
+fn ensure_descriptors(config: &ServeConfig) -> anyhow::Result<()> {
+    let to_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let needed = to_u64(config.max_connections)
+        .saturating_add(
+            to_u64(config.max_concurrent_requests).saturating_mul(REDIS_SOCKETS_PER_INSTANCE),
+        )
+        .saturating_add(SPARE_DESCRIPTORS);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes only to the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        // Unknown: nothing to check against.
+        return Ok(());
+    }
+    if limit.rlim_cur >= needed {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        limit.rlim_max >= needed,
+        "--max-connections {} (with --max-concurrent-requests {}) needs about {needed} file \
+         descriptors, but this process may open only {} (ulimit -n): lower --max-connections \
+         or raise the limit",
+        config.max_connections,
+        config.max_concurrent_requests,
+        limit.rlim_max
+    );
+    let raised = libc::rlimit {
+        rlim_cur: needed,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: `setrlimit` only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        anyhow::bail!(
+            "cannot raise the file-descriptor limit to {needed} for --max-connections {}: {}",
+            config.max_connections,
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// The redacted Redis URL of `config`, for messages.
 pub fn describe_redis(config: &ServeConfig) -> String {
     config.redis_url().map(redact_url).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_response_is_well_formed_json_of_its_declared_length() {
+        let text = std::str::from_utf8(CONNECTION_LIMIT_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let declared = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|n| n.parse::<usize>().ok());
+        assert_eq!(declared, Some(body.len()));
+        let error: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(error["error"]["code"], "busy");
+    }
 }

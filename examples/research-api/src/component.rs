@@ -137,7 +137,9 @@ impl Environment for WasiEnvironment {
             key_prefix: settings.key_prefix.clone(),
             default_ttl_seconds: settings.default_ttl_seconds,
             timeout_ms: settings.timeout_ms,
-            max_document_bytes: settings.max_document_bytes,
+            // The function's limit, not the store's larger default: a document the store
+            // accepted but this instance cannot hold would fail only after it was written.
+            max_document_bytes: u32::try_from(settings.max_document_bytes()).ok(),
             tls_ca_certificates: settings.tls_ca_certificates.clone(),
             danger_accept_invalid_certificates: settings.danger_accept_invalid_certificates,
         };

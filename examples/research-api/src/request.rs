@@ -205,19 +205,21 @@ fn parse_limit(text: &str) -> Result<u32, ApiError> {
     Ok(u32::try_from(limit.min(u64::from(MAX_LIMIT))).unwrap_or(MAX_LIMIT))
 }
 
-/// Accepts a missing `Content-Type`, `application/json` and any `application/*+json` (such as
-/// RFC 7386's `application/merge-patch+json`), with parameters, as long as a `charset`
-/// parameter, if any, is UTF-8. Errors: 415 `unsupported_media_type`.
+/// Accepts `application/json` and any `application/*+json` (such as RFC 7386's
+/// `application/merge-patch+json`), with parameters, as long as a `charset` parameter, if any,
+/// is UTF-8. Errors: 415 `unsupported_media_type`, also for a missing `Content-Type`: a web
+/// page may send a body without one (or as `text/plain`) to any site without a CORS
+/// preflight, so accepting it would let any page a user visits create and change tasks.
 pub fn check_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
-    let Some(content_type) = content_type else {
-        return Ok(());
-    };
     let unsupported = || {
         ApiError::new(
             415,
             "unsupported_media_type",
-            "request bodies must be application/json",
+            "request bodies must be sent with Content-Type: application/json",
         )
+    };
+    let Some(content_type) = content_type else {
+        return Err(unsupported());
     };
     let mut parts = content_type.split(';');
     let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
@@ -479,7 +481,6 @@ mod tests {
     #[test]
     fn json_content_types_are_accepted_leniently() {
         for accepted in [
-            None,
             Some("application/json"),
             Some("Application/JSON; charset=UTF-8"),
             Some("application/json;charset=\"utf-8\""),
@@ -487,6 +488,11 @@ mod tests {
         ] {
             assert!(check_content_type(accepted).is_ok(), "{accepted:?}");
         }
+        let missing = check_content_type(None).unwrap_err();
+        assert_eq!(
+            (missing.status, missing.code),
+            (415, "unsupported_media_type")
+        );
         for refused in [
             "text/plain",
             "application/x-www-form-urlencoded",

@@ -25,6 +25,12 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// New ids tried before giving up; a UUID v4 collision is itself a sign of a broken RNG.
 const CREATE_ATTEMPTS: usize = 3;
 
+/// Largest new task echoed in a `201` as `"task"`. A larger one is left out: the client has
+/// its id, and copying it into the response once more is memory the instance may not have
+/// after the task was written (a failure then would be a `500` for a stored task, and a
+/// retry a duplicate).
+pub const MAX_ECHOED_TASK_BYTES: usize = 64 * 1024;
+
 /// What the function needs from the component world.
 pub trait Environment {
     type Storage: TaskStorage;
@@ -202,6 +208,7 @@ fn created(id: &str, created_at: &str, task: &str) -> Response {
         task_id: &'a str,
         status: &'a str,
         created_at: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
         task: Option<&'a RawValue>,
     }
     let mut response = Response::serialize(
@@ -210,7 +217,10 @@ fn created(id: &str, created_at: &str, task: &str) -> Response {
             task_id: id,
             status: "pending",
             created_at,
-            task: document::as_object(task),
+            task: match task.len() <= MAX_ECHOED_TASK_BYTES {
+                true => document::as_object(task),
+                false => None,
+            },
         },
     );
     response.headers.push((

@@ -79,8 +79,16 @@ impl Harness {
         self.request(Method::Get, path, &[], "")
     }
 
+    /// A PATCH sent as a client would: with a JSON content type unless `headers` name one.
     fn patch(&mut self, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
-        self.request(Method::Patch, path, headers, body)
+        let mut headers = headers.to_vec();
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            headers.push(("content-type", "application/json"));
+        }
+        self.request(Method::Patch, path, &headers, body)
     }
 
     fn storage(&mut self) -> &mut FakeStorage {
@@ -155,9 +163,14 @@ fn create_stores_a_pending_task_and_returns_201_with_location() {
 }
 
 #[test]
-fn create_accepts_a_missing_content_type_and_json_with_parameters() {
+fn create_accepts_json_with_parameters() {
     let mut h = Harness::new();
-    let response = h.request(Method::Post, "/research/tasks", &[], r#"{"query": "a"}"#);
+    let response = h.request(
+        Method::Post,
+        "/research/tasks",
+        &[("Content-Type", "application/vnd.task+json")],
+        r#"{"query": "a"}"#,
+    );
     assert_eq!(response.status, 201);
     let response = h.request(
         Method::Post,
@@ -194,6 +207,33 @@ fn create_refuses_bodies_that_are_not_task_objects() {
     }
 }
 
+/// A body without a JSON content type is what any web page can send cross-site without a
+/// preflight (`fetch(url, {method: "POST", body})`): refused, for every route with a body.
+#[test]
+fn bodies_without_a_content_type_are_refused_before_reading_or_connecting() {
+    let mut h = Harness::new();
+    let response = h.request(Method::Post, "/research/tasks", &[], r#"{"query": "a"}"#);
+    assert_error(&response, 415, "unsupported_media_type");
+    let response = h.request(Method::Patch, "/research/tasks/t1", &[], r#"{"a": 1}"#);
+    assert_error(&response, 415, "unsupported_media_type");
+    assert_eq!(h.env.body_reads, 0);
+    assert!(h.env.opened.is_empty());
+}
+
+#[test]
+fn a_large_new_task_is_not_echoed_in_the_201() {
+    let mut h = Harness::new();
+    let query = "x".repeat(MAX_ECHOED_TASK_BYTES);
+    let response = h.post(&json!({ "query": query }).to_string());
+    assert_eq!(response.status, 201, "{}", text_of(&response));
+    let body = json_of(&response);
+    assert_eq!(body["task_id"], FIRST_ID);
+    assert_eq!(body["status"], "pending");
+    assert!(body.get("task").is_none(), "{body}");
+    assert!(response.body.len() < 1024, "{}", response.body.len());
+    assert!(h.storage().tasks[FIRST_ID].contains(&query));
+}
+
 #[test]
 fn create_refuses_non_json_content_types_before_reading_or_connecting() {
     let mut h = Harness::new();
@@ -224,7 +264,10 @@ fn create_refuses_bodies_over_the_configured_document_size() {
     let response = h.request(
         Method::Post,
         "/research/tasks",
-        &[("content-length", "65")],
+        &[
+            ("content-type", "application/json"),
+            ("content-length", "65"),
+        ],
         r#"{"query": "a"}"#,
     );
     assert_error(&response, 413, "body_too_large");

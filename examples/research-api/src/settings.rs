@@ -4,9 +4,21 @@
 
 use std::fmt;
 
-/// The store's own default for `max-document-bytes` (16 MiB), which also caps request bodies
-/// when the key is unset.
-pub const DEFAULT_MAX_DOCUMENT_BYTES: u32 = 16 * 1024 * 1024;
+/// `max-document-bytes` when the key is unset: the largest request body read and the largest
+/// document created (1 MiB). Lower than the store's own default (16 MiB) because this function
+/// runs in a small instance (64 MiB under `taskstore serve`) that holds several copies of a
+/// document while serving it; see [`Settings::min_memory_bytes`].
+pub const DEFAULT_MAX_DOCUMENT_BYTES: u32 = 1024 * 1024;
+
+/// Copies of a largest document the function and the store may hold at once in one linear
+/// memory (the body, its growth while being read, the parsed members, the new document, a
+/// merge's input and output, the reply), and the memory the code needs besides (data,
+/// stack, allocator slack). Measured: a 1 MiB document of 60,000 members needs 10 MiB to be
+/// created, read, patched and listed (8 MiB fails in the patch); 8 copies + 4 MiB = 12 MiB
+/// leaves a fifth to spare. Checked by `serve::a_document_of_the_largest_size_fits_the_
+/// smallest_allowed_memory` (host CLI tests).
+const DOCUMENT_COPIES_IN_MEMORY: usize = 8;
+const BASE_MEMORY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Config keys, as the host's `wasi:config/store` names them.
 pub const REDIS_URL: &str = "redis-url";
@@ -152,6 +164,16 @@ impl Settings {
         )
         .unwrap_or(usize::MAX)
     }
+
+    /// The smallest linear-memory limit an instance needs to serve documents of
+    /// [`Settings::max_document_bytes`]: a host checks it at startup, because an instance that
+    /// runs out of memory mid-request traps and the client sees a `500` (possibly after the
+    /// task was written).
+    pub fn min_memory_bytes(&self) -> usize {
+        self.max_document_bytes()
+            .saturating_mul(DOCUMENT_COPIES_IN_MEMORY)
+            .saturating_add(BASE_MEMORY_BYTES)
+    }
 }
 
 /// Plain ASCII decimal digits only: `+5`, ` 5`, `5.0` and `0x5` are all rejected.
@@ -201,7 +223,15 @@ mod tests {
         assert_eq!(settings.timeout_ms, None);
         assert_eq!(settings.default_ttl_seconds, None);
         assert_eq!(settings.max_document_bytes, None);
-        assert_eq!(settings.max_document_bytes(), 16 * 1024 * 1024);
+        assert_eq!(settings.max_document_bytes(), 1024 * 1024);
+    }
+
+    #[test]
+    fn the_default_document_limit_fits_the_default_serve_memory_with_room_to_spare() {
+        let settings = load(&[(REDIS_URL, "redis://h")]).unwrap();
+        assert!(settings.min_memory_bytes() <= (64 << 20) / 4);
+        let large = load(&[(REDIS_URL, "redis://h"), (MAX_DOCUMENT_BYTES, "16777216")]).unwrap();
+        assert!(large.min_memory_bytes() > (64 << 20));
     }
 
     #[test]

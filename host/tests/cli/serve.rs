@@ -32,11 +32,18 @@ struct Serve {
 impl Serve {
     /// `taskstore serve --listen 127.0.0.1:0 --redis URL <extra>`, once it listens.
     fn start(redis_url: &str, extra: &[&str]) -> Serve {
+        Serve::start_with_env(redis_url, extra, &[])
+    }
+
+    /// As [`Serve::start`], with `env` added to the server's environment.
+    fn start_with_env(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let cache = tempfile::tempdir().expect("cache dir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
             .args(["serve", "--listen", "127.0.0.1:0", "--redis", redis_url])
             .args(extra)
             .env_remove("REDIS_URL")
+            .env_remove("TASKSTORE_API_KEY")
+            .envs(env.iter().copied())
             .env("TASKSTORE_CACHE_DIR", cache.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -219,15 +226,23 @@ fn patch(agent: &ureq::Agent, url: &str, body: &str, expect_status: Option<&str>
 /// that writes everything before reading sees only as a broken pipe. Returns the status and
 /// the response body.
 fn post_while_reading(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to serve");
-    stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(HTTP_TIMEOUT)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let (status, _head, body) = exchange_while_reading(addr, request);
+    (status, body)
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, which should say `Connection: close`) over a
+/// raw connection, writing from another thread while this one reads (see
+/// [`post_while_reading`]). Returns the status, the head and the (de-chunked) body.
+fn exchange_while_reading(addr: SocketAddr, request: String) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to serve");
+    stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
     let sender = thread::spawn(move || {
         // Fails with a broken pipe or reset once the server has answered and closed.
         let _ = writer.write_all(request.as_bytes());
@@ -253,7 +268,7 @@ fn post_while_reading(addr: SocketAddr, path: &str, body: &str) -> (u16, String)
     } else {
         body.to_owned()
     };
-    (status, body)
+    (status, head.to_owned(), body)
 }
 
 /// The payload of a `Transfer-Encoding: chunked` body.
@@ -424,12 +439,21 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// A body under `max-document-bytes` (16 MiB by default) that the instance's memory limit
-/// cannot hold: a 413 like any body too large for the deployment, and serving goes on.
+/// A body larger than a small instance can hold: a 413 like any body too large for the
+/// deployment, and serving goes on. (`serve` no longer starts with a `max-document-bytes`
+/// the memory cannot hold, so the limit here is one that fits 8 MiB.)
 #[test]
 fn a_body_the_instance_memory_cannot_hold_is_a_413_and_serving_goes_on() {
     let redis = RedisServer::start().unwrap();
-    let serve = Serve::start(&redis.url(), &["--memory-limit-mib", "8"]);
+    let serve = Serve::start(
+        &redis.url(),
+        &[
+            "--memory-limit-mib",
+            "8",
+            "--config",
+            "max-document-bytes=262144",
+        ],
+    );
     let huge = json!({ "query": "x".repeat(12 << 20) }).to_string();
     let (status, body) = post_while_reading(serve.addr, "/research/tasks", &huge);
     assert_eq!(status, 413, "{body}");
@@ -728,6 +752,452 @@ fn concurrent_load_loses_nothing_and_bounds_redis_connections() {
         percentile(0.50),
         percentile(0.99),
     );
+}
+
+// ---- Hostile or unlucky clients (issue 11, items 3 to 6) --------------------------------
+
+/// Runs `taskstore serve <args>` expecting it to refuse to start; returns its stderr. Fails
+/// the test if it starts listening instead (and stops it).
+fn serve_refuses_to_start(args: &[&str]) -> String {
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
+        .arg("serve")
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("TASKSTORE_API_KEY")
+        .env("TASKSTORE_CACHE_DIR", cache.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run taskstore serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (line_tx, line_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut stderr = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+            assert!(!status.success(), "serve exited 0: {stderr}");
+            return stderr;
+        }
+        if let Ok(line) = line_rx.try_recv() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started although it should have refused: {line}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve neither started nor exited"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads from `stream` until the server closes it (or resets it); panics if it stays open
+/// for `within`. Returns what was read.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> String {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0_u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "the server kept the connection open ({e}); read so far: {:?}",
+                String::from_utf8_lossy(&received)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Slowloris: connections that never finish their request head, and a keep-alive connection
+/// left idle, are closed at the header timeout; everyone else is served meanwhile.
+#[test]
+fn connections_that_never_send_a_whole_head_are_closed() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &["--header-timeout-ms", "1000"]);
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut stream = TcpStream::connect(serve.addr).unwrap();
+            stream
+                .write_all(b"GET /research/tasks HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+                .unwrap();
+            stream
+        })
+        .collect();
+    let mut idle = TcpStream::connect(serve.addr).unwrap();
+    idle.write_all(b"GET /research/tasks HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+
+    let listed = get(&agent(), &serve.url("/research/tasks"));
+    assert_eq!(listed.status, 200, "{listed:?}");
+    for stream in &mut slow {
+        read_until_closed(stream, Duration::from_secs(20));
+    }
+    let answered = read_until_closed(&mut idle, Duration::from_secs(20));
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+}
+
+/// A connection that sends a POST head announcing 1000 body bytes, then only one.
+fn start_trickling_a_post(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(
+            b"POST /research/tasks HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .unwrap();
+    stream
+}
+
+/// Bodies sent a byte at a time hold a connection, never an instance slot: with a single
+/// slot, a normal request is served while three POSTs trickle, and each trickler gets a 408
+/// once its next byte is overdue.
+#[test]
+fn trickled_bodies_take_no_request_slot() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(
+        &redis.url(),
+        &[
+            "--max-concurrent-requests",
+            "1",
+            "--body-read-timeout-ms",
+            "2000",
+        ],
+    );
+    let mut tricklers: Vec<TcpStream> =
+        (0..3).map(|_| start_trickling_a_post(serve.addr)).collect();
+    // Let the tricklers' heads reach the server first.
+    thread::sleep(Duration::from_millis(300));
+    let patient_enough: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let id = create(
+        &patient_enough,
+        &serve,
+        r#"{"query": "not stuck behind tricklers"}"#,
+    );
+    let fetched = get(
+        &patient_enough,
+        &serve.url(&format!("/research/tasks/{id}")),
+    );
+    assert_eq!(fetched.status, 200, "{fetched:?}");
+    for stream in &mut tricklers {
+        let answer = read_until_closed(stream, Duration::from_secs(20));
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("body_timeout"), "{answer}");
+    }
+    let mut redis = redis_client(&redis);
+    let keys: Vec<String> = redis.keys("*").unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+}
+
+/// Over `--max-connections`, a new connection replaces the one that has waited longest for a
+/// request head (slowloris heads and forgotten keep-alive connections), and is served.
+#[test]
+fn over_the_cap_the_longest_waiting_connection_makes_room() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &["--max-connections", "4"]);
+    let mut waiting: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let stream = TcpStream::connect(serve.addr).unwrap();
+            // Accepted in this order, so they have waited in this order.
+            thread::sleep(Duration::from_millis(50));
+            stream
+        })
+        .collect();
+    let (status, _, body) = exchange_while_reading(
+        serve.addr,
+        "GET /research/tasks HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(),
+    );
+    assert_eq!(status, 200, "{body}");
+    read_until_closed(&mut waiting[0], Duration::from_secs(20));
+    // The others keep their places.
+    waiting[1]
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let still_open = waiting[1].read(&mut [0_u8; 16]);
+    assert!(
+        still_open.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "{still_open:?}"
+    );
+}
+
+/// When every connection is in a request (here: trickling a body), one more is answered 503
+/// and closed at once; accepting goes on, and the log says so once, not per connection.
+#[test]
+fn when_every_connection_is_in_a_request_new_ones_get_503() {
+    let redis = RedisServer::start().unwrap();
+    let mut serve = Serve::start(&redis.url(), &["--max-connections", "2"]);
+    let _tricklers: Vec<TcpStream> = (0..2).map(|_| start_trickling_a_post(serve.addr)).collect();
+    // Let their heads reach the server, so that both are in requests.
+    thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let mut refused = TcpStream::connect(serve.addr).unwrap();
+        let answer = read_until_closed(&mut refused, Duration::from_secs(20));
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").expect("a head").1;
+        let error: Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(error["error"]["code"], "busy", "{answer}");
+    }
+    let (_, stderr) = serve.kill();
+    assert_eq!(
+        stderr
+            .matches("2 connections open, all in requests")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
+/// The function's default document limit fits its default memory; a larger one is a startup
+/// error, not a `500` (after the write) for the first large document.
+#[test]
+fn a_document_limit_the_instance_memory_cannot_hold_stops_serve_at_startup() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    let stderr = serve_refuses_to_start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--redis",
+        &url,
+        "--config",
+        "max-document-bytes=16777216",
+    ]);
+    assert!(
+        stderr.contains("max-document-bytes") && stderr.contains("memory"),
+        "{stderr}"
+    );
+}
+
+/// A body over the function's document limit is a 413 before anything is written (it was a
+/// `500` after the write at 8–12 MiB), and serving goes on, listing included.
+#[test]
+fn an_oversized_body_is_refused_before_anything_is_written() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &[]);
+    let huge = json!({ "query": "x".repeat(10 << 20) }).to_string();
+    let (status, body) = post_while_reading(serve.addr, "/research/tasks", &huge);
+    assert_eq!(status, 413, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("a JSON error body");
+    assert_eq!(error["error"]["code"], "body_too_large", "{body}");
+    let mut redis = redis_client(&redis);
+    let keys: Vec<String> = redis.keys("*").unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+
+    // Just under the limit: stored, not echoed back, and listed.
+    let agent = agent();
+    let large = json!({ "query": "y".repeat((1 << 20) - 200) }).to_string();
+    let created = post(&agent, &serve.url("/research/tasks"), &large);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert!(created.json().get("task").is_none(), "{created:?}");
+    let listed = get(&agent, &serve.url("/research/tasks"));
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(listed.json()["tasks"].as_array().map(Vec::len), Some(1));
+}
+
+/// At the smallest memory limit serve accepts for the default document limit, a largest
+/// document goes through every endpoint: the margin `min_memory_bytes` keeps is enough.
+#[test]
+fn a_document_of_the_largest_size_fits_the_smallest_allowed_memory() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &["--memory-limit-mib", "12"]);
+    let agent = agent();
+    // Many members (stored with a space after each `:` and `,`, so 900 KiB sent is just
+    // under 1 MiB stored), but not so many that the store's merge takes long.
+    let mut task = String::from(r#"{"query": "largest""#);
+    let mut n = 0;
+    while task.len() < 900 * 1024 {
+        task.push_str(&format!(r#","member{n}":"{}""#, "v".repeat(48)));
+        n += 1;
+    }
+    task.push('}');
+    let id = create(&agent, &serve, &task);
+    let url = serve.url(&format!("/research/tasks/{id}"));
+    assert_eq!(get(&agent, &url).status, 200);
+    let patched = patch(&agent, &url, r#"{"status": "done", "member0": null}"#, None);
+    assert_eq!(patched.status, 200, "{patched:?}");
+    let listed = get(&agent, &serve.url("/research/tasks?status=done"));
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(listed.json()["tasks"].as_array().map(Vec::len), Some(1));
+}
+
+/// A request whose deadline passes while the function computes (an epoch interrupt, not a
+/// host wait) is a `503 timeout` like any other deadline hit, not a `500` and a trap report.
+#[test]
+fn a_deadline_hit_inside_the_function_is_a_503_timeout() {
+    let redis = RedisServer::start().unwrap();
+    let mut serve = Serve::start(
+        &redis.url(),
+        &[
+            "--request-timeout-ms",
+            "1000",
+            "--memory-limit-mib",
+            "512",
+            "--config",
+            "max-document-bytes=50000000",
+        ],
+    );
+    let agent = agent();
+    // Warm an instance (and its Redis connection) first, so the deadline is spent computing
+    // (a loaded machine may need more than one try within the short deadline).
+    let warmed = (0..20).any(|_| get(&agent, &serve.url("/research/tasks")).status == 200);
+    assert!(warmed, "no request succeeded within the 1 s deadline");
+    // 26 MB in 1.5 million members: read by the host in well under the deadline, then
+    // seconds of parsing and building in the function (2.8 s in all with a long deadline).
+    let mut task = String::from(r#"{"query": "q""#);
+    for n in 0..1_500_000 {
+        task.push_str(&format!(r#","m{n}":{n}"#));
+    }
+    task.push('}');
+    let (status, body) = post_while_reading(serve.addr, "/research/tasks", &task);
+    assert_eq!(status, 503, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("a JSON error body");
+    assert_eq!(error["error"]["code"], "timeout", "{body}");
+    let (_, stderr) = serve.kill();
+    assert!(!stderr.contains("trapped"), "{stderr}");
+    assert!(stderr.contains("deadline"), "{stderr}");
+}
+
+/// The function's own reason for a 5xx reaches the server's log, one line.
+#[test]
+fn the_function_s_reasons_for_errors_reach_the_server_log() {
+    let closed_port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = Serve::start(&format!("redis://127.0.0.1:{closed_port}"), &[]);
+    let listed = get(&agent(), &serve.url("/research/tasks"));
+    assert_eq!(listed.status, 503, "{listed:?}");
+    assert_eq!(listed.error_code(), "storage_unavailable");
+    let (_, stderr) = serve.kill();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("storage_unavailable"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("opening the task store"), "{stderr}");
+}
+
+fn raw_get(serve: &Serve, host: &str, authorization: Option<&str>) -> (u16, String, String) {
+    let authorization = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    exchange_while_reading(
+        serve.addr,
+        format!(
+            "GET /research/tasks HTTP/1.1\r\nHost: {host}\r\n{authorization}\
+             Connection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// With an API key, every request needs it as a bearer token; the key never reaches a log.
+#[test]
+fn an_api_key_once_set_is_required_from_every_client() {
+    const KEY: &str = "k3y-only-for-this-test";
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let from_file = Serve::start(
+        &redis.url(),
+        &["--api-key-file", key_file.to_str().unwrap()],
+    );
+    let from_env = Serve::start_with_env(&redis.url(), &[], &[("TASKSTORE_API_KEY", KEY)]);
+    for mut serve in [from_file, from_env] {
+        let host = serve.addr.to_string();
+        let (status, head, body) = raw_get(&serve, &host, None);
+        assert_eq!(status, 401, "{head}{body}");
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.contains("www-authenticate: bearer realm=\"taskstore\""),
+            "{head}"
+        );
+        assert!(body.contains("unauthorized"), "{body}");
+        for wrong in ["Bearer k3y-only-for-this-tes", "Basic azN5", KEY] {
+            let (status, head, _) = raw_get(&serve, &host, Some(wrong));
+            assert_eq!(status, 401, "{wrong}: {head}");
+            assert!(head.contains("invalid_token"), "{head}");
+        }
+        let (status, _, body) = raw_get(&serve, &host, Some(&format!("Bearer {KEY}")));
+        assert_eq!(status, 200, "{body}");
+        let (_, stderr) = serve.kill();
+        assert!(!stderr.contains(KEY), "{stderr}");
+    }
+}
+
+/// Listening where other machines can connect needs an API key (checked before binding).
+#[test]
+fn a_non_loopback_listen_address_needs_an_api_key() {
+    let redis = RedisServer::start().unwrap();
+    let url = redis.url();
+    // A documentation address (RFC 5737): never bound, whatever happens.
+    let stderr = serve_refuses_to_start(&["--listen", "192.0.2.1:0", "--redis", &url]);
+    assert!(stderr.contains("API key"), "{stderr}");
+}
+
+/// DNS rebinding: a page whose name now resolves to 127.0.0.1 sends its own name in `Host`.
+#[test]
+fn requests_naming_a_host_not_allowed_are_refused() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &["--allow-host", "tasks.internal"]);
+    let port = serve.addr.port();
+    for host in [
+        format!("attacker.example:{port}"),
+        format!("127.0.0.1.attacker.example:{port}"),
+    ] {
+        let (status, head, body) = raw_get(&serve, &host, None);
+        assert_eq!(status, 421, "{host}: {head}{body}");
+        assert!(body.contains("host_not_allowed"), "{body}");
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("TASKS.internal:{port}"),
+    ] {
+        let (status, _, body) = raw_get(&serve, &host, None);
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+}
+
+/// A body without a JSON content type (what any web page may send cross-site without a
+/// preflight) creates nothing.
+#[test]
+fn bodies_without_a_json_content_type_create_nothing() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Serve::start(&redis.url(), &[]);
+    let body = r#"{"query": "from another site"}"#;
+    for content_type in ["", "Content-Type: text/plain\r\n"] {
+        let (status, head, reply) = exchange_while_reading(
+            serve.addr,
+            format!(
+                "POST /research/tasks HTTP/1.1\r\nHost: localhost\r\n{content_type}\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert_eq!(status, 415, "{head}{reply}");
+        assert!(reply.contains("unsupported_media_type"), "{reply}");
+    }
+    let mut redis = redis_client(&redis);
+    let keys: Vec<String> = redis.keys("*").unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
 }
 
 /// A TCP server that accepts connections and never answers: a hung Redis.
