@@ -431,6 +431,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.body_read_timeout = std::time::Duration::from_millis(args.body_read_timeout_ms);
     config.write_timeout = std::time::Duration::from_millis(args.write_timeout_ms);
     config.allowed_hosts = args.allowed_hosts.clone();
+    config.cluster_allow = cli.cluster_allow.clone();
     config.api_key = api_key(args)?;
     if let Some(prefix) = &cli.prefix {
         config

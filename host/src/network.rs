@@ -60,9 +60,7 @@ pub(crate) struct NetworkPolicy {
 
 impl NetworkPolicy {
     /// [`NetworkPolicy::for_url_allowing`] with the default allow-list: the seeds only.
-    ///
-    /// # Errors
-    /// As [`NetworkPolicy::for_url_allowing`].
+    #[cfg(test)]
     pub(crate) async fn for_url(
         url: &str,
         tls: &TlsSettings,

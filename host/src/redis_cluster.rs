@@ -314,6 +314,48 @@ pub fn start_node(tls: Option<&TlsFiles>, args: &[&str]) -> anyhow::Result<Redis
     Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
 }
 
+/// A one-node cluster owning every slot that tells its clients it is at `announce_ip`
+/// (`cluster-announce-ip`), as any seed may claim any address. It listens on 127.0.0.1 and
+/// on `announce_ip` (a loopback address), so a client that follows the announcement
+/// reaches it. With `password`, it requires that password once the slots are assigned.
+///
+/// # Errors
+/// As [`start_node`]; or the node does not take the slots or become ready within 10 s.
+pub fn start_node_announcing(
+    announce_ip: &str,
+    password: Option<&str>,
+) -> anyhow::Result<RedisServer> {
+    let bind = format!("127.0.0.1 {announce_ip}");
+    let node = start_node(
+        None,
+        &["--bind", &bind, "--cluster-announce-ip", announce_ip],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    command(
+        node.addr(),
+        &[b"CLUSTER", b"ADDSLOTSRANGE", b"0", b"16383"],
+        deadline,
+    )?;
+    loop {
+        let info = command(node.addr(), &[b"CLUSTER", b"INFO"], deadline)?;
+        if String::from_utf8_lossy(&info).contains("cluster_state:ok") {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the one-node cluster did not become ready in time");
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+    if let Some(password) = password {
+        command(
+            node.addr(),
+            &[b"CONFIG", b"SET", b"requirepass", password.as_bytes()],
+            deadline,
+        )?;
+    }
+    Ok(node)
+}
+
 fn read_all(file: &mut std::fs::File) -> String {
     let mut bytes = Vec::new();
     let _ = file.seek(SeekFrom::Start(0));

@@ -66,10 +66,12 @@ use self::guard::{AllowedHosts, Authorization};
 use self::io::{read_body, BodyFailure, ThrottledLog, WriteDeadline};
 use crate::cache::{compile, ComponentCache};
 use crate::network::NetworkPolicy;
-use crate::options::{redact_url, url_secrets};
+use crate::options::{redact_url, url_secrets, ClusterAllow};
 use crate::output::GuestOutput;
 use crate::runtime::{deadline_ticks, engine_config, to_anyhow, EpochTicker};
-use crate::sandbox::wasi_context;
+use crate::sandbox::{
+    add_sandbox_limits, resource_table, wasi_context, SandboxLimits, SandboxView,
+};
 
 /// The research-task HTTP function composed with the storage component (see `build.rs`):
 /// exports `wasi:http/incoming-handler`, imports only WASI.
@@ -140,6 +142,9 @@ pub struct ServeConfig {
     pub api_key: Option<ApiKey>,
     /// Host names requests may address (`Host`), besides `localhost` and the listen address.
     pub allowed_hosts: Vec<String>,
+    /// Cluster URLs only: where nodes the cluster reports may be reached besides the seeds'
+    /// own hosts (as the library's `Options::cluster_allow`).
+    pub cluster_allow: Vec<ClusterAllow>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -154,6 +159,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("max_connections", &self.max_connections)
             .field("api_key", &self.api_key.is_some())
             .field("allowed_hosts", &self.allowed_hosts)
+            .field("cluster_allow", &self.cluster_allow)
             .finish_non_exhaustive()
     }
 }
@@ -178,6 +184,7 @@ impl ServeConfig {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             api_key: None,
             allowed_hosts: Vec::new(),
+            cluster_allow: Vec::new(),
         }
     }
 
@@ -197,6 +204,13 @@ struct RequestState {
     table: ResourceTable,
     config: Arc<WasiConfigVariables>,
     limits: StoreLimits,
+    sandbox: SandboxLimits,
+}
+
+impl SandboxView for RequestState {
+    fn sandbox_limits(&mut self) -> &mut SandboxLimits {
+        &mut self.sandbox
+    }
 }
 
 impl WasiView for RequestState {
@@ -330,10 +344,14 @@ impl Server {
                 .danger_accept_invalid_certificates
                 .unwrap_or(false),
         };
-        let network =
-            NetworkPolicy::for_url(redis_url, &tls, Duration::from_millis(timeout_ms.into()))
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
+        let network = NetworkPolicy::for_url_allowing(
+            redis_url,
+            &tls,
+            Duration::from_millis(timeout_ms.into()),
+            &config.cluster_allow,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
 
         let engine = Engine::new(&engine_config()).map_err(to_anyhow)?;
         let bytes = match &config.component {
@@ -348,6 +366,7 @@ impl Server {
         let mut linker = Linker::<RequestState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(to_anyhow)?;
+        add_sandbox_limits(&mut linker)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut RequestState| {
             WasiConfig::from(&*state.config)
         })
@@ -665,12 +684,13 @@ impl Shared {
                 wasi: wasi_context(self.network.clone(), &output),
                 http: WasiHttpCtx::new(),
                 hooks: DenyOutgoingRequests,
-                table: ResourceTable::new(),
+                table: resource_table(),
                 config: Arc::clone(&self.config),
                 limits: StoreLimitsBuilder::new()
                     .memory_size(self.memory_limit)
                     .instances(64)
                     .build(),
+                sandbox: SandboxLimits::new(&self.network),
             },
         );
         store.limiter(|state| &mut state.limits);

@@ -2,49 +2,18 @@
 //! sandbox beyond the operator's allow-list, so a seed cannot send the component, and the
 //! cluster password with it, anywhere it likes.
 
-use taskstore_host::redis_cluster::start_node;
+use taskstore_host::redis_cluster::start_node_announcing;
 use taskstore_host::{Options, TaskError};
 
-use crate::support::{eventually, open_with, plain_url, RedisServer, PLAIN_TIMEOUT};
+use crate::support::{open_with, plain_url, RedisServer};
 
 const PASSWORD: &str = "Cluster/Pa55@word";
 
 /// A one-node cluster, listening on 127.0.0.1 and 127.0.0.2, that tells its clients it is
 /// at 127.0.0.2 (`cluster-announce-ip`), as any seed may claim any address.
 fn node_announcing_127_0_0_2() -> RedisServer {
-    let node = start_node(
-        None,
-        &[
-            "--bind",
-            "127.0.0.1 127.0.0.2",
-            "--cluster-announce-ip",
-            "127.0.0.2",
-            "--requirepass",
-            PASSWORD,
-        ],
-    )
-    .expect("a cluster-enabled redis-server starts");
-    let mut admin = plain_url(&format!(
-        "redis://:{}@127.0.0.1:{}",
-        PASSWORD.replace('/', "%2F").replace('@', "%40"),
-        node.port()
-    ));
-    redis::cmd("CLUSTER")
-        .arg("ADDSLOTSRANGE")
-        .arg(0)
-        .arg(16383)
-        .query::<()>(&mut admin)
-        .expect("CLUSTER ADDSLOTSRANGE");
-    assert!(
-        eventually(PLAIN_TIMEOUT, || {
-            redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query::<String>(&mut admin)
-                .is_ok_and(|info| info.contains("cluster_state:ok"))
-        }),
-        "the one-node cluster never became ready"
-    );
-    node
+    start_node_announcing("127.0.0.2", Some(PASSWORD))
+        .expect("a cluster-enabled redis-server starts")
 }
 
 /// Connections the node has accepted on 127.0.0.2, the address it announced.

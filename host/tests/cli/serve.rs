@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 use serde_json::{json, Value};
-use taskstore_host::redis_cluster::RedisCluster;
+use taskstore_host::redis_cluster::{start_node_announcing, RedisCluster};
 use taskstore_host::redis_server::RedisServer;
 
 /// Starting the server (compiling the component in a debug build) ends within this.
@@ -1464,4 +1464,24 @@ fn passwords_with_url_characters_never_reach_responses_or_logs() {
     assert_eq!(reply.status, 404, "{reply:?}");
     let (_, stderr) = serve.signal_and_wait(libc::SIGTERM);
     assert!(!shows_part_of(&stderr, right), "{stderr}");
+}
+
+/// `serve` keeps a cluster's reported nodes inside the operator's allow-list, as the library
+/// does: a node announcing an address outside it is never dialled (the request fails as
+/// storage unavailable) until `--cluster-allow` names it.
+#[test]
+fn serve_reaches_reported_cluster_nodes_only_inside_the_allow_list() {
+    let node = start_node_announcing("127.0.0.2", None).unwrap();
+    let url = format!("redis+cluster://127.0.0.1:{}", node.port());
+    let mut serve = Serve::start(&url, &[]);
+    let denied = get(&agent(), &serve.url("/research/tasks/t1"));
+    assert_eq!(denied.status, 503, "{denied:?}");
+    assert_eq!(denied.error_code(), "storage_unavailable", "{denied:?}");
+    serve.signal_and_wait(libc::SIGTERM);
+
+    let allow = format!("127.0.0.2:{}", node.port());
+    let mut serve = Serve::start(&url, &["--cluster-allow", &allow]);
+    let allowed = get(&agent(), &serve.url("/research/tasks/t1"));
+    assert_eq!(allowed.status, 404, "{allowed:?}");
+    serve.signal_and_wait(libc::SIGTERM);
 }
