@@ -2,7 +2,7 @@
 //! `taskstore_host` can embed them with `include_bytes!`:
 //!
 //! - the storage component (the workspace's root package, `taskstore`);
-//! - the research-task HTTP function (`examples/research-api`), which imports
+//! - the research-task HTTP function (`function/`), which imports
 //!   `task-storage`, composed with the storage component by `wac-graph` into one component
 //!   that exports `wasi:http/incoming-handler` and imports only standard WASI interfaces.
 //!
@@ -101,8 +101,8 @@ fn main() {
         "Cargo.toml",
         "Cargo.lock",
         "wit",
-        "examples/research-api/Cargo.toml",
-        "examples/research-api/wit",
+        "function/Cargo.toml",
+        "function/wit",
         "rust-toolchain.toml",
         ".cargo",
     ] {

@@ -18,7 +18,7 @@ use crate::storage::{ListQuery, Page, StorageError, StoredTask, TaskStorage};
 // The task-storage WIT is read from the repository's `wit/` (never copied); this crate's `wit/`
 // holds the world and the vendored `wasi:config` it needs.
 wit_bindgen::generate!({
-    path: ["../../wit", "wit"],
+    path: ["../wit", "wit"],
     world: "taskstore:research-api/research-api@0.1.0",
     with: {
         "taskstore:storage/task-storage@0.1.0": generate,
