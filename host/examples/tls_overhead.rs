@@ -6,13 +6,11 @@
 //! cargo run --release -p taskstore-host --example tls_overhead
 //! ```
 
-#[path = "../../tests/integration/support/pki.rs"]
-mod pki;
-
 use std::time::{Duration, Instant};
 
-use taskstore_host::redis_server::RedisServer;
 use taskstore_host::{Options, Runtime, TaskStore, COMPONENT, TLS_COMPONENT};
+use taskstore_testing::pki;
+use taskstore_testing::redis_server::RedisServer;
 
 const OPS: usize = 5_000;
 const OPENS: usize = 50;

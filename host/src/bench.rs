@@ -35,6 +35,8 @@ use anyhow::{bail, ensure, Context as _};
 use serde_json::Value;
 use taskstore::config::{RedisUrl, StoreOptions};
 use taskstore::std_tcp::StdConnector;
+// Without --redis or --port the benchmark runs on a throwaway server (the test fixture's guard).
+use taskstore_testing::redis_server::RedisServer;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -45,7 +47,6 @@ use crate::cache::{CacheOutcome, ComponentCache, CACHE_DIR_ENV};
 use crate::network::NetworkPolicy;
 use crate::options::Endpoint;
 use crate::output::GuestOutput;
-use crate::redis_server::RedisServer;
 use crate::runtime::{deadline_ticks, engine_config, to_anyhow, Runtime, COMPONENT};
 use crate::sandbox::wasi_context;
 use crate::{AsyncTaskStore, ListOptions, Options, Task, TaskStore, UpdateOptions};

@@ -34,7 +34,6 @@
 //! - `sandbox`: the component's WASI context: that network, nothing else.
 //! - `error`: [`TaskError`], the component's error variant plus host failures.
 //! - `output`: the bounded buffer behind the component's stdout and stderr.
-//! - [`redis_server`]: a throwaway `redis-server` for tests and the CLI's `demo`.
 //! - [`cache`]: [`ComponentCache`], the compiled component kept on disk for the CLI.
 //! - [`bench`]: `taskstore bench`, the component against a native build of the same client.
 
@@ -44,20 +43,10 @@ mod error;
 mod network;
 mod options;
 mod output;
-pub mod redis_cluster;
-pub mod redis_server;
 pub mod runtime;
 mod sandbox;
 pub mod serve;
 mod store;
-
-// The test CA and server certificates the integration tests use, for unit tests too; the
-// file names this crate `taskstore_host`, as an integration test does.
-#[cfg(test)]
-extern crate self as taskstore_host;
-#[cfg(test)]
-#[path = "../../tests/integration/support/pki.rs"]
-mod test_pki;
 
 pub use cache::{CacheOutcome, ComponentCache};
 pub use error::TaskError;

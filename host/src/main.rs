@@ -11,10 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use taskstore_host::redis_server::RedisServer;
 use taskstore_host::{
     ListOptions, Options, Runtime, TaskError, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
 };
+// `demo` and `serve --throwaway-redis` run on a throwaway server: the test fixture's guard,
+// the one private-redis-server implementation in the workspace.
+use taskstore_testing::redis_server::RedisServer;
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// Pages `list --all` reads at most, so that a keyspace that keeps changing underneath it

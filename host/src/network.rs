@@ -635,7 +635,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn cluster_policy_allows_seeds_and_reported_nodes_only() {
-        let cluster = crate::redis_cluster::RedisCluster::start(3).unwrap();
+        let cluster = taskstore_testing::redis_cluster::RedisCluster::start(3).unwrap();
         let nodes = cluster.addrs();
         let p = NetworkPolicy::for_url(
             &cluster.seed_url(1),
@@ -670,8 +670,10 @@ mod tests {
     /// with a CA that did not sign them, only the seed stays allowed.
     #[tokio::test(flavor = "current_thread")]
     async fn tls_cluster_policy_allows_the_reported_tls_ports_only() {
-        let pki = crate::test_pki::pki("network test CA", &["127.0.0.1"]);
-        let cluster = crate::redis_cluster::RedisCluster::start_tls(3, pki.server.clone()).unwrap();
+        let pki = taskstore_testing::pki::pki("network test CA", &["127.0.0.1"]);
+        let cluster =
+            taskstore_testing::redis_cluster::RedisCluster::start_tls(3, pki.server.clone())
+                .unwrap();
         let trusted = TlsSettings {
             ca_certificates: Some(pki.ca_pem.clone()),
             danger_accept_invalid_certificates: false,
@@ -693,7 +695,7 @@ mod tests {
         }
 
         let untrusted = TlsSettings {
-            ca_certificates: Some(crate::test_pki::pki("other CA", &["127.0.0.1"]).ca_pem),
+            ca_certificates: Some(taskstore_testing::pki::pki("other CA", &["127.0.0.1"]).ca_pem),
             danger_accept_invalid_certificates: false,
         };
         let p = NetworkPolicy::for_url(&cluster.seed_url(1), &untrusted, Duration::from_secs(5))
@@ -899,7 +901,7 @@ broken line
     async fn names_cluster_nodes_announce_may_be_looked_up_within_the_allow_list() {
         let tls = TlsSettings::default();
         let timeout = Duration::from_secs(5);
-        let inside = crate::redis_cluster::start_node(
+        let inside = taskstore_testing::redis_cluster::start_node(
             None,
             &["--cluster-announce-hostname", "redis-node-a.internal"],
         )
@@ -910,7 +912,7 @@ broken line
         assert!(p.may_look_up("REDIS-NODE-A.internal").await);
         assert!(!p.may_look_up("exfiltrate.example").await);
 
-        let outside = crate::redis_cluster::start_node(
+        let outside = taskstore_testing::redis_cluster::start_node(
             None,
             &[
                 "--cluster-announce-ip",
@@ -935,10 +937,10 @@ broken line
     /// lets the component reach it, as it is inside the allow-list and a master.
     #[tokio::test(flavor = "current_thread")]
     async fn an_empty_master_inside_the_allow_list_is_reachable() {
-        let cluster = crate::redis_cluster::RedisCluster::start(3).unwrap();
-        let empty = crate::redis_cluster::start_node(None, &[]).unwrap();
+        let cluster = taskstore_testing::redis_cluster::RedisCluster::start(3).unwrap();
+        let empty = taskstore_testing::redis_cluster::start_node(None, &[]).unwrap();
         let bus_port = {
-            let reply = crate::redis_server::command(
+            let reply = taskstore_testing::redis_server::command(
                 empty.addr(),
                 &[b"CONFIG", b"GET", b"cluster-port"],
                 Instant::now() + Duration::from_secs(5),

@@ -315,7 +315,7 @@ mod tests {
     /// allowed because the cluster itself reports them; any other port stays unreachable.
     #[tokio::test(flavor = "current_thread")]
     async fn a_cluster_url_reaches_the_cluster_nodes_and_no_other_port() {
-        let cluster = crate::redis_cluster::RedisCluster::start(3).unwrap();
+        let cluster = taskstore_testing::redis_cluster::RedisCluster::start(3).unwrap();
         let stranger = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let stranger_addr = stranger.local_addr().unwrap();
         let policy = NetworkPolicy::for_url(

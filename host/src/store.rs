@@ -715,7 +715,7 @@ impl Drop for TaskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis_server::RedisServer;
+    use taskstore_testing::redis_server::RedisServer;
 
     const DOC: &str = r#"{"id":"t1","status":"pending","progress":0}"#;
 

@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::support::pki::pki;
 use crate::support::{open_with, DEFAULT_PREFIX};
 use taskstore::cluster::key_slot;
-use taskstore_host::redis_cluster::RedisCluster;
 use taskstore_host::{ListOptions, Options, Task, TaskError, TaskStore, UpdateOptions};
+use taskstore_testing::pki::pki;
+use taskstore_testing::redis_cluster::RedisCluster;
 
 const TASKS: usize = 1200;
 /// Slots the live reshard moves (of node 0's ~5461): ~37 of 1000 tasks move with them.

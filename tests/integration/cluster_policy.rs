@@ -2,8 +2,8 @@
 //! sandbox beyond the operator's allow-list, so a seed cannot send the component, and the
 //! cluster password with it, anywhere it likes.
 
-use taskstore_host::redis_cluster::start_node_announcing;
 use taskstore_host::{Options, TaskError};
+use taskstore_testing::redis_cluster::start_node_announcing;
 
 use crate::support::{open_with, plain_url, RedisServer};
 

@@ -10,9 +10,9 @@
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::support::fault::{Fault, FaultProxy};
 use crate::support::*;
 use taskstore_host::{Options, Runtime, TaskError, TaskStore, UpdateOptions};
+use taskstore_testing::fault::{Fault, FaultProxy};
 
 const DOC: &str = r#"{"id": "t1", "status": "pending", "progress": 0}"#;
 /// The per-operation timeout of stores that meet a hanging server.

@@ -7,8 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use taskstore_host::redis_cluster::RedisCluster;
 use taskstore_host::{ListOptions, Options, Page, Task, TaskStore};
+use taskstore_testing::redis_cluster::RedisCluster;
 
 /// Pages any listing here may take before the test gives up on it ending.
 const MAX_PAGES: usize = 10_000;

@@ -10,9 +10,9 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
-use crate::support::fault::{Fault, FaultProxy};
 use crate::support::*;
 use taskstore_host::{ListOptions, Options, Runtime, TaskError, UpdateOptions};
+use taskstore_testing::fault::{Fault, FaultProxy};
 
 const DOC: &str = r#"{"id": "t1", "status": "pending", "progress": 0}"#;
 const SECRET: &str = "hunter2-S3CRET";

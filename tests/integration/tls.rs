@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::pki::{pki, TestPki};
 use crate::support::{open_with, plain_url, RedisServer, DEFAULT_PREFIX};
-use taskstore_host::redis_server::RedisServerBuilder;
 use taskstore_host::{ListOptions, Options, Runtime, TaskError, UpdateOptions, COMPONENT};
+use taskstore_testing::pki::{pki, TestPki};
+use taskstore_testing::redis_server::RedisServerBuilder;
 
 const DOC: &str = r#"{"status": "pending", "query": "tls round trip"}"#;
 /// Failures against a wrong port must end well within this.

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use crate::run::{taskstore, Run};
-use taskstore_host::redis_server::RedisServer;
+use taskstore_testing::redis_server::RedisServer;
 
 const DOC: &str = r#"{"id": "t1", "status": "pending", "query": "a b\r\nc", "progress": 0}"#;
 
@@ -744,7 +744,7 @@ fn demo_refuses_a_second_completion_with_a_conflict() {
 /// masters discovered and allowed), reads, updates and lists them across the cluster.
 #[test]
 fn cluster_url_works_from_the_cli() {
-    let cluster = taskstore_host::redis_cluster::RedisCluster::start(3)
+    let cluster = taskstore_testing::redis_cluster::RedisCluster::start(3)
         .expect("a 3-master redis cluster starts");
     let url = cluster.seed_url(0);
     let ids: Vec<String> = (0..12).map(|i| format!("cli-{i}")).collect();

@@ -5,9 +5,6 @@
 //! One test binary rather than one per file, to link (and store) the test harness once.
 //! Select a group by module path, e.g. `cargo test -p taskstore-host --test cli serve::`.
 
-#[path = "../../../tests/integration/support/pki.rs"]
-mod pki;
-
 mod commands;
 mod reliability;
 mod run;

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::run::Run;
-use taskstore_host::redis_server::RedisServer;
+use taskstore_testing::redis_server::RedisServer;
 
 const SECRET: &str = "hunter2-S3CRET";
 const DOC: &str = r#"{"id": "t1", "status": "pending"}"#;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 use serde_json::{json, Value};
-use taskstore_host::redis_cluster::{start_node_announcing, RedisCluster};
-use taskstore_host::redis_server::RedisServer;
+use taskstore_testing::redis_cluster::{start_node_announcing, RedisCluster};
+use taskstore_testing::redis_server::RedisServer;
 
 /// Starting the server (compiling the component in a debug build) ends within this.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -1326,7 +1326,7 @@ fn secrets_never_reach_responses_or_logs() {
 
 #[test]
 fn the_function_reaches_redis_over_tls() {
-    let pki = crate::pki::pki("serve test CA", &["127.0.0.1"]);
+    let pki = taskstore_testing::pki::pki("serve test CA", &["127.0.0.1"]);
     let redis_server = RedisServer::builder()
         .tls(pki.server.clone())
         .args(["--requirepass", "tls-secret-7"])
@@ -1348,7 +1348,7 @@ fn the_function_reaches_redis_over_tls() {
     drop(serve);
 
     // A CA that did not sign the server's certificate: 503, never a plaintext fallback.
-    let other = crate::pki::pki("some other CA", &["127.0.0.1"]);
+    let other = taskstore_testing::pki::pki("some other CA", &["127.0.0.1"]);
     std::fs::write(&ca_file, &other.ca_pem).unwrap();
     let serve = Serve::start(&url, &["--tls-ca-file", ca_file.to_str().unwrap()]);
     let refused = get(&agent, &serve.url(&format!("/research/tasks/{id}")));
@@ -1365,7 +1365,7 @@ fn the_function_works_on_a_redis_cluster() {
 
 #[test]
 fn the_function_works_on_a_redis_cluster_over_tls() {
-    let pki = crate::pki::pki("serve cluster CA", &["127.0.0.1"]);
+    let pki = taskstore_testing::pki::pki("serve cluster CA", &["127.0.0.1"]);
     let cluster = RedisCluster::start_tls(3, pki.server.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");

@@ -3,8 +3,8 @@
 
 use crate::run::Run;
 use taskstore::cluster::key_slot;
-use taskstore_host::redis_cluster::RedisCluster;
-use taskstore_host::redis_server::RedisServer;
+use taskstore_testing::redis_cluster::RedisCluster;
+use taskstore_testing::redis_server::RedisServer;
 
 /// Runs `taskstore` with `args`.
 fn taskstore(args: &[&str]) -> Run {
@@ -13,7 +13,7 @@ fn taskstore(args: &[&str]) -> Run {
 
 #[test]
 fn rediss_with_the_right_ca_works_and_a_wrong_ca_exits_3_with_a_tls_error() {
-    let pki = crate::pki::pki("taskstore CLI test CA", &["127.0.0.1"]);
+    let pki = taskstore_testing::pki::pki("taskstore CLI test CA", &["127.0.0.1"]);
     let server = RedisServer::builder()
         .arg("--requirepass")
         .arg("cli-s3cret")
@@ -26,7 +26,7 @@ fn rediss_with_the_right_ca_works_and_a_wrong_ca_exits_3_with_a_tls_error() {
     let wrong_ca_file = dir.path().join("wrong-ca.pem");
     std::fs::write(
         &wrong_ca_file,
-        crate::pki::pki("another CA", &["127.0.0.1"]).ca_pem,
+        taskstore_testing::pki::pki("another CA", &["127.0.0.1"]).ca_pem,
     )
     .unwrap();
     let url = format!(
@@ -89,7 +89,7 @@ fn rediss_with_the_right_ca_works_and_a_wrong_ca_exits_3_with_a_tls_error() {
 
 #[test]
 fn danger_flag_connects_without_verification_and_warns() {
-    let pki = crate::pki::pki("taskstore CLI test CA", &["redis.example"]);
+    let pki = taskstore_testing::pki::pki("taskstore CLI test CA", &["redis.example"]);
     let server = RedisServer::builder()
         .tls(pki.server.clone())
         .start()
@@ -114,7 +114,7 @@ fn danger_flag_connects_without_verification_and_warns() {
 
 #[test]
 fn rediss_cluster_url_reaches_every_master_over_tls() {
-    let pki = crate::pki::pki("taskstore CLI cluster CA", &["127.0.0.1"]);
+    let pki = taskstore_testing::pki::pki("taskstore CLI cluster CA", &["127.0.0.1"]);
     let cluster = RedisCluster::start_tls(3, pki.server.clone())
         .expect("a 3-master TLS redis cluster starts");
     let dir = tempfile::tempdir().unwrap();
@@ -154,7 +154,7 @@ fn rediss_cluster_url_reaches_every_master_over_tls() {
     let wrong_ca = dir.path().join("wrong-ca.pem");
     std::fs::write(
         &wrong_ca,
-        crate::pki::pki("another CA", &["127.0.0.1"]).ca_pem,
+        taskstore_testing::pki::pki("another CA", &["127.0.0.1"]).ca_pem,
     )
     .unwrap();
     let wrong = taskstore(&[

@@ -1,23 +1,21 @@
-//! Test harness: a private `redis-server` per test, the component compiled once per test
+//! Test harness: a private `redis-server` per test (from `taskstore-testing`, with the
+//! cluster, certificate and fault-proxy fixtures), the component compiled once per test
 //! process, and an independent plain Redis client to check what the component wrote (and to
 //! write data the way other clients do).
-
-pub mod fault;
-pub mod pki;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use taskstore_host::redis_server::RedisServer;
 use taskstore_host::{Options, Runtime, TaskError, TaskStore};
+pub use taskstore_testing::redis_server::RedisServer;
 
 /// The key prefix the component uses when none is configured.
 pub const DEFAULT_PREFIX: &str = "research_task:";
 /// The TTL the component gives when none is configured: 7 days.
 pub const DEFAULT_TTL: u64 = 604_800;
-/// Every plain-client wait, and every poll loop, ends within this.
-pub const PLAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every plain-client wait, and every poll loop, ends within this (the fault proxy's too).
+pub use taskstore_testing::PLAIN_TIMEOUT;
 
 /// The component, compiled once and shared by every test in this process.
 pub fn runtime() -> &'static Runtime {

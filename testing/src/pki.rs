@@ -1,8 +1,8 @@
 //! Certificates for the TLS tests, generated per test run with `rcgen`: a CA, and a server
 //! certificate it signs for the loopback names the tests dial.
 
+use crate::redis_server::TlsFiles;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use taskstore_host::redis_server::TlsFiles;
 
 /// A CA and a server certificate signed by it.
 pub struct TestPki {

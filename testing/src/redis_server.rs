@@ -40,7 +40,7 @@ const READY_MARKER: &str = "Ready to accept connections";
 /// Builds a [`RedisServer`] with extra `redis-server` arguments.
 ///
 /// ```no_run
-/// # use taskstore_host::redis_server::RedisServer;
+/// # use taskstore_testing::redis_server::RedisServer;
 /// let server = RedisServer::builder().arg("--requirepass").arg("secret").start()?;
 /// # anyhow::Ok(())
 /// ```
@@ -443,11 +443,11 @@ fn ping(addr: SocketAddr, deadline: Instant) -> anyhow::Result<()> {
 }
 
 /// Sends one command as a RESP array of bulk strings and returns the raw bytes of its reply.
-pub(crate) fn command(
-    addr: SocketAddr,
-    args: &[&[u8]],
-    deadline: Instant,
-) -> anyhow::Result<Vec<u8>> {
+///
+/// # Errors
+/// The connection or an I/O fails, `deadline` passes, or the server closes the connection
+/// before a complete reply.
+pub fn command(addr: SocketAddr, args: &[&[u8]], deadline: Instant) -> anyhow::Result<Vec<u8>> {
     let remaining = |what: &str| {
         deadline
             .checked_duration_since(Instant::now())

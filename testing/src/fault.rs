@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::PLAIN_TIMEOUT;
+use crate::PLAIN_TIMEOUT;
 
 /// How often blocked proxy threads look at the stop flag.
 const POLL: Duration = Duration::from_millis(20);
