@@ -4,7 +4,7 @@
 //! One test binary rather than one per file: each binary links wasmtime, so one per file
 //! multiplied link time and disk (a cold `cargo test --workspace` needed ~9 GB), and each
 //! compiled the component again. Select a group by module path, e.g.
-//! `cargo test --test integration faults::`.
+//! `cargo test -p taskstore-tests --test integration faults::`.
 
 mod support;
 

@@ -12,7 +12,7 @@ use taskstore_host::{TimeToLive, UpdateOptions};
 
 /// Runs the original service's storage code; `scripts/setup.sh` installs redis-py.
 fn python(server: &RedisServer, args: &[&str]) -> Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/original_service.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/original_service.py");
     let output = Command::new("python3")
         .arg(script)
         .arg(server.url())
@@ -28,7 +28,8 @@ fn python(server: &RedisServer, args: &[&str]) -> Output {
 }
 
 fn research_task(id: &str) -> String {
-    let template = include_str!("../../host/benches/task.json");
+    // The research task `taskstore bench` stores (host/benches/task.json).
+    let template = taskstore_host::bench::DEFAULT_DOCUMENT;
     let mut task: Value = serde_json::from_str(template).expect("task.json is JSON");
     task["id"] = Value::String(id.to_owned());
     task["query"] = Value::String("Cold starts: Wasm vs containers — café ☕ \"quoted\"".into());
