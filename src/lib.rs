@@ -20,6 +20,10 @@
 //! - [`store`]: task semantics — ids, keys, documents, TTLs.
 //! - [`text`]: untrusted text made safe for messages.
 //! - `component` (wasm32 only): WIT bindings and the one mapping to the WIT error.
+//!
+//! The host (`host/`), the HTTP function (`function/`), the test fixtures (`testing/`) and the
+//! integration tests (`tests/`) are their own workspace packages; this crate depends on none
+//! of them, not even to test.
 
 pub mod backend;
 pub mod client;

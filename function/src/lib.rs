@@ -13,6 +13,11 @@
 //! - [`error`]: API errors, their status codes, and the one mapping from storage errors.
 //! - [`service`]: one request from head to response, over an [`service::Environment`].
 //! - `component` (wasm32 only): WIT bindings, the `wasi:http` export, the per-instance store.
+//! - `fake` (tests only): an in-memory task store and a scripted environment.
+//!
+//! `wit/` holds the function's world and the vendored `wasi:config`; the `task-storage`
+//! interface is read from the workspace's `wit/`. The host's `build.rs` builds this crate for
+//! `wasm32-wasip2` and composes it with the storage component.
 
 pub mod document;
 pub mod error;

@@ -36,6 +36,14 @@
 //! - `output`: the bounded buffer behind the component's stdout and stderr.
 //! - [`cache`]: [`ComponentCache`], the compiled component kept on disk for the CLI.
 //! - [`bench`]: `taskstore bench`, the component against a native build of the same client.
+//! - [`serve`]: `taskstore serve`, the research-task HTTP function (the workspace's
+//!   `function/`, composed with the TLS storage component by `build.rs`) over HTTP/1.1;
+//!   `serve/` holds its connection cap, request guard and I/O limits.
+//! - `main.rs`: the `taskstore` CLI over this library.
+//!
+//! The throwaway `redis-server` of the CLI's `demo`, `serve --throwaway-redis` and `bench` is
+//! the test fixture of the workspace's `taskstore-testing` crate, which this crate uses but
+//! does not re-export; the integration tests are the `taskstore-tests` package (`tests/`).
 
 pub mod bench;
 pub mod cache;
