@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::redis_server::frame_len;
 use crate::PLAIN_TIMEOUT;
 
 /// How often blocked proxy threads look at the stop flag.
@@ -414,32 +415,4 @@ fn partial_command_name(pending: &[u8]) -> Option<String> {
     // The name line is complete only if something follows it.
     lines.next()?;
     Some(String::from_utf8_lossy(name).to_ascii_uppercase())
-}
-
-/// Length of the complete RESP2 frame at the start of `buf`, if all of it is there.
-fn frame_len(buf: &[u8]) -> Option<usize> {
-    let line_end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
-    let count = || -> Option<i64> {
-        std::str::from_utf8(&buf[1..line_end - 2])
-            .ok()?
-            .parse()
-            .ok()
-    };
-    match buf.first()? {
-        b'$' => match usize::try_from(count()?) {
-            Err(_) => Some(line_end),
-            Ok(len) => {
-                let end = line_end + len + 2;
-                (buf.len() >= end).then_some(end)
-            }
-        },
-        b'*' => {
-            let mut end = line_end;
-            for _ in 0..count()?.max(0) {
-                end += frame_len(&buf[end..])?;
-            }
-            Some(end)
-        }
-        _ => Some(line_end),
-    }
 }

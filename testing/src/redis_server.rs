@@ -466,7 +466,7 @@ pub fn command(addr: SocketAddr, args: &[&[u8]], deadline: Instant) -> anyhow::R
     let mut reply = Vec::new();
     let mut buf = [0u8; 512];
     loop {
-        if let Some(end) = reply_len(&reply) {
+        if let Some(end) = frame_len(&reply) {
             reply.truncate(end);
             return Ok(reply);
         }
@@ -479,8 +479,9 @@ pub fn command(addr: SocketAddr, args: &[&[u8]], deadline: Instant) -> anyhow::R
     }
 }
 
-/// Length of the complete RESP2 reply at the start of `buf`, if it is all there.
-fn reply_len(buf: &[u8]) -> Option<usize> {
+/// Length of the complete RESP2 frame (a reply, or a request the fault proxy reads) at the
+/// start of `buf`, if all of it is there.
+pub(crate) fn frame_len(buf: &[u8]) -> Option<usize> {
     let line_end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
     let count = || -> Option<i64> {
         std::str::from_utf8(&buf[1..line_end - 2])
@@ -488,7 +489,7 @@ fn reply_len(buf: &[u8]) -> Option<usize> {
             .parse()
             .ok()
     };
-    match buf[0] {
+    match buf.first()? {
         b'$' => match usize::try_from(count()?) {
             Err(_) => Some(line_end),
             Ok(len) => {
@@ -499,7 +500,7 @@ fn reply_len(buf: &[u8]) -> Option<usize> {
         b'*' => {
             let mut end = line_end;
             for _ in 0..count()?.max(0) {
-                end += reply_len(&buf[end..])?;
+                end += frame_len(&buf[end..])?;
             }
             Some(end)
         }
@@ -607,14 +608,14 @@ mod tests {
 
     #[test]
     fn reply_len_waits_for_a_whole_reply() {
-        assert_eq!(reply_len(b"+PONG\r\n"), Some(7));
-        assert_eq!(reply_len(b"$-1\r\n"), Some(5));
-        assert_eq!(reply_len(b"$3\r\nab"), None);
-        assert_eq!(reply_len(b"$3\r\nabc\r\n"), Some(9));
-        assert_eq!(reply_len(b"+PON"), None);
-        assert_eq!(reply_len(b"*-1\r\n"), Some(5));
-        assert_eq!(reply_len(b"*2\r\n$1\r\na\r\n"), None);
-        assert_eq!(reply_len(b"*2\r\n$1\r\na\r\n:1\r\nextra"), Some(15));
+        assert_eq!(frame_len(b"+PONG\r\n"), Some(7));
+        assert_eq!(frame_len(b"$-1\r\n"), Some(5));
+        assert_eq!(frame_len(b"$3\r\nab"), None);
+        assert_eq!(frame_len(b"$3\r\nabc\r\n"), Some(9));
+        assert_eq!(frame_len(b"+PON"), None);
+        assert_eq!(frame_len(b"*-1\r\n"), Some(5));
+        assert_eq!(frame_len(b"*2\r\n$1\r\na\r\n"), None);
+        assert_eq!(frame_len(b"*2\r\n$1\r\na\r\n:1\r\nextra"), Some(15));
     }
 
     #[test]
