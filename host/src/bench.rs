@@ -37,18 +37,18 @@ use taskstore::config::{RedisUrl, StoreOptions};
 use taskstore::std_tcp::StdConnector;
 // Without --redis or --port the benchmark runs on a throwaway server (the test fixture's guard).
 use taskstore_testing::redis_server::RedisServer;
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::Component;
+use wasmtime::Store;
 
 use crate::bindings::exports::taskstore::storage::task_storage as wit;
-use crate::bindings::RedisTaskStorePre;
-use crate::cache::{CacheOutcome, ComponentCache, CACHE_DIR_ENV};
+use crate::engine::{
+    new_engine, to_anyhow, CacheOutcome, ComponentCache, CACHE_DIR_ENV, COMPONENT,
+};
+use crate::instance::InstanceState;
 use crate::network::NetworkPolicy;
 use crate::options::Endpoint;
 use crate::output::GuestOutput;
-use crate::runtime::{deadline_ticks, engine_config, to_anyhow, Runtime, COMPONENT};
-use crate::sandbox::wasi_context;
+use crate::runtime::Runtime;
 use crate::{AsyncTaskStore, ListOptions, Options, Task, TaskStore, UpdateOptions};
 
 type NativeStore = taskstore::store::TaskStore<StdConnector>;
@@ -879,7 +879,7 @@ impl Bench {
             COMPONENT.len() as f64 / 1024.0
         );
 
-        let engine = wasmtime::Engine::new(&engine_config()).map_err(to_anyhow)?;
+        let engine = new_engine()?;
         let mut compile = Vec::new();
         let mut compiled = None;
         for _ in 0..5 {
@@ -939,16 +939,16 @@ impl Bench {
     fn instantiation(&self) -> anyhow::Result<()> {
         let runtime = Runtime::new()?;
         let tokio = current_thread()?;
-        let probe = ProbePre::new(&runtime)?;
+        let probe = Probe::new(&runtime);
         let (instantiate, with_store, open) = tokio.block_on(async {
             let policy = NetworkPolicy::resolve(&Endpoint::from_url(&self.url)?).await?;
             let (mut instantiate, mut with_store) = (Vec::new(), Vec::new());
             for _ in 0..200 {
                 let started = Instant::now();
-                let mut store = probe.store(policy.clone());
+                let mut store = probe.store(&policy);
                 let before = Instant::now();
-                probe
-                    .pre
+                runtime
+                    .pre()
                     .instantiate_async(&mut store)
                     .await
                     .map_err(to_anyhow)?;
@@ -1071,14 +1071,14 @@ impl Bench {
     fn memory(&self, report: &mut Report) -> anyhow::Result<()> {
         let runtime = Runtime::new()?;
         let tokio = current_thread()?;
-        let probe = ProbePre::new(&runtime)?;
+        let probe = Probe::new(&runtime);
         let (linear, rss) = tokio.block_on(async {
             let policy = NetworkPolicy::resolve(&Endpoint::from_url(&self.url)?).await?;
             let mut probes = Vec::new();
             for _ in 0..IDLE_STORES {
-                probes.push(probe.open(policy.clone(), &self.url).await?);
+                probes.push(probe.open(&policy, &self.url).await?);
             }
-            let linear: usize = probes.iter().map(|s| s.data().memory_bytes).sum();
+            let linear: usize = probes.iter().map(|s| s.data().memory_grown()).sum();
             drop(probes);
 
             // Warm the allocator and the runtime's shared state before the baseline.
@@ -1164,81 +1164,34 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
-/// Instances like a store's, in a store whose state counts linear memory as it grows.
-struct ProbePre {
-    pre: RedisTaskStorePre<Probe>,
-    engine: wasmtime::Engine,
-}
-
+/// Instances of a runtime's component in stores like an [`AsyncTaskStore`]'s (the same
+/// factory, limits and sandbox), without the store's call handling around them.
 struct Probe {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    memory_bytes: usize,
+    runtime: Runtime,
 }
 
-impl WasiView for Probe {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
+impl Probe {
+    fn new(runtime: &Runtime) -> Probe {
+        Probe {
+            runtime: runtime.clone(),
         }
     }
-}
 
-impl ResourceLimiter for Probe {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.memory_bytes += desired.saturating_sub(current);
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        _desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(true)
-    }
-}
-
-impl ProbePre {
-    fn new(runtime: &Runtime) -> anyhow::Result<ProbePre> {
-        let engine = runtime.engine().clone();
-        let component: &Component = runtime.pre().instance_pre().component();
-        let mut linker = Linker::<Probe>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
-        let pre = linker.instantiate_pre(component).map_err(to_anyhow)?;
-        Ok(ProbePre {
-            pre: RedisTaskStorePre::new(pre).map_err(to_anyhow)?,
-            engine,
-        })
-    }
-
-    fn store(&self, policy: NetworkPolicy) -> Store<Probe> {
-        let mut store = Store::new(
-            &self.engine,
-            Probe {
-                wasi: wasi_context(policy, &GuestOutput::new(1024)),
-                table: ResourceTable::new(),
-                memory_bytes: 0,
-            },
-        );
-        store.limiter(|probe| probe);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(Duration::from_secs(60)));
-        store
+    fn store(&self, policy: &NetworkPolicy) -> Store<InstanceState> {
+        self.runtime
+            .new_store(policy, &GuestOutput::new(1024), Duration::from_secs(60))
     }
 
     /// An instance with an open guest store, as [`AsyncTaskStore`] keeps it between calls.
-    async fn open(&self, policy: NetworkPolicy, url: &str) -> anyhow::Result<Store<Probe>> {
+    async fn open(
+        &self,
+        policy: &NetworkPolicy,
+        url: &str,
+    ) -> anyhow::Result<Store<InstanceState>> {
         let mut store = self.store(policy);
         let guest = self
-            .pre
+            .runtime
+            .pre()
             .instantiate_async(&mut store)
             .await
             .map_err(to_anyhow)?;

@@ -23,22 +23,29 @@
 //!
 //! # Layout
 //!
-//! - [`runtime`]: [`Runtime`], the compiled and linked component, and the embedded
-//!   [`COMPONENT`] and [`TLS_COMPONENT`] (`rediss://`) that `build.rs` builds from the
-//!   workspace's root package.
+//! Each module uses only modules listed above it, so none imports one that imports it back:
+//!
+//! - `output`: the bounded buffer behind the component's stdout and stderr.
+//! - `error`: [`TaskError`], the component's error variant plus host failures.
+//! - `options`: [`Options`] and reading the Redis address from the URL.
+//! - `network`: the socket allow-list derived from that address.
+//! - `engine`: the engine configuration, the epoch ticker behind every deadline,
+//!   compilation, the embedded [`COMPONENT`] and [`TLS_COMPONENT`] (`rediss://`) that
+//!   `build.rs` builds from the workspace's root package, and [`ComponentCache`], the
+//!   compiled component kept on disk for the CLI (public as [`cache`]).
+//! - `sandbox`: the component's WASI context: that network, nothing else, and caps on
+//!   sockets and resources.
+//! - `instance`: the one factory of sandboxed instances: the linker and a builder of the
+//!   wasmtime `Store` every guest runs in (memory limit, deadline, sandboxed WASI, and
+//!   wasi:http and wasi:config for the HTTP function), used by stores, `serve` and `bench`.
+//! - [`runtime`]: [`Runtime`], the compiled and linked component with its limits.
 //! - `store`: [`AsyncTaskStore`] (one instance, async calls) and [`TaskStore`] (blocking),
 //!   and the records their calls take and return ([`Task`], [`UpdateOptions`],
 //!   [`ListOptions`], [`Page`], ...).
-//! - `options`: [`Options`] and reading the Redis address from the URL.
-//! - `network`: the socket allow-list derived from that address.
-//! - `sandbox`: the component's WASI context: that network, nothing else.
-//! - `error`: [`TaskError`], the component's error variant plus host failures.
-//! - `output`: the bounded buffer behind the component's stdout and stderr.
-//! - [`cache`]: [`ComponentCache`], the compiled component kept on disk for the CLI.
-//! - [`bench`]: `taskstore bench`, the component against a native build of the same client.
 //! - [`serve`]: `taskstore serve`, the research-task HTTP function (the workspace's
 //!   `function/`, composed with the TLS storage component by `build.rs`) over HTTP/1.1;
 //!   `serve/` holds its connection cap, request guard and I/O limits.
+//! - [`bench`](mod@bench): `taskstore bench`, the component against a native build of the same client.
 //! - `main.rs`: the `taskstore` CLI over this library.
 //!
 //! The throwaway `redis-server` of the CLI's `demo`, `serve --throwaway-redis` and `bench` is
@@ -46,8 +53,9 @@
 //! does not re-export; the integration tests are the `taskstore-tests` package (`tests/`).
 
 pub mod bench;
-pub mod cache;
+mod engine;
 mod error;
+mod instance;
 mod network;
 mod options;
 mod output;
@@ -56,13 +64,18 @@ mod sandbox;
 pub mod serve;
 mod store;
 
-pub use cache::{CacheOutcome, ComponentCache};
+pub use engine::{CacheOutcome, ComponentCache};
 pub use error::TaskError;
 pub use options::{redact_url, ClusterAllow, Options};
 pub use runtime::{Runtime, COMPONENT, DEFAULT_MEMORY_LIMIT, TLS_COMPONENT};
 pub use store::{
     AsyncTaskStore, ListOptions, Page, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
 };
+
+/// The compiled component kept on disk for short-lived processes; see [`ComponentCache`].
+pub mod cache {
+    pub use crate::engine::{CacheOutcome, ComponentCache, MissReason, CACHE_DIR_ENV};
+}
 
 mod bindings {
     wasmtime::component::bindgen!({

@@ -1,33 +1,22 @@
 //! The compiled component and everything needed to instantiate it, shared by all stores.
 
 use std::path::Path;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use wasmtime::component::Linker;
-use wasmtime::{Config, Engine};
+use wasmtime::{Engine, Store};
 
 use crate::bindings::RedisTaskStorePre;
-use crate::cache::{compile, CacheOutcome, ComponentCache};
+use crate::engine::{load_component, new_engine, to_anyhow, EpochTicker};
+use crate::engine::{CacheOutcome, ComponentCache};
+pub use crate::engine::{COMPONENT, EPOCH_TICK, TLS_COMPONENT};
 use crate::error::TaskError;
-use crate::options::Options;
-use crate::store::{AsyncTaskStore, HostState};
-
-/// The component built from this workspace's root package (`wasm32-wasip2`, release),
-/// embedded at compile time by `build.rs`. It speaks plaintext `redis://` only.
-pub static COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_COMPONENT"));
-
-/// The same component built with the `tls` feature: `redis://` and `rediss://` (rustls in
-/// the guest). Several times larger than [`COMPONENT`], so it is compiled only when a store
-/// opens a `rediss://` URL; see [`Runtime::new_tls`].
-pub static TLS_COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_TLS_COMPONENT"));
+use crate::instance::{linker, Imports, InstanceBuilder, InstanceState};
+use crate::network::NetworkPolicy;
+use crate::output::GuestOutput;
 
 /// Memory a store's instance may use unless [`Runtime::with_memory_limit`] says otherwise.
 pub const DEFAULT_MEMORY_LIMIT: usize = 256 * 1024 * 1024;
-
-/// How often the engine's epoch advances; the granularity of every call deadline.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// A compiled component, linked against WASI and ready to instantiate.
 ///
@@ -37,7 +26,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
-    pre: RedisTaskStorePre<HostState>,
+    pre: RedisTaskStorePre<InstanceState>,
     memory_limit: usize,
     /// `None`: derived from each store's timeout, see [`Runtime::call_deadline`].
     call_deadline: Option<Duration>,
@@ -181,15 +170,9 @@ impl Runtime {
         bytes: &[u8],
         cache: Option<&ComponentCache>,
     ) -> anyhow::Result<(Runtime, CacheOutcome)> {
-        let engine = Engine::new(&engine_config()).map_err(to_anyhow)?;
-        let (component, outcome) = match cache {
-            Some(cache) => cache.load_or_compile(&engine, bytes)?,
-            None => (compile(&engine, bytes)?, CacheOutcome::Disabled),
-        };
-        let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
-        crate::sandbox::add_sandbox_limits(&mut linker)?;
-        let instance_pre = linker
+        let engine = new_engine()?;
+        let (component, outcome) = load_component(&engine, bytes, cache)?;
+        let instance_pre = linker(&engine, Imports::Wasi)?
             .instantiate_pre(&component)
             .map_err(|e| to_anyhow(e).context("the component needs imports this host lacks"))?;
         let pre = RedisTaskStorePre::new(instance_pre).map_err(|e| {
@@ -242,81 +225,24 @@ impl Runtime {
         })
     }
 
-    /// Opens a store: instantiates the component and calls its `store.open`.
-    ///
-    /// # Errors
-    /// [`TaskError::InvalidInput`] for a malformed URL or options; [`TaskError::Connection`]
-    /// if the host name does not resolve or Redis cannot be reached; any other error of the
-    /// component's `open`; [`TaskError::Host`] if the component cannot be instantiated or
-    /// traps.
-    pub async fn open_async(&self, options: Options) -> Result<AsyncTaskStore, TaskError> {
-        AsyncTaskStore::open(self.clone(), options).await
+    /// A store for one instance of this runtime's component, sandboxed to `network`, with
+    /// this runtime's memory limit and its guest code cut off after `deadline`.
+    pub(crate) fn new_store(
+        &self,
+        network: &NetworkPolicy,
+        output: &GuestOutput,
+        deadline: Duration,
+    ) -> Store<InstanceState> {
+        InstanceBuilder::new(network, output, self.memory_limit, deadline)
+            // A clear trap beats a failed `memory.grow`, which the guest's allocator turns
+            // into an abort with no message.
+            .trap_on_grow_failure()
+            .build(&self.engine)
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    pub(crate) fn pre(&self) -> &RedisTaskStorePre<HostState> {
+    pub(crate) fn pre(&self) -> &RedisTaskStorePre<InstanceState> {
         &self.pre
     }
-
-    pub(crate) fn memory_limit(&self) -> usize {
-        self.memory_limit
-    }
-}
-
-/// The engine configuration every runtime uses. Code compiled under another configuration
-/// (a precompiled component, say) must match it.
-pub(crate) fn engine_config() -> Config {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    // Without the concurrent call path every call is ~1 µs cheaper, and nothing here
-    // uses component-model async.
-    config.concurrency_support(false);
-    // Guest code checks the epoch at function entries and loop heads, so a call that runs
-    // past its deadline traps instead of holding the thread forever (~2k instructions per
-    // call, unmeasurable in timings).
-    config.epoch_interruption(true);
-    config
-}
-
-/// Epoch ticks that cover `deadline`: rounded up, plus one because the tick in progress
-/// may be about to end.
-pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    let ticks = deadline.as_nanos().div_ceil(tick) + 1;
-    u64::try_from(ticks).unwrap_or(u64::MAX)
-}
-
-/// A thread that increments an engine's epoch every [`EPOCH_TICK`]; it ends when this is
-/// dropped (with the last clone of its [`Runtime`]).
-pub(crate) struct EpochTicker {
-    /// Dropping it disconnects the channel, which wakes and ends the thread.
-    _stop: mpsc::Sender<()>,
-}
-
-impl EpochTicker {
-    pub(crate) fn start(engine: &Engine) -> anyhow::Result<EpochTicker> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let engine = engine.clone();
-        std::thread::Builder::new()
-            .name("taskstore-epoch".into())
-            // Nothing is ever sent: only a disconnect (or a message) ends the loop.
-            .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
-                    engine.increment_epoch();
-                }
-            })
-            .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker thread: {e}"))?;
-        Ok(EpochTicker { _stop: stop })
-    }
-}
-
-/// `wasmtime::Error` keeps its cause chain through the boxed form; `anyhow` is what the
-/// constructors promise.
-pub(crate) fn to_anyhow(error: wasmtime::Error) -> anyhow::Error {
-    anyhow::Error::from_boxed(error.into_boxed_dyn_error())
 }
 
 #[cfg(test)]
@@ -327,9 +253,9 @@ mod tests {
     fn embedded_runtime_is_compiled_once_and_shared() {
         let a = Runtime::new().unwrap();
         let b = Runtime::new().unwrap();
-        assert!(Engine::same(a.engine(), b.engine()));
-        assert_eq!(a.memory_limit(), DEFAULT_MEMORY_LIMIT);
-        assert_eq!(b.with_memory_limit(1 << 20).memory_limit(), 1 << 20);
+        assert!(Engine::same(&a.engine, &b.engine));
+        assert_eq!(a.memory_limit, DEFAULT_MEMORY_LIMIT);
+        assert_eq!(b.with_memory_limit(1 << 20).memory_limit, 1 << 20);
     }
 
     #[test]
@@ -342,87 +268,13 @@ mod tests {
     }
 
     #[test]
-    fn deadline_ticks_round_up_and_add_one() {
-        assert_eq!(deadline_ticks(Duration::ZERO), 1);
-        assert_eq!(deadline_ticks(Duration::from_millis(10)), 2);
-        assert_eq!(deadline_ticks(Duration::from_millis(11)), 3);
-        assert_eq!(deadline_ticks(Duration::MAX), u64::MAX);
-    }
-
-    /// A core module exporting `run`, which returns at once.
-    const RETURN_AT_ONCE: &[u8] = &[
-        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
-        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type 0: [] -> []
-        0x03, 0x02, 0x01, 0x00, // func 0: type 0
-        0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00, // export "run" = func 0
-        0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // body: end
-    ];
-
-    /// The same, but `run` never returns: `loop br 0 end`.
-    const SPIN_FOREVER: &[u8] = &[
-        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, //
-        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, //
-        0x03, 0x02, 0x01, 0x00, //
-        0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00, //
-        0x0a, 0x09, 0x01, 0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop br 0 end
-    ];
-
-    /// Calls `run` of `module` in a store whose deadline is `ticks` epochs away.
-    fn run(engine: &Engine, module: &[u8], ticks: u64) -> wasmtime::Result<()> {
-        let mut store = wasmtime::Store::new(engine, ());
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        let module = wasmtime::Module::new(engine, module)?;
-        let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
-        let run = instance.get_typed_func::<(), ()>(&mut store, "run")?;
-        run.call(&mut store, ())
-    }
-
-    #[test]
-    fn guest_code_that_never_returns_traps_at_its_deadline() {
-        let engine = Engine::new(&engine_config()).unwrap();
-        let _ticker = EpochTicker::start(&engine).unwrap();
-        run(&engine, RETURN_AT_ONCE, 1).unwrap();
-
-        let started = std::time::Instant::now();
-        let error = run(
-            &engine,
-            SPIN_FOREVER,
-            deadline_ticks(Duration::from_millis(100)),
-        )
-        .unwrap_err();
-        let elapsed = started.elapsed();
-        assert_eq!(
-            error.downcast_ref::<wasmtime::Trap>(),
-            Some(&wasmtime::Trap::Interrupt),
-            "{error:?}"
-        );
-        assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
-        // A bound, not a measurement: the loop was stopped, not left spinning.
-        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
-    }
-
-    #[test]
-    fn epoch_stops_advancing_once_the_ticker_is_dropped() {
-        let engine = Engine::new(&engine_config()).unwrap();
-        let ticker = EpochTicker::start(&engine).unwrap();
-        // Arm a deadline one tick away, let ticks pass, then call: even an empty function
-        // traps if, and only if, the epoch moved meanwhile.
-        let moved = |engine: &Engine| {
-            let mut store = wasmtime::Store::new(engine, ());
-            store.set_epoch_deadline(1);
-            std::thread::sleep(EPOCH_TICK * 5);
-            let module = wasmtime::Module::new(engine, RETURN_AT_ONCE).unwrap();
-            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-            let run = instance
-                .get_typed_func::<(), ()>(&mut store, "run")
-                .unwrap();
-            run.call(&mut store, ()).is_err()
-        };
-        assert!(moved(&engine), "the epoch did not advance");
-        drop(ticker);
-        std::thread::sleep(EPOCH_TICK * 3);
-        assert!(!moved(&engine), "the epoch still advances");
+    fn runtime_loads_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ComponentCache::new(dir.path());
+        let (_, first) = Runtime::from_bytes_cached(COMPONENT, &cache).unwrap();
+        assert!(matches!(first, CacheOutcome::Miss { .. }), "{first:?}");
+        let (_, second) = Runtime::from_bytes_cached(COMPONENT, &cache).unwrap();
+        assert_eq!(second, CacheOutcome::Hit);
     }
 
     #[test]

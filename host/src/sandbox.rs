@@ -10,6 +10,7 @@ use wasmtime_wasi::p2::{Network, SocketError, TcpSocket};
 use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiView};
 
+use crate::engine::to_anyhow;
 use crate::network::NetworkPolicy;
 use crate::output::GuestOutput;
 
@@ -84,7 +85,7 @@ pub(crate) fn add_sandbox_limits<T: SandboxView + 'static>(
     linker.allow_shadowing(true);
     linker
         .instance("wasi:sockets/ip-name-lookup@0.2.12")
-        .map_err(crate::runtime::to_anyhow)?
+        .map_err(to_anyhow)?
         .func_wrap_async(
             "resolve-addresses",
             |mut store: StoreContextMut<'_, T>, (network, name): (Resource<Network>, String)| {
@@ -95,17 +96,17 @@ pub(crate) fn add_sandbox_limits<T: SandboxView + 'static>(
                 })
             },
         )
-        .map_err(crate::runtime::to_anyhow)?;
+        .map_err(to_anyhow)?;
     linker
         .instance("wasi:sockets/tcp-create-socket@0.2.12")
-        .map_err(crate::runtime::to_anyhow)?
+        .map_err(to_anyhow)?
         .func_wrap(
             "create-tcp-socket",
             |mut store: StoreContextMut<'_, T>, (family,): (IpAddressFamily,)| {
                 create_tcp_socket(store.data_mut(), family).map(|result| (result,))
             },
         )
-        .map_err(crate::runtime::to_anyhow)?;
+        .map_err(to_anyhow)?;
     linker.allow_shadowing(false);
     Ok(())
 }

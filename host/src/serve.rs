@@ -49,14 +49,12 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::WasiHttpView;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use research_api::settings::Settings;
@@ -64,14 +62,13 @@ use research_api::settings::Settings;
 use self::connections::Connections;
 use self::guard::{AllowedHosts, Authorization};
 use self::io::{read_body, BodyFailure, ThrottledLog, WriteDeadline};
-use crate::cache::{compile, ComponentCache};
+use crate::engine::{
+    deadline_ticks, load_component, new_engine, to_anyhow, ComponentCache, EpochTicker,
+};
+use crate::instance::{linker, Imports, InstanceBuilder, InstanceState};
 use crate::network::NetworkPolicy;
 use crate::options::{redact_url, url_secrets, ClusterAllow};
 use crate::output::GuestOutput;
-use crate::runtime::{deadline_ticks, engine_config, to_anyhow, EpochTicker};
-use crate::sandbox::{
-    add_sandbox_limits, resource_table, wasi_context, SandboxLimits, SandboxView,
-};
 
 /// The research-task HTTP function composed with the storage component (see `build.rs`):
 /// exports `wasi:http/incoming-handler`, imports only WASI.
@@ -196,70 +193,10 @@ impl ServeConfig {
     }
 }
 
-/// The state of one request's store: WASI (sandboxed), wasi:http, wasi:config, limits.
-struct RequestState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    hooks: DenyOutgoingRequests,
-    table: ResourceTable,
-    config: Arc<WasiConfigVariables>,
-    limits: StoreLimits,
-    sandbox: SandboxLimits,
-}
-
-impl SandboxView for RequestState {
-    fn sandbox_limits(&mut self) -> &mut SandboxLimits {
-        &mut self.sandbox
-    }
-}
-
-impl WasiView for RequestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for RequestState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
-    }
-}
-
-/// The function only talks to Redis: outgoing HTTP is refused.
-struct DenyOutgoingRequests;
-
-impl WasiHttpHooks for DenyOutgoingRequests {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
-    }
-}
-
 /// Everything shared by the requests of one server.
 struct Shared {
     engine: Engine,
-    pre: ProxyPre<RequestState>,
+    pre: ProxyPre<InstanceState>,
     config: Arc<WasiConfigVariables>,
     network: NetworkPolicy,
     slots: Arc<Semaphore>,
@@ -353,25 +290,14 @@ impl Server {
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.redact(&secrets)))?;
 
-        let engine = Engine::new(&engine_config()).map_err(to_anyhow)?;
+        let engine = new_engine()?;
         let bytes = match &config.component {
             Some(path) => std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("cannot read component {}: {e}", path.display()))?,
             None => HTTP_COMPONENT.to_vec(),
         };
-        let component = match cache {
-            Some(cache) => cache.load_or_compile(&engine, &bytes)?.0,
-            None => compile(&engine, &bytes)?,
-        };
-        let mut linker = Linker::<RequestState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(to_anyhow)?;
-        add_sandbox_limits(&mut linker)?;
-        wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut RequestState| {
-            WasiConfig::from(&*state.config)
-        })
-        .map_err(to_anyhow)?;
-        let instance_pre = linker
+        let (component, _) = load_component(&engine, &bytes, cache)?;
+        let instance_pre = linker(&engine, Imports::WasiHttpConfig)?
             .instantiate_pre(&component)
             .map_err(|e| to_anyhow(e).context("the component needs imports this host lacks"))?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| {
@@ -678,24 +604,17 @@ impl Shared {
     /// A new instance in its own store: sandboxed WASI, the function's config, limits.
     async fn instantiate(&self) -> anyhow::Result<Warm> {
         let output = GuestOutput::new(4096);
-        let mut store = Store::new(
-            &self.engine,
-            RequestState {
-                wasi: wasi_context(self.network.clone(), &output),
-                http: WasiHttpCtx::new(),
-                hooks: DenyOutgoingRequests,
-                table: resource_table(),
-                config: Arc::clone(&self.config),
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(self.memory_limit)
-                    .instances(64)
-                    .build(),
-                sandbox: SandboxLimits::new(&self.network),
-            },
-        );
-        store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(deadline_ticks(self.request_timeout));
-        store.epoch_deadline_trap();
+        let mut store = InstanceBuilder::new(
+            &self.network,
+            &output,
+            self.memory_limit,
+            self.request_timeout,
+        )
+        // The composed function (HTTP function and storage component) creates a handful of
+        // core instances; 64 bounds that far below wasmtime's default of 10,000.
+        .max_instances(64)
+        .config(&self.config)
+        .build(&self.engine);
         let proxy = self
             .pre
             .instantiate_async(&mut store)
@@ -793,7 +712,7 @@ impl Shared {
 /// An instance between requests: its store keeps the function's state, including its open
 /// task store and that store's Redis connection.
 struct Warm {
-    store: Store<RequestState>,
+    store: Store<InstanceState>,
     proxy: Proxy,
     output: GuestOutput,
     /// Requests it has handled; it is retired at [`ServeConfig::max_requests_per_instance`].

@@ -3,18 +3,18 @@
 use std::future::Future;
 use std::time::Duration;
 
-use wasmtime::component::{ResourceAny, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::ResourceAny;
+use wasmtime::Store;
 
 use crate::bindings::exports::taskstore::storage::task_storage as wit;
 use crate::bindings::RedisTaskStore;
+use crate::engine::deadline_ticks;
 use crate::error::TaskError;
+use crate::instance::InstanceState;
 use crate::network::NetworkPolicy;
 use crate::options::Options;
 use crate::output::GuestOutput;
-use crate::runtime::{deadline_ticks, Runtime};
-use crate::sandbox::{resource_table, wasi_context, SandboxLimits, SandboxView};
+use crate::runtime::Runtime;
 
 /// Bytes of the component's stdout/stderr kept for error reports.
 const GUEST_OUTPUT_BYTES: usize = 16 * 1024;
@@ -23,32 +23,22 @@ const GUEST_OUTPUT_BYTES: usize = 16 * 1024;
 // definition, documented there.
 pub use taskstore::store::{ListOptions, Page, Task, TimeToLive, TtlPolicy, UpdateOptions};
 
-/// Per-instance host state: the component's WASI context and its resources.
-pub(crate) struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    sandbox: SandboxLimits,
-}
-
-impl SandboxView for HostState {
-    fn sandbox_limits(&mut self) -> &mut SandboxLimits {
-        &mut self.sandbox
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+impl Runtime {
+    /// Opens a store: instantiates the component and calls its `store.open`.
+    ///
+    /// # Errors
+    /// [`TaskError::InvalidInput`] for a malformed URL or options; [`TaskError::Connection`]
+    /// if the host name does not resolve or Redis cannot be reached; any other error of the
+    /// component's `open`; [`TaskError::Host`] if the component cannot be instantiated or
+    /// traps.
+    pub async fn open_async(&self, options: Options) -> Result<AsyncTaskStore, TaskError> {
+        AsyncTaskStore::open(self.clone(), options).await
     }
 }
 
 /// A running instance with an open guest `store`.
 struct Instance {
-    store: Store<HostState>,
+    store: Store<InstanceState>,
     guest: RedisTaskStore,
     handle: ResourceAny,
     output: GuestOutput,
@@ -368,7 +358,7 @@ impl AsyncTaskStore {
         &mut self,
         method: impl AsyncFnOnce(
             wit::GuestStore<'_>,
-            &mut Store<HostState>,
+            &mut Store<InstanceState>,
             ResourceAny,
         ) -> wasmtime::Result<Result<T, wit::Error>>,
     ) -> Result<T, TaskError> {
@@ -432,27 +422,10 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
     .await?;
     let output = GuestOutput::new(GUEST_OUTPUT_BYTES);
 
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(runtime.memory_limit())
-        // A clear trap beats a failed `memory.grow`, which the guest's allocator turns
-        // into an abort with no message.
-        .trap_on_grow_failure(true)
-        .build();
-    let mut store = Store::new(
-        runtime.engine(),
-        HostState {
-            sandbox: SandboxLimits::new(&policy),
-            wasi: wasi_context(policy, &output),
-            table: resource_table(),
-            limits,
-        },
-    );
-    store.limiter(|state| &mut state.limits);
     // Instantiation and `open` share one deadline; every later call is given its own.
     let call_deadline = runtime.call_deadline(options.timeout_ms);
     let deadline_ticks = deadline_ticks(call_deadline);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(deadline_ticks);
+    let mut store = runtime.new_store(&policy, &output, call_deadline);
 
     let guest = runtime
         .pre()

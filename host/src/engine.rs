@@ -1,43 +1,29 @@
-//! The compiled component, kept on disk so that a short-lived process (the CLI) loads its
-//! machine code in about a millisecond instead of compiling it for tens of milliseconds.
-//!
-//! # Key
-//! One file per key: the SHA-256 of the engine's
-//! [`precompile_compatibility_hash`](wasmtime::Engine::precompile_compatibility_hash)
-//! (target, CPU features, compiler settings, wasm features and the wasmtime version, which
-//! wasmtime hashes as its `module_version`), this crate's version and the SHA-256 of the
-//! component's bytes. Another wasmtime, engine configuration, CPU or component gets another
-//! file; files of other versions are left alone (delete the directory to reclaim them).
-//!
-//! # Why a file is trusted
-//! [`Component::deserialize`] trusts its input: bytes that are not what wasmtime wrote for
-//! this engine are undefined behaviour, not an error. So a file is deserialized only after
-//! - the directory and the file are owned by this user and writable by no one else, so no
-//!   other user can have planted it;
-//! - its header names this file's key, so it is not another engine's or component's;
-//! - the SHA-256 of its payload matches the header, so it is not truncated or corrupt.
-//!
-//! Anything else (no file, a short, corrupt, stale or foreign one, one wasmtime refuses) is
-//! a miss: the component is compiled and the file replaced. A file is written to a
-//! temporary file in the same directory and renamed into place, so a reader never sees half
-//! of one. It is not synced: after a crash a torn file fails its checksum and is rewritten.
-//! No failure of the cache is an error of the load; only a component that does not compile
-//! is.
-//!
-//! # Format
-//! `MAGIC` (16 bytes), key (32), SHA-256 of the payload (32), payload length (u64, little
-//! endian), then the payload: what [`Component::serialize`] returned.
+//! The engine every instance runs on, and the compiled component: the engine
+//! configuration, the epoch ticker that enforces call deadlines, compilation, the embedded
+//! components, and the compiled component kept on disk ([`ComponentCache`]).
 
 use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
-use wasmtime::Engine;
+use wasmtime::{Config, Engine};
 
-use crate::runtime::to_anyhow;
+/// The component built from this workspace's root package (`wasm32-wasip2`, release),
+/// embedded at compile time by `build.rs`. It speaks plaintext `redis://` only.
+pub static COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_COMPONENT"));
+
+/// The same component built with the `tls` feature: `redis://` and `rediss://` (rustls in
+/// the guest). Several times larger than [`COMPONENT`], so it is compiled only when a store
+/// opens a `rediss://` URL; see [`Runtime::new_tls`](crate::Runtime::new_tls).
+pub static TLS_COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_TLS_COMPONENT"));
+
+/// How often the engine's epoch advances; the granularity of every call deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Environment variable naming the cache directory; set but empty, it turns the cache off.
 pub const CACHE_DIR_ENV: &str = "TASKSTORE_CACHE_DIR";
@@ -47,7 +33,37 @@ const HEADER_BYTES: usize = 16 + 32 + 32 + 8;
 /// A cache file larger than this is not read (the component compiles to ~1 MiB).
 const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// A directory of precompiled components; see the [module docs](self).
+/// A directory of precompiled components.
+///
+/// The compiled component is kept on disk so that a short-lived process (the CLI) loads its
+/// machine code in about a millisecond instead of compiling it for tens of milliseconds.
+///
+/// # Key
+/// One file per key: the SHA-256 of the engine's
+/// [`precompile_compatibility_hash`](wasmtime::Engine::precompile_compatibility_hash)
+/// (target, CPU features, compiler settings, wasm features and the wasmtime version, which
+/// wasmtime hashes as its `module_version`), this crate's version and the SHA-256 of the
+/// component's bytes. Another wasmtime, engine configuration, CPU or component gets another
+/// file; files of other versions are left alone (delete the directory to reclaim them).
+///
+/// # Why a file is trusted
+/// [`Component::deserialize`] trusts its input: bytes that are not what wasmtime wrote for
+/// this engine are undefined behaviour, not an error. So a file is deserialized only after
+/// - the directory and the file are owned by this user and writable by no one else, so no
+///   other user can have planted it;
+/// - its header names this file's key, so it is not another engine's or component's;
+/// - the SHA-256 of its payload matches the header, so it is not truncated or corrupt.
+///
+/// Anything else (no file, a short, corrupt, stale or foreign one, one wasmtime refuses) is
+/// a miss: the component is compiled and the file replaced. A file is written to a
+/// temporary file in the same directory and renamed into place, so a reader never sees half
+/// of one. It is not synced: after a crash a torn file fails its checksum and is rewritten.
+/// No failure of the cache is an error of the load; only a component that does not compile
+/// is.
+///
+/// # Format
+/// `MAGIC` (16 bytes), key (32), SHA-256 of the payload (32), payload length (u64, little
+/// endian), then the payload: what [`Component::serialize`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentCache {
     dir: PathBuf,
@@ -222,6 +238,82 @@ impl ComponentCache {
     }
 }
 
+/// The engine configuration every instance runs under. Code compiled under another
+/// configuration (a precompiled component, say) must match it.
+pub(crate) fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    // Without the concurrent call path every call is ~1 µs cheaper, and nothing here
+    // uses component-model async.
+    config.concurrency_support(false);
+    // Guest code checks the epoch at function entries and loop heads, so a call that runs
+    // past its deadline traps instead of holding the thread forever (~2k instructions per
+    // call, unmeasurable in timings).
+    config.epoch_interruption(true);
+    config
+}
+
+/// A new engine under [`engine_config`].
+///
+/// # Errors
+/// wasmtime refuses the configuration on this machine.
+pub(crate) fn new_engine() -> anyhow::Result<Engine> {
+    Engine::new(&engine_config()).map_err(to_anyhow)
+}
+
+/// `component` compiled for `engine`, through `cache` when there is one.
+///
+/// # Errors
+/// The component does not compile; never a failure of the cache.
+pub(crate) fn load_component(
+    engine: &Engine,
+    component: &[u8],
+    cache: Option<&ComponentCache>,
+) -> anyhow::Result<(Component, CacheOutcome)> {
+    match cache {
+        Some(cache) => cache.load_or_compile(engine, component),
+        None => Ok((compile(engine, component)?, CacheOutcome::Disabled)),
+    }
+}
+
+/// Epoch ticks that cover `deadline`: rounded up, plus one because the tick in progress
+/// may be about to end.
+pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    let ticks = deadline.as_nanos().div_ceil(tick) + 1;
+    u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
+/// A thread that increments an engine's epoch every [`EPOCH_TICK`]; it ends when this is
+/// dropped (with the last owner of the engine's instances: a runtime or a server).
+pub(crate) struct EpochTicker {
+    /// Dropping it disconnects the channel, which wakes and ends the thread.
+    _stop: mpsc::Sender<()>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: &Engine) -> anyhow::Result<EpochTicker> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let engine = engine.clone();
+        std::thread::Builder::new()
+            .name("taskstore-epoch".into())
+            // Nothing is ever sent: only a disconnect (or a message) ends the loop.
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker thread: {e}"))?;
+        Ok(EpochTicker { _stop: stop })
+    }
+}
+
+/// `wasmtime::Error` keeps its cause chain through the boxed form; `anyhow` is what the
+/// constructors promise.
+pub(crate) fn to_anyhow(error: wasmtime::Error) -> anyhow::Error {
+    anyhow::Error::from_boxed(error.into_boxed_dyn_error())
+}
+
 /// Compiles `component` in process.
 pub(crate) fn compile(engine: &Engine, component: &[u8]) -> anyhow::Result<Component> {
     Component::new(engine, component)
@@ -337,14 +429,11 @@ fn one_line(error: &anyhow::Error) -> String {
 mod tests {
     use std::ffi::OsString;
 
-    use wasmtime::Config;
-
     use super::*;
-    use crate::runtime::{Runtime, COMPONENT};
 
     /// The engine the runtime compiles with.
     fn engine() -> Engine {
-        Runtime::new().unwrap().engine().clone()
+        new_engine().unwrap()
     }
 
     /// An engine whose code the runtime's engine must not load: it counts fuel.
@@ -397,16 +486,6 @@ mod tests {
         let mut linker = wasmtime::component::Linker::<()>::new(&engine);
         linker.define_unknown_imports_as_traps(&component).unwrap();
         linker.instantiate_pre(&component).unwrap();
-    }
-
-    #[test]
-    fn runtime_loads_through_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ComponentCache::new(dir.path());
-        let (_, first) = Runtime::from_bytes_cached(COMPONENT, &cache).unwrap();
-        assert!(matches!(first, CacheOutcome::Miss { .. }), "{first:?}");
-        let (_, second) = Runtime::from_bytes_cached(COMPONENT, &cache).unwrap();
-        assert_eq!(second, CacheOutcome::Hit);
     }
 
     #[test]
@@ -567,5 +646,89 @@ mod tests {
             Some(PathBuf::from("/h/.cache/taskstore"))
         );
         assert_eq!(dir(&[]), None);
+    }
+
+    #[test]
+    fn deadline_ticks_round_up_and_add_one() {
+        assert_eq!(deadline_ticks(Duration::ZERO), 1);
+        assert_eq!(deadline_ticks(Duration::from_millis(10)), 2);
+        assert_eq!(deadline_ticks(Duration::from_millis(11)), 3);
+        assert_eq!(deadline_ticks(Duration::MAX), u64::MAX);
+    }
+
+    /// A core module exporting `run`, which returns at once.
+    const RETURN_AT_ONCE: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type 0: [] -> []
+        0x03, 0x02, 0x01, 0x00, // func 0: type 0
+        0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00, // export "run" = func 0
+        0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // body: end
+    ];
+
+    /// The same, but `run` never returns: `loop br 0 end`.
+    const SPIN_FOREVER: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, //
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, //
+        0x03, 0x02, 0x01, 0x00, //
+        0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00, //
+        0x0a, 0x09, 0x01, 0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop br 0 end
+    ];
+
+    /// Calls `run` of `module` in a store whose deadline is `ticks` epochs away.
+    fn run(engine: &Engine, module: &[u8], ticks: u64) -> wasmtime::Result<()> {
+        let mut store = wasmtime::Store::new(engine, ());
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let module = wasmtime::Module::new(engine, module)?;
+        let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
+        let run = instance.get_typed_func::<(), ()>(&mut store, "run")?;
+        run.call(&mut store, ())
+    }
+
+    #[test]
+    fn guest_code_that_never_returns_traps_at_its_deadline() {
+        let engine = Engine::new(&engine_config()).unwrap();
+        let _ticker = EpochTicker::start(&engine).unwrap();
+        run(&engine, RETURN_AT_ONCE, 1).unwrap();
+
+        let started = std::time::Instant::now();
+        let error = run(
+            &engine,
+            SPIN_FOREVER,
+            deadline_ticks(Duration::from_millis(100)),
+        )
+        .unwrap_err();
+        let elapsed = started.elapsed();
+        assert_eq!(
+            error.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::Interrupt),
+            "{error:?}"
+        );
+        assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
+        // A bound, not a measurement: the loop was stopped, not left spinning.
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
+
+    #[test]
+    fn epoch_stops_advancing_once_the_ticker_is_dropped() {
+        let engine = Engine::new(&engine_config()).unwrap();
+        let ticker = EpochTicker::start(&engine).unwrap();
+        // Arm a deadline one tick away, let ticks pass, then call: even an empty function
+        // traps if, and only if, the epoch moved meanwhile.
+        let moved = |engine: &Engine| {
+            let mut store = wasmtime::Store::new(engine, ());
+            store.set_epoch_deadline(1);
+            std::thread::sleep(EPOCH_TICK * 5);
+            let module = wasmtime::Module::new(engine, RETURN_AT_ONCE).unwrap();
+            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let run = instance
+                .get_typed_func::<(), ()>(&mut store, "run")
+                .unwrap();
+            run.call(&mut store, ()).is_err()
+        };
+        assert!(moved(&engine), "the epoch did not advance");
+        drop(ticker);
+        std::thread::sleep(EPOCH_TICK * 3);
+        assert!(!moved(&engine), "the epoch still advances");
     }
 }
