@@ -247,3 +247,95 @@ impl InstanceBuilder {
         store
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::new_engine;
+    use crate::options::Endpoint;
+    use crate::sandbox::MAX_TABLE_ENTRIES;
+
+    /// A core module with one page of memory exporting `grow(pages) -> old size or -1`.
+    const GROW_MEMORY: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+        0x01, 0x06, 0x01, 0x60, 0x01, 0x7f, 0x01, 0x7f, // type 0: [i32] -> [i32]
+        0x03, 0x02, 0x01, 0x00, // func 0: type 0
+        0x05, 0x03, 0x01, 0x00, 0x01, // memory 0: min 1 page
+        0x07, 0x08, 0x01, 0x04, b'g', b'r', b'o', b'w', 0x00, 0x00, // export "grow" = func 0
+        0x0a, 0x08, 0x01, 0x06, 0x00, 0x20, 0x00, 0x40, 0x00, 0x0b, // local.get 0 memory.grow
+    ];
+
+    const PAGE: usize = 64 * 1024;
+
+    async fn builder() -> InstanceBuilder {
+        let endpoint = Endpoint::from_url("redis://127.0.0.1:6379").unwrap();
+        let policy = NetworkPolicy::resolve(&endpoint).await.unwrap();
+        InstanceBuilder::new(
+            &policy,
+            &GuestOutput::new(1024),
+            2 * PAGE,
+            Duration::from_secs(60),
+        )
+    }
+
+    /// Instantiates [`GROW_MEMORY`] in `store` and returns its `grow`.
+    fn grow_function(
+        engine: &Engine,
+        store: &mut Store<InstanceState>,
+    ) -> wasmtime::TypedFunc<i32, i32> {
+        let module = wasmtime::Module::new(engine, GROW_MEMORY).unwrap();
+        let instance = wasmtime::Instance::new(&mut *store, &module, &[]).unwrap();
+        instance
+            .get_typed_func::<i32, i32>(&mut *store, "grow")
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn memory_over_the_limit_is_refused_and_what_was_granted_is_counted() {
+        let engine = new_engine().unwrap();
+        let mut store = builder().await.build(&engine);
+        let grow = grow_function(&engine, &mut store);
+        assert_eq!(store.data().memory_grown(), PAGE);
+        assert_eq!(grow.call(&mut store, 1).unwrap(), 1);
+        assert_eq!(store.data().memory_grown(), 2 * PAGE);
+        assert_eq!(grow.call(&mut store, 1).unwrap(), -1);
+        assert_eq!(store.data().memory_grown(), 2 * PAGE);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn memory_over_the_limit_traps_when_asked_to() {
+        let engine = new_engine().unwrap();
+        let mut store = builder().await.trap_on_grow_failure().build(&engine);
+        let grow = grow_function(&engine, &mut store);
+        assert_eq!(grow.call(&mut store, 1).unwrap(), 1);
+        assert!(grow.call(&mut store, 1).is_err());
+    }
+
+    /// Every store the factory makes (a task store's, a `serve` request's, a `bench`
+    /// probe's) gets the sandbox's resource-table cap and no config variables unless given.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_instance_has_the_sandboxs_table_cap_and_no_config_by_default() {
+        let engine = new_engine().unwrap();
+        let mut store = builder().await.build(&engine);
+        let table = &mut store.data_mut().table;
+        for i in 0..MAX_TABLE_ENTRIES {
+            table.push(i).unwrap();
+        }
+        assert!(table.push(0usize).is_err());
+        assert!(store.data().config.is_none());
+
+        let variables = Arc::new(WasiConfigVariables::from_iter([("redis-url", "x")]));
+        let store = builder().await.config(&variables).build(&engine);
+        assert!(Arc::ptr_eq(
+            store.data().config.as_ref().unwrap(),
+            &variables
+        ));
+    }
+
+    #[test]
+    fn linkers_for_both_kinds_of_component_are_built() {
+        let engine = new_engine().unwrap();
+        linker(&engine, Imports::Wasi).unwrap();
+        linker(&engine, Imports::WasiHttpConfig).unwrap();
+    }
+}
