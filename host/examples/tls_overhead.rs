@@ -30,10 +30,10 @@ fn main() -> anyhow::Result<()> {
     println!("plain component: {} bytes", COMPONENT.len());
     println!("TLS component:   {} bytes", TLS_COMPONENT.len());
     let started = Instant::now();
-    let plain_runtime = Runtime::new()?;
+    let plain_runtime = Runtime::builder().build()?;
     println!("compile plain component: {:?}", started.elapsed());
     let started = Instant::now();
-    let tls_runtime = Runtime::new_tls()?;
+    let tls_runtime = Runtime::builder().tls().build()?;
     println!("compile TLS component:   {:?}", started.elapsed());
 
     let pki = pki::pki("taskstore bench CA", &["127.0.0.1"]);

@@ -606,7 +606,7 @@ impl Bench {
     }
 
     fn workload(&self, report: &mut Report) -> anyhow::Result<()> {
-        let runtime = Runtime::new()?;
+        let runtime = Runtime::builder().build()?;
         let tokio = current_thread()?;
         let list_ids: Vec<String> = (0..self.list_tasks)
             .map(|i| format!("list-{i:07}"))
@@ -819,7 +819,7 @@ impl Bench {
             key_prefix: Some(self.prefix.clone()),
             ..Options::new(&self.url)
         };
-        let runtime = Runtime::new()?;
+        let runtime = Runtime::builder().build()?;
         let mut component = TaskStore::open(&runtime, options)?;
         let mut native_options = StoreOptions::new(&self.url);
         native_options.key_prefix = Some(self.prefix.clone());
@@ -912,7 +912,10 @@ impl Bench {
         let mut runtime_cached = Vec::new();
         for _ in 0..20 {
             let started = Instant::now();
-            let (runtime, outcome) = Runtime::from_bytes_cached(COMPONENT, &cache)?;
+            let (runtime, outcome) = Runtime::builder()
+                .component(COMPONENT)
+                .cache(&cache)
+                .build_reporting_cache()?;
             runtime_cached.push(started.elapsed().as_nanos() as u64);
             ensure!(outcome == CacheOutcome::Hit, "cache load: {outcome:?}");
             drop(runtime);
@@ -937,7 +940,7 @@ impl Bench {
 
     /// Instantiation from `InstancePre`, and opening a whole store.
     fn instantiation(&self) -> anyhow::Result<()> {
-        let runtime = Runtime::new()?;
+        let runtime = Runtime::builder().build()?;
         let tokio = current_thread()?;
         let probe = Probe::new(&runtime);
         let (instantiate, with_store, open) = tokio.block_on(async {
@@ -1041,7 +1044,10 @@ impl Bench {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..20 {
             let started = Instant::now();
-            let (runtime, outcome) = Runtime::from_bytes_cached(COMPONENT, &cache)?;
+            let (runtime, outcome) = Runtime::builder()
+                .component(COMPONENT)
+                .cache(&cache)
+                .build_reporting_cache()?;
             load.push(started.elapsed().as_nanos() as u64);
             ensure!(outcome == CacheOutcome::Hit, "warm cache: {outcome:?}");
             let started = Instant::now();
@@ -1069,7 +1075,7 @@ impl Bench {
 
     /// Memory per idle store: wasm linear memory, and the process's RSS growth.
     fn memory(&self, report: &mut Report) -> anyhow::Result<()> {
-        let runtime = Runtime::new()?;
+        let runtime = Runtime::builder().build()?;
         let tokio = current_thread()?;
         let probe = Probe::new(&runtime);
         let (linear, rss) = tokio.block_on(async {

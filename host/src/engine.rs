@@ -19,7 +19,7 @@ pub static COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_COMPONENT"));
 
 /// The same component built with the `tls` feature: `redis://` and `rediss://` (rustls in
 /// the guest). Several times larger than [`COMPONENT`], so it is compiled only when a store
-/// opens a `rediss://` URL; see [`Runtime::new_tls`](crate::Runtime::new_tls).
+/// opens a `rediss://` URL; see [`RuntimeBuilder::tls`](crate::RuntimeBuilder::tls).
 pub static TLS_COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_TLS_COMPONENT"));
 
 /// How often the engine's epoch advances; the granularity of every call deadline.

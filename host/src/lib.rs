@@ -5,7 +5,7 @@
 //! ```no_run
 //! use taskstore_host::{Options, Runtime, TaskStore};
 //!
-//! let runtime = Runtime::new()?;
+//! let runtime = Runtime::builder().build()?;
 //! let mut store = TaskStore::open(&runtime, Options::new("redis://127.0.0.1:6379"))?;
 //! store.set("t1", r#"{"status":"pending"}"#, None)?;
 //! assert_eq!(store.get("t1")?.as_deref(), Some(r#"{"status":"pending"}"#));
@@ -18,7 +18,7 @@
 //! connections to the addresses the URL's host resolves to (resolved by the host), name
 //! lookup only when the URL names a host, no UDP, no listening, no environment, arguments
 //! or preopened directories, an empty stdin, a memory cap, and a deadline on every call
-//! ([`Runtime::with_call_deadline`]). Its stdout and stderr are kept in a small in-memory
+//! ([`RuntimeBuilder::call_deadline`]). Its stdout and stderr are kept in a small in-memory
 //! buffer whose last line is quoted when it traps.
 //!
 //! # Layout
@@ -67,7 +67,7 @@ mod store;
 pub use engine::{CacheOutcome, ComponentCache};
 pub use error::TaskError;
 pub use options::{redact_url, ClusterAllow, Options};
-pub use runtime::{Runtime, COMPONENT, DEFAULT_MEMORY_LIMIT, TLS_COMPONENT};
+pub use runtime::{Runtime, RuntimeBuilder, COMPONENT, DEFAULT_MEMORY_LIMIT, TLS_COMPONENT};
 pub use store::{
     AsyncTaskStore, ListOptions, Page, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
 };

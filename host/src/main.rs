@@ -575,7 +575,9 @@ async fn shutdown_signal() {
 }
 
 fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
-    let runtime = Runtime::cached()
+    let runtime = Runtime::builder()
+        .cache_from_env()
+        .build()
         .map_err(|e| Failure::Other(format!("cannot load the component: {e:#}")))?;
     let tls_ca_certificates = match &cli.tls_ca_file {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {

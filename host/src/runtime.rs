@@ -15,7 +15,7 @@ use crate::instance::{linker, Imports, InstanceBuilder, InstanceState};
 use crate::network::NetworkPolicy;
 use crate::output::GuestOutput;
 
-/// Memory a store's instance may use unless [`Runtime::with_memory_limit`] says otherwise.
+/// Memory a store's instance may use unless [`RuntimeBuilder::memory_limit`] says otherwise.
 pub const DEFAULT_MEMORY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// A compiled component, linked against WASI and ready to instantiate.
@@ -43,7 +43,7 @@ pub struct Runtime {
 enum Embedded {
     Plain,
     Tls,
-    /// A component from [`Runtime::from_bytes`] or [`Runtime::from_file`].
+    /// A component from [`RuntimeBuilder::component`] or [`RuntimeBuilder::component_file`].
     No,
 }
 
@@ -56,13 +56,176 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-impl Runtime {
-    /// The embedded component ([`COMPONENT`]), compiled once per process.
+/// Which component a [`RuntimeBuilder`] compiles.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    Embedded,
+    EmbeddedTls,
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+/// Where a [`RuntimeBuilder`] keeps the compiled component.
+#[derive(Debug, Clone)]
+enum CacheChoice {
+    /// Compile in process, never touch the file system.
+    Off,
+    /// [`ComponentCache::from_env`], off when that says so.
+    FromEnv,
+    Given(ComponentCache),
+}
+
+/// How to make a [`Runtime`]: which component, through which cache, with which limits.
+/// Start with [`Runtime::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use taskstore_host::Runtime;
+///
+/// let runtime = Runtime::builder()
+///     .memory_limit(64 * 1024 * 1024)
+///     .call_deadline(Duration::from_secs(5))
+///     .build()?;
+/// # anyhow::Ok(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RuntimeBuilder<'a> {
+    source: Source<'a>,
+    cache: CacheChoice,
+    memory_limit: usize,
+    call_deadline: Option<Duration>,
+}
+
+impl<'a> RuntimeBuilder<'a> {
+    /// The embedded TLS component ([`TLS_COMPONENT`]) instead of the plain one. A store
+    /// opened with a `rediss://` URL from the plain embedded component switches to it by
+    /// itself; this is for callers that want its compilation (about a second in a release
+    /// build) done up front.
+    pub fn tls(mut self) -> RuntimeBuilder<'a> {
+        self.source = Source::EmbeddedTls;
+        self
+    }
+
+    /// A component given as bytes instead of the embedded one. It is used as it is: no
+    /// switch to a TLS build for `rediss://`.
+    pub fn component(mut self, bytes: &'a [u8]) -> RuntimeBuilder<'a> {
+        self.source = Source::Bytes(bytes);
+        self
+    }
+
+    /// A component read from `path` (a `.wasm` component binary), used as it is.
+    pub fn component_file(mut self, path: &'a Path) -> RuntimeBuilder<'a> {
+        self.source = Source::File(path);
+        self
+    }
+
+    /// Compile through the precompiled-component cache in its default place
+    /// ([`ComponentCache::from_env`]: `$TASKSTORE_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/taskstore`, else `~/.cache/taskstore`; `TASKSTORE_CACHE_DIR=`
+    /// turns it off): loaded from there in about a millisecond when it holds a usable copy,
+    /// else compiled and stored. Any failure of the cache falls back to compiling.
+    ///
+    /// The CLI starts this way. Without it (or [`RuntimeBuilder::cache`]) the runtime never
+    /// touches the file system: a long-lived process compiles once and gains little from a
+    /// cache.
+    pub fn cache_from_env(mut self) -> RuntimeBuilder<'a> {
+        self.cache = CacheChoice::FromEnv;
+        self
+    }
+
+    /// Compile through `cache`; see [`ComponentCache`].
+    pub fn cache(mut self, cache: &ComponentCache) -> RuntimeBuilder<'a> {
+        self.cache = CacheChoice::Given(cache.clone());
+        self
+    }
+
+    /// Caps each store's linear memory at `bytes` (default [`DEFAULT_MEMORY_LIMIT`]). A
+    /// component that needs more traps; see [`TaskError::Host`].
+    pub fn memory_limit(mut self, bytes: usize) -> RuntimeBuilder<'a> {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Cuts every guest call (`open` and `close` included) off after `deadline`: the call
+    /// fails with [`TaskError::Host`], and the next call starts a new instance. Guest code
+    /// is stopped by epoch interruption (an endless loop traps), a host call the guest waits
+    /// on by a timer; the clock runs while the guest waits on Redis too.
+    ///
+    /// By default the deadline is 4 × the store's `timeout_ms` + 1 s: time for a command on
+    /// a reused connection, then a reconnect, handshake and retry, each at its full timeout.
+    /// `list` and `update` make several round trips; one whose round trips are each slow
+    /// but within the timeout can exceed it; raise the deadline if Redis is that slow.
+    pub fn call_deadline(mut self, deadline: Duration) -> RuntimeBuilder<'a> {
+        self.call_deadline = Some(deadline);
+        self
+    }
+
+    /// Compiles (or loads) and links the component. The embedded components without a
+    /// cache are compiled once per process and shared.
     ///
     /// # Errors
-    /// The engine cannot be created or the component does not compile or link (a build of
-    /// this crate with a broken guest).
-    pub fn new() -> anyhow::Result<Runtime> {
+    /// The engine cannot be created; the component file cannot be read; the component does
+    /// not compile, imports something other than WASI 0.2, or does not export
+    /// `taskstore:storage/task-storage@0.1.0`. Never a failure of the cache.
+    pub fn build(self) -> anyhow::Result<Runtime> {
+        self.build_reporting_cache().map(|(runtime, _)| runtime)
+    }
+
+    /// As [`RuntimeBuilder::build`], and says whether the cache was used.
+    ///
+    /// # Errors
+    /// As [`RuntimeBuilder::build`].
+    pub fn build_reporting_cache(self) -> anyhow::Result<(Runtime, CacheOutcome)> {
+        let cache = match self.cache {
+            CacheChoice::Off => None,
+            CacheChoice::FromEnv => ComponentCache::from_env(),
+            CacheChoice::Given(cache) => Some(cache),
+        };
+        let (runtime, outcome) = match (self.source, cache) {
+            (Source::Embedded, None) => (Runtime::embedded()?, CacheOutcome::Disabled),
+            (Source::Embedded, Some(cache)) => {
+                let (mut runtime, outcome) = Runtime::load(COMPONENT, Some(&cache))?;
+                runtime.embedded = Embedded::Plain;
+                (runtime, outcome)
+            }
+            (Source::EmbeddedTls, cache) => (
+                Runtime::embedded_tls(cache.as_ref())?,
+                CacheOutcome::Disabled,
+            ),
+            (Source::Bytes(bytes), cache) => Runtime::load(bytes, cache.as_ref())?,
+            (Source::File(path), cache) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read component {}: {e}", path.display())
+                })?;
+                Runtime::load(&bytes, cache.as_ref())
+                    .map_err(|e| e.context(format!("cannot load component {}", path.display())))?
+            }
+        };
+        let runtime = Runtime {
+            memory_limit: self.memory_limit,
+            call_deadline: self.call_deadline,
+            ..runtime
+        };
+        Ok((runtime, outcome))
+    }
+}
+
+impl Runtime {
+    /// A builder of a runtime for the embedded component ([`COMPONENT`]; `rediss://`
+    /// stores switch to [`TLS_COMPONENT`] by themselves), compiled in process, with
+    /// [`DEFAULT_MEMORY_LIMIT`] and the default call deadline.
+    pub fn builder() -> RuntimeBuilder<'static> {
+        RuntimeBuilder {
+            source: Source::Embedded,
+            cache: CacheChoice::Off,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            call_deadline: None,
+        }
+    }
+
+    /// The embedded component, compiled once per process.
+    fn embedded() -> anyhow::Result<Runtime> {
         static EMBEDDED: OnceLock<Runtime> = OnceLock::new();
         if let Some(runtime) = EMBEDDED.get() {
             return Ok(runtime.clone());
@@ -73,17 +236,8 @@ impl Runtime {
         Ok(EMBEDDED.get_or_init(|| runtime).clone())
     }
 
-    /// The embedded TLS component ([`TLS_COMPONENT`]), compiled once per process. Stores
-    /// opened with a `rediss://` URL from the plain runtime ([`Runtime::new`],
-    /// [`Runtime::cached`]) switch to it by themselves; this is for callers that want the
-    /// compilation (about a second in a release build) done up front.
-    ///
-    /// # Errors
-    /// As [`Runtime::new`].
-    pub fn new_tls() -> anyhow::Result<Runtime> {
-        Runtime::embedded_tls(None)
-    }
-
+    /// The embedded TLS component, compiled once per process (through `cache` the first
+    /// time, if given).
     fn embedded_tls(cache: Option<&ComponentCache>) -> anyhow::Result<Runtime> {
         static EMBEDDED_TLS: OnceLock<Runtime> = OnceLock::new();
         if let Some(runtime) = EMBEDDED_TLS.get() {
@@ -111,61 +265,6 @@ impl Runtime {
         })
     }
 
-    /// A component read from `path` (a `.wasm` component binary).
-    ///
-    /// # Errors
-    /// The file cannot be read, is not a component, or does not export
-    /// `taskstore:storage/task-storage@0.1.0` or imports something other than WASI 0.2.
-    pub fn from_file(path: impl AsRef<Path>) -> anyhow::Result<Runtime> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read component {}: {e}", path.display()))?;
-        Runtime::from_bytes(&bytes)
-            .map_err(|e| e.context(format!("cannot load component {}", path.display())))
-    }
-
-    /// A component given as bytes.
-    ///
-    /// # Errors
-    /// As [`Runtime::from_file`].
-    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Runtime> {
-        Runtime::load(bytes, None).map(|(runtime, _)| runtime)
-    }
-
-    /// The embedded component ([`COMPONENT`]) through the precompiled-component cache in
-    /// its default place ([`ComponentCache::from_env`]: `$TASKSTORE_CACHE_DIR`, else
-    /// `$XDG_CACHE_HOME/taskstore`, else `~/.cache/taskstore`; `TASKSTORE_CACHE_DIR=`
-    /// turns it off): loaded from there in about a millisecond when it holds a usable
-    /// copy, else compiled and stored. Any failure of the cache falls back to compiling.
-    ///
-    /// The CLI starts this way. [`Runtime::new`] never touches the file system: a
-    /// long-lived process compiles once and gains little from a cache.
-    ///
-    /// # Errors
-    /// As [`Runtime::new`].
-    pub fn cached() -> anyhow::Result<Runtime> {
-        match ComponentCache::from_env() {
-            Some(cache) => {
-                let (mut runtime, _) = Runtime::load(COMPONENT, Some(&cache))?;
-                runtime.embedded = Embedded::Plain;
-                Ok(runtime)
-            }
-            None => Runtime::new(),
-        }
-    }
-
-    /// A component given as bytes, through `cache`; see [`ComponentCache`]. Also says
-    /// whether the cache was used.
-    ///
-    /// # Errors
-    /// As [`Runtime::from_file`]; never a failure of the cache.
-    pub fn from_bytes_cached(
-        bytes: &[u8],
-        cache: &ComponentCache,
-    ) -> anyhow::Result<(Runtime, CacheOutcome)> {
-        Runtime::load(bytes, Some(cache))
-    }
-
     fn load(
         bytes: &[u8],
         cache: Option<&ComponentCache>,
@@ -191,31 +290,8 @@ impl Runtime {
         Ok((runtime, outcome))
     }
 
-    /// The same runtime with each store's linear memory capped at `bytes`
-    /// (default [`DEFAULT_MEMORY_LIMIT`]). A component that needs more traps; see
-    /// [`TaskError::Host`].
-    pub fn with_memory_limit(mut self, bytes: usize) -> Runtime {
-        self.memory_limit = bytes;
-        self
-    }
-
-    /// The same runtime with every guest call (`open` and `close` included) cut off after
-    /// `deadline`: the call fails with [`TaskError::Host`], and the next call starts a new
-    /// instance. Guest code is stopped by epoch interruption (an endless loop traps), a
-    /// host call the guest waits on by a timer; the clock runs while the guest waits on
-    /// Redis too.
-    ///
-    /// By default the deadline is 4 × the store's `timeout_ms` + 1 s: time for a command on
-    /// a reused connection, then a reconnect, handshake and retry, each at its full timeout.
-    /// `list` and `update` make several round trips; one whose round trips are each slow
-    /// but within the timeout can exceed it; raise the deadline if Redis is that slow.
-    pub fn with_call_deadline(mut self, deadline: Duration) -> Runtime {
-        self.call_deadline = Some(deadline);
-        self
-    }
-
     /// The deadline of each guest call for a store with `timeout_ms` (the store's option,
-    /// `None` for the component's default of 5000); see [`Runtime::with_call_deadline`].
+    /// `None` for the component's default of 5000); see [`RuntimeBuilder::call_deadline`].
     pub fn call_deadline(&self, timeout_ms: Option<u32>) -> Duration {
         self.call_deadline.unwrap_or_else(|| {
             let timeout = Duration::from_millis(u64::from(
@@ -251,19 +327,23 @@ mod tests {
 
     #[test]
     fn embedded_runtime_is_compiled_once_and_shared() {
-        let a = Runtime::new().unwrap();
-        let b = Runtime::new().unwrap();
+        let a = Runtime::builder().build().unwrap();
+        let b = Runtime::builder().build().unwrap();
         assert!(Engine::same(&a.engine, &b.engine));
         assert_eq!(a.memory_limit, DEFAULT_MEMORY_LIMIT);
-        assert_eq!(b.with_memory_limit(1 << 20).memory_limit, 1 << 20);
+        let limited = Runtime::builder().memory_limit(1 << 20).build().unwrap();
+        assert_eq!(limited.memory_limit, 1 << 20);
     }
 
     #[test]
     fn call_deadline_defaults_to_four_timeouts_plus_a_second() {
-        let runtime = Runtime::new().unwrap();
+        let runtime = Runtime::builder().build().unwrap();
         assert_eq!(runtime.call_deadline(None), Duration::from_secs(21));
         assert_eq!(runtime.call_deadline(Some(250)), Duration::from_secs(2));
-        let runtime = runtime.with_call_deadline(Duration::from_millis(30));
+        let runtime = Runtime::builder()
+            .call_deadline(Duration::from_millis(30))
+            .build()
+            .unwrap();
         assert_eq!(runtime.call_deadline(Some(250)), Duration::from_millis(30));
     }
 
@@ -271,9 +351,17 @@ mod tests {
     fn runtime_loads_through_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ComponentCache::new(dir.path());
-        let (_, first) = Runtime::from_bytes_cached(COMPONENT, &cache).unwrap();
+        let (_, first) = Runtime::builder()
+            .component(COMPONENT)
+            .cache(&cache)
+            .build_reporting_cache()
+            .unwrap();
         assert!(matches!(first, CacheOutcome::Miss { .. }), "{first:?}");
-        let (_, second) = Runtime::from_bytes_cached(COMPONENT, &cache).unwrap();
+        let (_, second) = Runtime::builder()
+            .component(COMPONENT)
+            .cache(&cache)
+            .build_reporting_cache()
+            .unwrap();
         assert_eq!(second, CacheOutcome::Hit);
     }
 
@@ -282,12 +370,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("taskstore.wasm");
         std::fs::write(&path, COMPONENT).unwrap();
-        Runtime::from_file(&path).unwrap();
+        Runtime::builder().component_file(&path).build().unwrap();
     }
 
     #[test]
     fn missing_file_error_names_the_path() {
-        let error = Runtime::from_file("/no/such/taskstore.wasm").unwrap_err();
+        let error = Runtime::builder()
+            .component_file(Path::new("/no/such/taskstore.wasm"))
+            .build()
+            .unwrap_err();
         assert!(
             format!("{error:#}").contains("/no/such/taskstore.wasm"),
             "{error:#}"
@@ -296,7 +387,10 @@ mod tests {
 
     #[test]
     fn bytes_that_are_not_a_component_are_rejected() {
-        let error = Runtime::from_bytes(b"not wasm").unwrap_err();
+        let error = Runtime::builder()
+            .component(b"not wasm")
+            .build()
+            .unwrap_err();
         assert!(format!("{error:#}").contains("cannot compile"), "{error:#}");
     }
 }

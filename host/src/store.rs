@@ -42,7 +42,7 @@ struct Instance {
     guest: RedisTaskStore,
     handle: ResourceAny,
     output: GuestOutput,
-    /// How long each call may run; see [`Runtime::with_call_deadline`].
+    /// How long each call may run; see [`RuntimeBuilder::call_deadline`](crate::RuntimeBuilder::call_deadline).
     call_deadline: Duration,
     /// The same in epoch ticks: the bound on guest code, where the timer above bounds the
     /// host calls it waits on.
@@ -56,7 +56,7 @@ struct Instance {
 /// blocking on them from elsewhere costs a thread hop per socket operation.
 ///
 /// If the component traps, or a call runs past the runtime's per-call deadline
-/// ([`Runtime::with_call_deadline`]), the call fails with [`TaskError::Host`], the instance
+/// ([`RuntimeBuilder::call_deadline`](crate::RuntimeBuilder::call_deadline)), the call fails with [`TaskError::Host`], the instance
 /// is thrown away, and the next call starts a new one and opens the store again with the
 /// same options. The same happens when a call's future is dropped before it completes (a
 /// timeout around it, say): the instance may have sent half a command. Dropping an
@@ -693,7 +693,7 @@ mod tests {
     const DOC: &str = r#"{"id":"t1","status":"pending","progress":0}"#;
 
     fn runtime() -> Runtime {
-        Runtime::new().unwrap()
+        Runtime::builder().build().unwrap()
     }
 
     fn open(server: &RedisServer) -> TaskStore {
@@ -809,7 +809,10 @@ mod tests {
     #[test]
     fn trap_is_a_host_error_and_the_next_call_gets_a_new_instance() {
         let server = RedisServer::start().unwrap();
-        let runtime = runtime().with_memory_limit(4 * 1024 * 1024);
+        let runtime = Runtime::builder()
+            .memory_limit(4 * 1024 * 1024)
+            .build()
+            .unwrap();
         let mut store = TaskStore::open(&runtime, Options::new(server.url())).unwrap();
         store.set("small", DOC, None).unwrap();
 

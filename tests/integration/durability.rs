@@ -34,7 +34,10 @@ fn write_tasks(server: &RedisServer) {
 /// Reads the tasks back through a store of a brand-new runtime, checking documents and
 /// TTLs.
 fn assert_tasks_survived(server: &RedisServer) {
-    let runtime = Runtime::from_bytes(COMPONENT).expect("a second runtime compiles");
+    let runtime = Runtime::builder()
+        .component(COMPONENT)
+        .build()
+        .expect("a second runtime compiles");
     let mut store = TaskStore::open(&runtime, Options::new(server.url())).unwrap();
     for i in 0..TASKS {
         let id = format!("t{i}");

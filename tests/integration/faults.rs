@@ -383,7 +383,10 @@ fn oversized_length_prefixes_are_protocol_errors_without_allocating() {
     let server = server();
     let proxy = FaultProxy::start(server.addr());
     // Were the announced lengths believed, the instance would need far more than this.
-    let runtime = Runtime::new().unwrap().with_memory_limit(32 * 1024 * 1024);
+    let runtime = Runtime::builder()
+        .memory_limit(32 * 1024 * 1024)
+        .build()
+        .unwrap();
     let mut store = TaskStore::open(
         &runtime,
         Options {
@@ -694,7 +697,10 @@ fn create_whose_connection_drops_after_it_ran_fails_and_is_not_resent() {
 fn reply_that_outgrows_the_memory_limit_traps_as_a_host_error_and_the_store_recovers() {
     let server = server();
     let proxy = FaultProxy::start(server.addr());
-    let runtime = Runtime::new().unwrap().with_memory_limit(16 * 1024 * 1024);
+    let runtime = Runtime::builder()
+        .memory_limit(16 * 1024 * 1024)
+        .build()
+        .unwrap();
     let mut store = TaskStore::open(
         &runtime,
         Options {
@@ -725,9 +731,10 @@ fn reply_that_outgrows_the_memory_limit_traps_as_a_host_error_and_the_store_reco
 #[test]
 fn call_running_past_the_call_deadline_traps_and_the_store_recovers() {
     let server = server();
-    let runtime = Runtime::new()
-        .unwrap()
-        .with_call_deadline(Duration::from_millis(300));
+    let runtime = Runtime::builder()
+        .call_deadline(Duration::from_millis(300))
+        .build()
+        .unwrap();
     let mut store = TaskStore::open(&runtime, Options::new(server.url())).unwrap();
     store.set("t1", DOC, None).unwrap();
 
@@ -754,7 +761,7 @@ fn call_running_past_the_call_deadline_traps_and_the_store_recovers() {
 fn every_call_gets_the_whole_deadline() {
     let server = server();
     let deadline = Duration::from_millis(300);
-    let runtime = Runtime::new().unwrap().with_call_deadline(deadline);
+    let runtime = Runtime::builder().call_deadline(deadline).build().unwrap();
     let mut store = TaskStore::open(&runtime, Options::new(server.url())).unwrap();
     let started = Instant::now();
     while started.elapsed() < deadline * 3 {

@@ -280,7 +280,10 @@ fn password_never_appears_in_debug_output_or_trap_reports() {
     let options_debug = format!("{options:?}");
     assert!(!options_debug.contains(SECRET), "{options_debug}");
 
-    let runtime = Runtime::new().unwrap().with_memory_limit(4 * 1024 * 1024);
+    let runtime = Runtime::builder()
+        .memory_limit(4 * 1024 * 1024)
+        .build()
+        .unwrap();
     let mut store = taskstore_host::TaskStore::open(&runtime, options).unwrap();
     let store_debug = format!("{store:?} {runtime:?}");
     assert!(!store_debug.contains(SECRET), "{store_debug}");

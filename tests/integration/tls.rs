@@ -225,7 +225,7 @@ fn reconnects_over_tls_after_the_server_drops_the_connection() {
 fn plain_component_rejects_rediss_and_names_the_tls_build() {
     let (server, pki) = tls_server();
     // A runtime made from the plain bytes is used as it is: no switch to the TLS build.
-    let plain = Runtime::from_bytes(COMPONENT).unwrap();
+    let plain = Runtime::builder().component(COMPONENT).build().unwrap();
     match taskstore_host::TaskStore::open(&plain, tls_options(tls_url(&server), &pki.ca_pem)) {
         Err(TaskError::InvalidInput(message)) => {
             assert!(message.contains("TLS build"), "{message}")

@@ -20,7 +20,11 @@ pub use taskstore_testing::PLAIN_TIMEOUT;
 /// The component, compiled once and shared by every test in this process.
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| Runtime::new().expect("the taskstore component compiles"))
+    RUNTIME.get_or_init(|| {
+        Runtime::builder()
+            .build()
+            .expect("the taskstore component compiles")
+    })
 }
 
 /// A fresh private `redis-server`.
