@@ -1,6 +1,9 @@
 //! Test fixtures of the taskstore workspace: what only tests (and the CLI's throwaway
 //! server) use, kept out of the host library's public API.
 //!
+//! Every fixture but `redis_server` sits behind a cargo feature of its name (all on by
+//! default), so the CLI takes the throwaway server without the rest.
+//!
 //! Every fixture is a guard object with bounded waits: it starts its processes or threads on
 //! free loopback ports and ends them (killed and reaped, or joined) when dropped.
 //!
@@ -16,8 +19,11 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "fault")]
 pub mod fault;
+#[cfg(feature = "pki")]
 pub mod pki;
+#[cfg(feature = "cluster")]
 pub mod redis_cluster;
 pub mod redis_server;
 
