@@ -30,11 +30,14 @@ pub mod client;
 pub mod cluster;
 pub mod cluster_client;
 pub mod config;
-pub mod document;
 pub mod resp;
 pub mod store;
 pub mod text;
 pub mod transport;
+
+/// Documents and merge patches live in the shared model crate; re-exported under their old path.
+pub use taskstore_model::document;
+pub use taskstore_model::{ErrorKind, RedisErrorCode, TaskError};
 
 #[cfg(feature = "tls")]
 pub mod tls;
