@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use crate::client::{Client, ClientError, Retry, ScanBatch};
-use crate::cluster_client::{ClusterClient, RedirectError};
+use crate::client::{Client, Retry, ScanBatch};
+use crate::cluster_client::ClusterClient;
 use crate::config::RedisUrl;
 use crate::resp::Reply;
 use crate::transport::{Connector, Endpoint};
+use crate::TaskError;
 
 pub enum Backend<C: Connector + Clone> {
     Single(Client<C>),
@@ -25,7 +26,7 @@ impl<C: Connector + Clone> Backend<C> {
     }
 
     /// Connects and authenticates now (for a cluster: to a seed, loading the slot map).
-    pub fn connect(&mut self) -> Result<(), ClientError> {
+    pub fn connect(&mut self) -> Result<(), TaskError> {
         match self {
             Backend::Single(client) => client.connect(),
             Backend::Cluster(cluster) => cluster.connect(),
@@ -33,14 +34,11 @@ impl<C: Connector + Clone> Backend<C> {
     }
 
     /// Runs `op` on the connection that serves `key` (see [`ClusterClient::on_key`]).
-    pub fn on_key<T, E>(
+    pub fn on_key<T>(
         &mut self,
         key: &[u8],
-        op: impl FnMut(&mut Client<C>) -> Result<T, E>,
-    ) -> Result<T, E>
-    where
-        E: From<ClientError> + RedirectError,
-    {
+        op: impl FnMut(&mut Client<C>) -> Result<T, TaskError>,
+    ) -> Result<T, TaskError> {
         match self {
             Backend::Single(client) => {
                 let mut op = op;
@@ -57,7 +55,7 @@ impl<C: Connector + Clone> Backend<C> {
         keys: &[&[u8]],
         commands: &[&[&[u8]]],
         retry: Retry,
-    ) -> Result<Vec<Reply>, ClientError> {
+    ) -> Result<Vec<Reply>, TaskError> {
         match self {
             Backend::Single(client) => client.pipeline(commands, retry),
             Backend::Cluster(cluster) => cluster.batch(keys, commands, retry),
@@ -66,7 +64,7 @@ impl<C: Connector + Clone> Backend<C> {
 
     /// The values of `keys` (`None` where absent): one `MGET` on a single server; on a
     /// cluster, whose `MGET` cannot span slots, pipelined `GET`s per node.
-    pub fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+    pub fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TaskError> {
         let cluster = match self {
             Backend::Single(client) => return client.get_many(keys),
             Backend::Cluster(cluster) => cluster,
@@ -108,7 +106,7 @@ impl<C: Connector + Clone> Backend<C> {
         cursor: u64,
         pattern: &[u8],
         count: u32,
-    ) -> Result<Option<ScanBatch>, ClientError> {
+    ) -> Result<Option<ScanBatch>, TaskError> {
         match (self, node) {
             (Backend::Single(client), _) => client.scan(cursor, pattern, count).map(Some),
             (Backend::Cluster(cluster), Some(node)) => {
@@ -120,7 +118,7 @@ impl<C: Connector + Clone> Backend<C> {
 
     /// The length of each of `keys`' values (`STRLEN`, pipelined; per node on a cluster):
     /// 0 where absent or not a string.
-    pub fn string_lengths(&mut self, keys: &[Vec<u8>]) -> Result<Vec<usize>, ClientError> {
+    pub fn string_lengths(&mut self, keys: &[Vec<u8>]) -> Result<Vec<usize>, TaskError> {
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let commands: Vec<[&[u8]; 2]> = key_refs
             .iter()
@@ -139,7 +137,7 @@ impl<C: Connector + Clone> Backend<C> {
     }
 
     /// The error an error reply stands for.
-    pub fn reply_error(&self, message: String) -> ClientError {
+    pub fn reply_error(&self, message: String) -> TaskError {
         match self {
             Backend::Single(client) => client.reply_error(message),
             Backend::Cluster(cluster) => cluster.reply_error(message),
@@ -147,7 +145,7 @@ impl<C: Connector + Clone> Backend<C> {
     }
 
     /// A reply of the wrong shape for `command`, as a protocol error.
-    pub fn unexpected_reply(&self, command: &str, reply: &Reply) -> ClientError {
+    pub fn unexpected_reply(&self, command: &str, reply: &Reply) -> TaskError {
         match self {
             Backend::Single(client) => client.unexpected_reply(command, reply),
             Backend::Cluster(cluster) => cluster.unexpected_reply(command, reply),

@@ -5,43 +5,15 @@
 //! retries an idempotent command once when a *reused* connection turns out to be dead —
 //! the usual case after a Redis restart, `CLIENT KILL` or an idle-timeout disconnect.
 
-use std::fmt;
 use std::time::Duration;
 
 use crate::config::RedisUrl;
 use crate::resp::{
-    decode_reply_resuming, encode_command, push_decimal, Reply, ReplyLimits, ReplyScan,
+    decode_reply_resuming, encode_command, push_decimal, RedisErrorCode, Reply, ReplyLimits,
+    ReplyScan,
 };
 use crate::transport::{Connector, IoError, Transport};
-
-/// Why a command failed, by what the caller can do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientError {
-    /// Could not connect, or the connection broke. Names `host:port`.
-    Connection(String),
-    /// No connection or no complete reply within the timeout.
-    Timeout(String),
-    /// Credentials missing or rejected.
-    Authentication(String),
-    /// The reply was malformed, too large, or of the wrong type for the command.
-    Protocol(String),
-    /// Redis answered with an error reply; the text is Redis's.
-    Server(String),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Connection(message)
-            | ClientError::Timeout(message)
-            | ClientError::Authentication(message)
-            | ClientError::Protocol(message)
-            | ClientError::Server(message) => f.write_str(message),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
+use crate::TaskError;
 
 /// Whether a command may be sent a second time after its connection died under it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,13 +97,8 @@ impl<C: Connector> Client<C> {
         &self.url.endpoint
     }
 
-    /// `host:port` of the server, for messages.
-    pub fn endpoint(&self) -> String {
-        self.url.endpoint.to_string()
-    }
-
     /// Establishes the connection now (connect, `AUTH`, `SELECT`), if there is none.
-    pub fn connect(&mut self) -> Result<(), ClientError> {
+    pub fn connect(&mut self) -> Result<(), TaskError> {
         if self.connection.is_none() {
             let transport = self.open_connection()?;
             self.connection = Some(transport);
@@ -140,7 +107,7 @@ impl<C: Connector> Client<C> {
     }
 
     /// `GET key`: the value, or `None` when the key does not exist.
-    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TaskError> {
         match self.command(&[b"GET", key], Retry::Idempotent)? {
             Reply::BulkString(value) => Ok(Some(value)),
             Reply::Null => Ok(None),
@@ -154,7 +121,7 @@ impl<C: Connector> Client<C> {
         key: &[u8],
         ttl_seconds: u64,
         value: &[u8],
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), TaskError> {
         let mut seconds = Vec::with_capacity(20);
         push_decimal(&mut seconds, ttl_seconds);
         match self.command(&[b"SETEX", key, &seconds, value], Retry::Idempotent)? {
@@ -164,19 +131,19 @@ impl<C: Connector> Client<C> {
     }
 
     /// `DEL key`: whether a key was removed.
-    pub fn delete(&mut self, key: &[u8]) -> Result<bool, ClientError> {
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, TaskError> {
         self.integer_command(&[b"DEL", key], "DEL")
             .map(|removed| removed > 0)
     }
 
     /// `EXISTS key`.
-    pub fn exists(&mut self, key: &[u8]) -> Result<bool, ClientError> {
+    pub fn exists(&mut self, key: &[u8]) -> Result<bool, TaskError> {
         self.integer_command(&[b"EXISTS", key], "EXISTS")
             .map(|count| count > 0)
     }
 
     /// `TTL key`: Redis's raw answer (-2 absent, -1 no expiry, else seconds left).
-    pub fn ttl(&mut self, key: &[u8]) -> Result<i64, ClientError> {
+    pub fn ttl(&mut self, key: &[u8]) -> Result<i64, TaskError> {
         self.integer_command(&[b"TTL", key], "TTL")
     }
 
@@ -186,7 +153,7 @@ impl<C: Connector> Client<C> {
         key: &[u8],
         ttl_seconds: u64,
         value: &[u8],
-    ) -> Result<bool, ClientError> {
+    ) -> Result<bool, TaskError> {
         let mut seconds = Vec::with_capacity(20);
         push_decimal(&mut seconds, ttl_seconds);
         match self.command(&[b"SET", key, value, b"NX", b"EX", &seconds], Retry::Never)? {
@@ -197,7 +164,7 @@ impl<C: Connector> Client<C> {
     }
 
     /// `EXPIRE key seconds`: whether the key exists (and now has that TTL).
-    pub fn expire(&mut self, key: &[u8], ttl_seconds: u64) -> Result<bool, ClientError> {
+    pub fn expire(&mut self, key: &[u8], ttl_seconds: u64) -> Result<bool, TaskError> {
         let mut seconds = Vec::with_capacity(20);
         push_decimal(&mut seconds, ttl_seconds);
         self.integer_command(&[b"EXPIRE", key, &seconds], "EXPIRE")
@@ -205,7 +172,7 @@ impl<C: Connector> Client<C> {
     }
 
     /// `MGET key…`: one value (or `None`) per key, in order.
-    pub fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+    pub fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TaskError> {
         let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
         args.push(b"MGET");
         args.extend(keys.iter().map(Vec::as_slice));
@@ -229,7 +196,7 @@ impl<C: Connector> Client<C> {
         cursor: u64,
         pattern: &[u8],
         count: u32,
-    ) -> Result<ScanBatch, ClientError> {
+    ) -> Result<ScanBatch, TaskError> {
         let mut cursor_text = Vec::with_capacity(20);
         push_decimal(&mut cursor_text, cursor);
         let mut count_text = Vec::with_capacity(10);
@@ -267,7 +234,7 @@ impl<C: Connector> Client<C> {
             _ => None,
         };
         parsed.ok_or_else(|| {
-            ClientError::Protocol(format!("malformed SCAN reply from {}", self.url.endpoint))
+            TaskError::protocol(format!("malformed SCAN reply from {}", self.url.endpoint))
         })
     }
 
@@ -278,7 +245,7 @@ impl<C: Connector> Client<C> {
         &mut self,
         commands: &[&[&[u8]]],
         retry: Retry,
-    ) -> Result<Vec<Reply>, ClientError> {
+    ) -> Result<Vec<Reply>, TaskError> {
         self.write_buf.clear();
         if !self.asking {
             for command in commands {
@@ -320,16 +287,16 @@ impl<C: Connector> Client<C> {
     }
 
     /// The error an error reply stands for (the same mapping [`Client::command`] applies).
-    pub fn reply_error(&self, message: String) -> ClientError {
+    pub fn reply_error(&self, message: String) -> TaskError {
         server_error(message, &self.url)
     }
 
     /// A reply of the wrong shape for `command`, as a protocol error.
-    pub fn unexpected_reply(&self, command: &str, reply: &Reply) -> ClientError {
+    pub fn unexpected_reply(&self, command: &str, reply: &Reply) -> TaskError {
         self.unexpected(command, reply)
     }
 
-    fn integer_command(&mut self, args: &[&[u8]], name: &str) -> Result<i64, ClientError> {
+    fn integer_command(&mut self, args: &[&[u8]], name: &str) -> Result<i64, TaskError> {
         match self.command(args, Retry::Idempotent)? {
             Reply::Integer(value) => Ok(value),
             other => Err(self.unexpected(name, &other)),
@@ -337,7 +304,7 @@ impl<C: Connector> Client<C> {
     }
 
     /// Sends one command and returns its reply; an error reply becomes an `Err`.
-    pub fn command(&mut self, args: &[&[u8]], retry: Retry) -> Result<Reply, ClientError> {
+    pub fn command(&mut self, args: &[&[u8]], retry: Retry) -> Result<Reply, TaskError> {
         let mut replies = if self.asking {
             self.pipeline(&[args], retry)?
         } else {
@@ -348,12 +315,12 @@ impl<C: Connector> Client<C> {
         match replies.pop() {
             Some(Reply::Error(message)) => Err(server_error(message, &self.url)),
             Some(reply) => Ok(reply),
-            None => Err(ClientError::Protocol("no reply".into())),
+            None => Err(TaskError::protocol("no reply")),
         }
     }
 
-    fn unexpected(&self, command: &str, reply: &Reply) -> ClientError {
-        ClientError::Protocol(format!(
+    fn unexpected(&self, command: &str, reply: &Reply) -> TaskError {
+        TaskError::protocol(format!(
             "unexpected {} reply to {command} from {}",
             reply_kind(reply),
             self.url.endpoint
@@ -361,7 +328,7 @@ impl<C: Connector> Client<C> {
     }
 
     /// Sends what is in `write_buf` and reads `expected` replies, reconnecting as needed.
-    fn exchange(&mut self, expected: usize, retry: Retry) -> Result<Vec<Reply>, ClientError> {
+    fn exchange(&mut self, expected: usize, retry: Retry) -> Result<Vec<Reply>, TaskError> {
         let mut retried = false;
         loop {
             let reused = self.connection.is_some();
@@ -400,7 +367,7 @@ impl<C: Connector> Client<C> {
     }
 
     /// Connects and runs the handshake (`AUTH`, `SELECT`, or a `PING` to prove it is Redis).
-    fn open_connection(&mut self) -> Result<C::Transport, ClientError> {
+    fn open_connection(&mut self) -> Result<C::Transport, TaskError> {
         let mut transport = self
             .connector
             .connect(&self.url.endpoint, self.timeout)
@@ -439,7 +406,7 @@ impl<C: Connector> Client<C> {
         for (step, reply) in steps.iter().zip(replies) {
             if let Reply::Error(message) = reply {
                 return Err(match *step {
-                    "AUTH" => ClientError::Authentication(format!(
+                    "AUTH" => TaskError::authentication(format!(
                         "Redis at {} rejected the credentials: {message}",
                         self.url.endpoint
                     )),
@@ -450,24 +417,24 @@ impl<C: Connector> Client<C> {
         Ok(transport)
     }
 
-    fn describe(&self, failure: Failure) -> ClientError {
+    fn describe(&self, failure: Failure) -> TaskError {
         let endpoint = &self.url.endpoint;
         match failure {
             Failure::Io(IoError::Connect(why)) => {
-                ClientError::Connection(format!("cannot connect to Redis at {endpoint}: {why}"))
+                TaskError::connection(format!("cannot connect to Redis at {endpoint}: {why}"))
             }
-            Failure::Io(IoError::Timeout) => ClientError::Timeout(format!(
+            Failure::Io(IoError::Timeout) => TaskError::timeout(format!(
                 "Redis at {endpoint} did not answer within {} ms",
                 self.timeout.as_millis() as u64
             )),
             Failure::Io(IoError::Closed) => {
-                ClientError::Connection(format!("Redis at {endpoint} closed the connection"))
+                TaskError::connection(format!("Redis at {endpoint} closed the connection"))
             }
             Failure::Io(IoError::Broken(why)) => {
-                ClientError::Connection(format!("connection to Redis at {endpoint} broke: {why}"))
+                TaskError::connection(format!("connection to Redis at {endpoint} broke: {why}"))
             }
             Failure::Protocol(why) => {
-                ClientError::Protocol(format!("bad reply from Redis at {endpoint}: {why}"))
+                TaskError::protocol(format!("bad reply from Redis at {endpoint}: {why}"))
             }
         }
     }
@@ -511,19 +478,20 @@ fn exchange_on<T: Transport>(
     Ok(())
 }
 
-/// Maps a Redis error reply to an error kind, by its prefix (the one place that does so).
-pub(crate) fn server_error(message: String, url: &RedisUrl) -> ClientError {
-    let code = message.split(' ').next().unwrap_or("");
-    match code {
-        "NOAUTH" => ClientError::Authentication(format!(
+/// Describes a Redis error reply: refused credentials become `authentication` errors that
+/// say what to do; every other reply stays Redis's text, as a `server` error. The code is
+/// read once, by [`RedisErrorCode::of`].
+pub(crate) fn server_error(message: String, url: &RedisUrl) -> TaskError {
+    match RedisErrorCode::of(&message) {
+        RedisErrorCode::NoAuth => TaskError::authentication(format!(
             "Redis at {} requires a password; give it in the URL (redis://:password@host): {message}",
             url.endpoint
         )),
-        "WRONGPASS" | "NOPERM" => ClientError::Authentication(format!(
+        RedisErrorCode::WrongPass | RedisErrorCode::NoPerm => TaskError::authentication(format!(
             "Redis at {} refused: {message}",
             url.endpoint
         )),
-        _ => ClientError::Server(message),
+        _ => TaskError::server(message),
     }
 }
 
@@ -542,6 +510,7 @@ pub(crate) fn reply_kind(reply: &Reply) -> &'static str {
 pub(crate) mod tests {
     use super::*;
     use crate::transport::Endpoint;
+    use crate::ErrorKind;
     use std::cell::RefCell;
     use std::collections::VecDeque;
     use std::rc::Rc;
@@ -670,7 +639,7 @@ pub(crate) mod tests {
             )])],
         );
         let err = client.connect().unwrap_err();
-        assert!(matches!(err, ClientError::Authentication(_)), "{err:?}");
+        assert!(err.kind() == ErrorKind::Authentication, "{err:?}");
         assert!(!err.to_string().contains("hunter2"));
     }
 
@@ -682,10 +651,10 @@ pub(crate) mod tests {
                 b"-NOAUTH Authentication required.\r\n",
             )])],
         );
-        assert!(matches!(
-            client.connect(),
-            Err(ClientError::Authentication(_))
-        ));
+        assert_eq!(
+            client.connect().unwrap_err().kind(),
+            ErrorKind::Authentication
+        );
     }
 
     #[test]
@@ -703,9 +672,7 @@ pub(crate) mod tests {
         let err = client.get(b"k").unwrap_err();
         assert_eq!(
             err,
-            ClientError::Server(
-                "WRONGTYPE Operation against a key holding the wrong kind of value".into()
-            )
+            TaskError::server("WRONGTYPE Operation against a key holding the wrong kind of value")
         );
         assert!(client.exists(b"k").unwrap());
         assert_eq!(connector.0.borrow().connects, 1);
@@ -744,7 +711,7 @@ pub(crate) mod tests {
         );
         client.exists(b"k").unwrap();
         let err = client.exists(b"k").unwrap_err();
-        assert!(matches!(err, ClientError::Connection(_)), "{err:?}");
+        assert!(err.kind() == ErrorKind::Connection, "{err:?}");
     }
 
     #[test]
@@ -759,7 +726,7 @@ pub(crate) mod tests {
         );
         client.exists(b"k").unwrap();
         let err = client.command(&[b"INCR", b"n"], Retry::Never).unwrap_err();
-        assert!(matches!(err, ClientError::Connection(_)), "{err:?}");
+        assert!(err.kind() == ErrorKind::Connection, "{err:?}");
         assert_eq!(connector.0.borrow().connects, 1);
     }
 
@@ -776,7 +743,7 @@ pub(crate) mod tests {
         let err = client.exists(b"k").unwrap_err();
         assert_eq!(
             err,
-            ClientError::Timeout("Redis at 127.0.0.1:7001 did not answer within 1000 ms".into())
+            TaskError::timeout("Redis at 127.0.0.1:7001 did not answer within 1000 ms")
         );
         assert!(client.exists(b"k").unwrap());
         assert_eq!(connector.0.borrow().connects, 2);
@@ -787,9 +754,7 @@ pub(crate) mod tests {
         let (mut client, _) = client_with("redis://127.0.0.1:7002", vec![]);
         assert_eq!(
             client.connect().unwrap_err(),
-            ClientError::Connection(
-                "cannot connect to Redis at 127.0.0.1:7002: connection refused".into()
-            )
+            TaskError::connection("cannot connect to Redis at 127.0.0.1:7002: connection refused")
         );
     }
 
@@ -802,7 +767,7 @@ pub(crate) mod tests {
                 Ok(vec![PONG, Step::Reply(b"$-1\r\n")]),
             ],
         );
-        assert!(matches!(client.get(b"k"), Err(ClientError::Protocol(_))));
+        assert!(client.get(b"k").unwrap_err().kind() == ErrorKind::Protocol);
         assert_eq!(client.get(b"k").unwrap(), None);
         assert_eq!(connector.0.borrow().connects, 2);
     }
@@ -815,7 +780,8 @@ pub(crate) mod tests {
         );
         let err = client.ttl(b"k").unwrap_err();
         assert!(
-            matches!(&err, ClientError::Protocol(m) if m.contains("simple-string reply to TTL")),
+            err.kind() == ErrorKind::Protocol
+                && err.message().contains("simple-string reply to TTL"),
             "{err:?}"
         );
     }
@@ -826,7 +792,7 @@ pub(crate) mod tests {
             "redis://127.0.0.1",
             vec![Ok(vec![PONG, Step::Reply(b"$2048\r\n")])],
         );
-        assert!(matches!(client.get(b"k"), Err(ClientError::Protocol(_))));
+        assert!(client.get(b"k").unwrap_err().kind() == ErrorKind::Protocol);
     }
 
     #[test]
@@ -879,7 +845,7 @@ pub(crate) mod tests {
         connector.0.borrow_mut().chunk = 64;
         let err = client.exists(b"k").unwrap_err();
         assert!(
-            matches!(&err, ClientError::Protocol(m) if m.contains("4 unexpected bytes")),
+            err.kind() == ErrorKind::Protocol && err.message().contains("4 unexpected bytes"),
             "{err:?}"
         );
     }

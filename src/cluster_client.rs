@@ -11,14 +11,15 @@
 
 use std::time::Duration;
 
-use crate::client::{reply_kind, server_error, Client, ClientError, Retry, ScanBatch};
+use crate::client::{reply_kind, server_error, Client, Retry, ScanBatch};
 use crate::cluster::{
     key_slot, parse_cluster_slots, parse_redirect, stable_own_slots, Redirect, RedirectKind,
     SlotSet, SLOT_COUNT,
 };
 use crate::config::RedisUrl;
-use crate::resp::Reply;
+use crate::resp::{RedisErrorCode, Reply};
 use crate::transport::{Connector, Endpoint};
+use crate::{ErrorKind, TaskError};
 
 /// Redirects followed for one operation before giving up: a slot moves at most once or
 /// twice while an operation runs, so more means the cluster is confused.
@@ -26,26 +27,6 @@ pub const MAX_REDIRECTS: usize = 5;
 /// Most nodes one client keeps a connection to (masters it routed to and redirect targets).
 const MAX_NODES: usize = 1024;
 const NO_NODE: u16 = u16::MAX;
-
-/// An error that may be a node's `MOVED` / `ASK` answer.
-pub trait RedirectError {
-    /// The redirect's text (`MOVED 3999 127.0.0.1:6381`), if this error is one.
-    fn redirect_message(&self) -> Option<&str>;
-}
-
-impl RedirectError for ClientError {
-    fn redirect_message(&self) -> Option<&str> {
-        match self {
-            ClientError::Server(message) if is_redirect(message) => Some(message),
-            _ => None,
-        }
-    }
-}
-
-/// Whether an error reply's text is a cluster redirect.
-pub fn is_redirect(message: &str) -> bool {
-    message.starts_with("MOVED ") || message.starts_with("ASK ")
-}
 
 pub struct ClusterClient<C: Connector + Clone> {
     connector: C,
@@ -80,7 +61,7 @@ impl<C: Connector + Clone> ClusterClient<C> {
     ///
     /// # Errors
     /// As [`ClusterClient::refresh`].
-    pub fn connect(&mut self) -> Result<(), ClientError> {
+    pub fn connect(&mut self) -> Result<(), TaskError> {
         self.refresh()
     }
 
@@ -90,7 +71,7 @@ impl<C: Connector + Clone> ClusterClient<C> {
     /// # Errors
     /// The last node's error when none answers; an authentication error at once (the same
     /// credentials go to every node).
-    pub fn refresh(&mut self) -> Result<(), ClientError> {
+    pub fn refresh(&mut self) -> Result<(), TaskError> {
         let mut candidates: Vec<Endpoint> = self
             .masters
             .iter()
@@ -101,13 +82,13 @@ impl<C: Connector + Clone> ClusterClient<C> {
                 candidates.push(seed.clone());
             }
         }
-        let mut last = ClientError::Connection("the Redis cluster URL names no node".into());
+        let mut last = TaskError::connection("the Redis cluster URL names no node");
         for endpoint in candidates {
             let index = self.node_index(&endpoint)?;
             let node = &mut self.nodes[index];
             let reply = match node.command(&[b"CLUSTER", b"SLOTS"], Retry::Idempotent) {
                 Ok(reply) => reply,
-                Err(err @ ClientError::Authentication(_)) => return Err(err),
+                Err(err) if err.kind() == ErrorKind::Authentication => return Err(err),
                 Err(err) => {
                     last = err;
                     continue;
@@ -133,12 +114,12 @@ impl<C: Connector + Clone> ClusterClient<C> {
                     return Ok(());
                 }
                 Ok(_) => {
-                    last = ClientError::Server(format!(
+                    last = TaskError::server(format!(
                         "CLUSTERDOWN the Redis node at {endpoint} serves no hash slots"
                     ))
                 }
                 Err(why) => {
-                    last = ClientError::Protocol(format!(
+                    last = TaskError::protocol(format!(
                         "bad CLUSTER SLOTS reply from Redis at {endpoint}: {why}"
                     ))
                 }
@@ -154,14 +135,11 @@ impl<C: Connector + Clone> ClusterClient<C> {
     /// # Errors
     /// `op`'s error; a `server` error when no node serves the slot or after
     /// [`MAX_REDIRECTS`] redirects.
-    pub fn on_key<T, E>(
+    pub fn on_key<T>(
         &mut self,
         key: &[u8],
-        op: impl FnMut(&mut Client<C>) -> Result<T, E>,
-    ) -> Result<T, E>
-    where
-        E: From<ClientError> + RedirectError,
-    {
+        op: impl FnMut(&mut Client<C>) -> Result<T, TaskError>,
+    ) -> Result<T, TaskError> {
         let slot = key_slot(key);
         let node = self.route(slot)?;
         self.run_from(slot, node, false, op)
@@ -169,16 +147,13 @@ impl<C: Connector + Clone> ClusterClient<C> {
 
     /// Runs `op` on node `node` (in `ASKING` mode if `asking`), then wherever redirects
     /// point, at most [`MAX_REDIRECTS`] times.
-    fn run_from<T, E>(
+    fn run_from<T>(
         &mut self,
         slot: u16,
         mut node: usize,
         mut asking: bool,
-        mut op: impl FnMut(&mut Client<C>) -> Result<T, E>,
-    ) -> Result<T, E>
-    where
-        E: From<ClientError> + RedirectError,
-    {
+        mut op: impl FnMut(&mut Client<C>) -> Result<T, TaskError>,
+    ) -> Result<T, TaskError> {
         for _ in 0..=MAX_REDIRECTS {
             let client = &mut self.nodes[node];
             client.set_asking(asking);
@@ -186,20 +161,17 @@ impl<C: Connector + Clone> ClusterClient<C> {
             client.set_asking(false);
             let host = client.endpoint_ref().host.clone();
             let redirect = match &outcome {
-                Err(err) => err
-                    .redirect_message()
-                    .and_then(|message| parse_redirect(message, &host)),
-                Ok(_) => None,
+                Err(err) if err.kind() == ErrorKind::Server => parse_redirect(err.message(), &host),
+                _ => None,
             };
             let Some(redirect) = redirect else {
                 return outcome;
             };
             (node, asking) = self.follow(&redirect)?;
         }
-        Err(ClientError::Server(format!(
+        Err(TaskError::server(format!(
             "gave up after {MAX_REDIRECTS} Redis cluster redirects for hash slot {slot}"
-        ))
-        .into())
+        )))
     }
 
     /// Sends `commands[i]` (about `keys[i]`) grouped per node, one pipeline per node, and
@@ -213,7 +185,7 @@ impl<C: Connector + Clone> ClusterClient<C> {
         keys: &[&[u8]],
         commands: &[&[&[u8]]],
         retry: Retry,
-    ) -> Result<Vec<Reply>, ClientError> {
+    ) -> Result<Vec<Reply>, TaskError> {
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
         for (item, key) in keys.iter().enumerate() {
             let node = self.route(key_slot(key))?;
@@ -245,16 +217,16 @@ impl<C: Connector + Clone> ClusterClient<C> {
             let (node, asking) = self.follow(&redirect)?;
             let resent = self.run_from(slot, node, asking, |client| {
                 match client.pipeline(&[commands[item]], retry)?.pop() {
-                    Some(Reply::Error(message)) if is_redirect(&message) => {
-                        Err(ClientError::Server(message))
+                    Some(Reply::Error(message)) if RedisErrorCode::of(&message).is_redirect() => {
+                        Err(TaskError::server(message))
                     }
                     Some(reply) => Ok(reply),
-                    None => Err(ClientError::Protocol("no reply".into())),
+                    None => Err(TaskError::protocol("no reply")),
                 }
             });
             results[item] = Some(match resent {
                 Ok(reply) => reply,
-                Err(ClientError::Server(message)) => Reply::Error(message),
+                Err(err) if err.kind() == ErrorKind::Server => Reply::Error(err.into_message()),
                 Err(err) => return Err(err),
             });
         }
@@ -277,7 +249,7 @@ impl<C: Connector + Clone> ClusterClient<C> {
     pub fn next_uncovered_master(
         &mut self,
         covered: &SlotSet,
-    ) -> Result<Option<Endpoint>, ClientError> {
+    ) -> Result<Option<Endpoint>, TaskError> {
         self.refresh()?;
         let owner = (0..SLOT_COUNT as u16)
             .find(|&slot| !covered.contains(slot) && self.slots[usize::from(slot)] != NO_NODE)
@@ -290,7 +262,7 @@ impl<C: Connector + Clone> ClusterClient<C> {
     ///
     /// # Errors
     /// The node cannot be reached or answers something else than `CLUSTER NODES` text.
-    pub fn stable_slots(&mut self, node: &Endpoint) -> Result<Option<SlotSet>, ClientError> {
+    pub fn stable_slots(&mut self, node: &Endpoint) -> Result<Option<SlotSet>, TaskError> {
         let Some(index) = self.master_index(node) else {
             return Ok(None);
         };
@@ -305,7 +277,7 @@ impl<C: Connector + Clone> ClusterClient<C> {
             return Err(client.unexpected_reply("CLUSTER NODES", &reply));
         };
         stable_own_slots(text).map(Some).map_err(|why| {
-            ClientError::Protocol(format!(
+            TaskError::protocol(format!(
                 "bad CLUSTER NODES reply from Redis at {node}: {why}"
             ))
         })
@@ -322,7 +294,7 @@ impl<C: Connector + Clone> ClusterClient<C> {
         cursor: u64,
         pattern: &[u8],
         count: u32,
-    ) -> Result<Option<ScanBatch>, ClientError> {
+    ) -> Result<Option<ScanBatch>, TaskError> {
         match self.master_index(node) {
             Some(index) => self.nodes[index].scan(cursor, pattern, count).map(Some),
             None => Ok(None),
@@ -337,13 +309,13 @@ impl<C: Connector + Clone> ClusterClient<C> {
     }
 
     /// The error an error reply stands for.
-    pub fn reply_error(&self, message: String) -> ClientError {
+    pub fn reply_error(&self, message: String) -> TaskError {
         server_error(message, &self.url)
     }
 
     /// A reply of the wrong shape for `command`, as a protocol error.
-    pub fn unexpected_reply(&self, command: &str, reply: &Reply) -> ClientError {
-        ClientError::Protocol(format!(
+    pub fn unexpected_reply(&self, command: &str, reply: &Reply) -> TaskError {
+        TaskError::protocol(format!(
             "unexpected {} reply to {command} from the Redis cluster at {}",
             reply_kind(reply),
             self.url.endpoint
@@ -361,7 +333,7 @@ impl<C: Connector + Clone> ClusterClient<C> {
     /// Where `redirect` sends the next attempt, and whether in `ASKING` mode. `MOVED` also
     /// refreshes the map, which is likely stale as a whole (slots move in batches); should
     /// no node answer, the redirect alone still fixes its slot.
-    fn follow(&mut self, redirect: &Redirect) -> Result<(usize, bool), ClientError> {
+    fn follow(&mut self, redirect: &Redirect) -> Result<(usize, bool), TaskError> {
         let target = self.node_index(&redirect.target)?;
         match redirect.kind {
             RedirectKind::Moved => {
@@ -374,12 +346,12 @@ impl<C: Connector + Clone> ClusterClient<C> {
     }
 
     /// The node serving `slot`, loading the map if the slot is unknown.
-    fn route(&mut self, slot: u16) -> Result<usize, ClientError> {
+    fn route(&mut self, slot: u16) -> Result<usize, TaskError> {
         if self.slots[usize::from(slot)] == NO_NODE {
             self.refresh()?;
         }
         match self.slots[usize::from(slot)] {
-            NO_NODE => Err(ClientError::Server(format!(
+            NO_NODE => Err(TaskError::server(format!(
                 "CLUSTERDOWN no node of the Redis cluster serves hash slot {slot}"
             ))),
             node => Ok(usize::from(node)),
@@ -387,12 +359,12 @@ impl<C: Connector + Clone> ClusterClient<C> {
     }
 
     /// The index of the node at `endpoint`, adding a (not yet connected) client for it.
-    fn node_index(&mut self, endpoint: &Endpoint) -> Result<usize, ClientError> {
+    fn node_index(&mut self, endpoint: &Endpoint) -> Result<usize, TaskError> {
         if let Some(index) = self.nodes.iter().position(|n| n.endpoint_ref() == endpoint) {
             return Ok(index);
         }
         if self.nodes.len() >= MAX_NODES {
-            return Err(ClientError::Protocol(format!(
+            return Err(TaskError::protocol(format!(
                 "the Redis cluster named more than {MAX_NODES} nodes"
             )));
         }
@@ -491,7 +463,7 @@ mod tests {
         client.connect().unwrap();
         let err = client.on_key(b"bar", |c| c.get(b"bar")).unwrap_err();
         assert!(
-            matches!(&err, ClientError::Server(m) if m.contains("redirects")),
+            err.kind() == ErrorKind::Server && err.message().contains("redirects"),
             "{err:?}"
         );
     }
@@ -542,9 +514,9 @@ mod tests {
         )])]);
         let url = RedisUrl::parse("redis+cluster://:pw@127.0.0.1:7000,127.0.0.1:7001").unwrap();
         client.url = url;
-        assert!(matches!(
-            client.connect(),
-            Err(ClientError::Authentication(_))
-        ));
+        assert_eq!(
+            client.connect().unwrap_err().kind(),
+            ErrorKind::Authentication
+        );
     }
 }

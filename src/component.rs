@@ -3,12 +3,10 @@
 
 use std::cell::RefCell;
 
-use crate::client::ClientError;
 use crate::config::{StoreOptions, StoreSettings};
-use crate::store::{
-    ListOptions, StoreError, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
-};
+use crate::store::{ListOptions, Store, Task, TimeToLive, TtlPolicy, UpdateOptions};
 use crate::wasi_tcp::WasiConnector;
+use crate::{ErrorKind, TaskError};
 
 /// What the store connects with: plain TCP, or TLS over it when built with `tls`.
 #[cfg(feature = "tls")]
@@ -30,7 +28,7 @@ impl Guest for Component {
 }
 
 /// The WIT resource: calls take `&self`, and are sequential within one instance.
-struct StoreResource(RefCell<TaskStore<StoreConnector>>);
+struct StoreResource(RefCell<Store<StoreConnector>>);
 
 impl GuestStore for StoreResource {
     fn open(options: wit::Options) -> Result<wit::Store, wit::Error> {
@@ -46,9 +44,9 @@ impl GuestStore for StoreResource {
                 .unwrap_or(false),
         };
         let settings =
-            StoreSettings::from_options(&options).map_err(|err| to_wit(StoreError::from(err)))?;
-        let connector = connector_for(&settings)?;
-        let store = TaskStore::open_with_settings(settings, connector).map_err(to_wit)?;
+            StoreSettings::from_options(&options).map_err(|err| to_wit(TaskError::from(err)))?;
+        let connector = connector_for(&settings).map_err(to_wit)?;
+        let store = Store::open_with_settings(settings, connector).map_err(to_wit)?;
         Ok(wit::Store::new(StoreResource(RefCell::new(store))))
     }
 
@@ -165,18 +163,19 @@ impl GuestStore for StoreResource {
 }
 
 #[cfg(feature = "tls")]
-fn connector_for(settings: &StoreSettings) -> Result<StoreConnector, wit::Error> {
-    crate::tls::MaybeTlsConnector::new(WasiConnector, settings.tls.as_ref())
-        .map_err(|err| wit::Error::InvalidInput(err.0))
+fn connector_for(settings: &StoreSettings) -> Result<StoreConnector, TaskError> {
+    Ok(crate::tls::MaybeTlsConnector::new(
+        WasiConnector,
+        settings.tls.as_ref(),
+    )?)
 }
 
 #[cfg(not(feature = "tls"))]
-fn connector_for(settings: &StoreSettings) -> Result<StoreConnector, wit::Error> {
+fn connector_for(settings: &StoreSettings) -> Result<StoreConnector, TaskError> {
     if settings.tls.is_some() {
-        return Err(wit::Error::InvalidInput(
+        return Err(TaskError::invalid_input(
             "rediss:// (TLS) needs the TLS build of the component (taskstore-tls.wasm, \
-             built with the `tls` feature); this build speaks plaintext redis:// only"
-                .into(),
+             built with the `tls` feature); this build speaks plaintext redis:// only",
         ));
     }
     Ok(WasiConnector)
@@ -189,19 +188,23 @@ fn to_wit_task(task: Task) -> wit::Task {
     }
 }
 
-fn to_wit(err: StoreError) -> wit::Error {
-    match err {
-        StoreError::InvalidInput(message) => wit::Error::InvalidInput(message),
-        StoreError::CorruptData(message) => wit::Error::CorruptData(message),
-        StoreError::Client(ClientError::Connection(message)) => wit::Error::Connection(message),
-        StoreError::Client(ClientError::Timeout(message)) => wit::Error::Timeout(message),
-        StoreError::Client(ClientError::Authentication(message)) => {
-            wit::Error::Authentication(message)
-        }
-        StoreError::Client(ClientError::Protocol(message)) => wit::Error::Protocol(message),
-        StoreError::Client(ClientError::Server(message)) => wit::Error::Server(message),
-        StoreError::Conflict(document) => wit::Error::Conflict(document),
-        StoreError::Contended(message) => wit::Error::Contended(message),
+/// The one mapping of the shared error model onto the WIT variant, case for case.
+fn to_wit(err: TaskError) -> wit::Error {
+    let kind = err.kind();
+    let message = err.into_message();
+    match kind {
+        ErrorKind::Connection => wit::Error::Connection(message),
+        ErrorKind::Timeout => wit::Error::Timeout(message),
+        ErrorKind::Authentication => wit::Error::Authentication(message),
+        ErrorKind::Protocol => wit::Error::Protocol(message),
+        ErrorKind::Server => wit::Error::Server(message),
+        ErrorKind::InvalidInput => wit::Error::InvalidInput(message),
+        ErrorKind::CorruptData => wit::Error::CorruptData(message),
+        ErrorKind::Conflict => wit::Error::Conflict(message),
+        ErrorKind::Contended => wit::Error::Contended(message),
+        // The component never makes a `host` error (only an embedding can); should one
+        // arise, `other` is the WIT's case for a failure outside the named ones.
+        ErrorKind::Other | ErrorKind::Host => wit::Error::Other(message),
     }
 }
 

@@ -16,10 +16,12 @@
 //! - [`cluster_client`]: a client per node, routing by slot, following `MOVED` / `ASK`.
 //! - [`backend`]: one server or a cluster, behind the one surface the store uses.
 //! - [`config`]: options and `redis://` URL parsing.
-//! - [`document`]: JSON document validation and order-preserving merge patches.
-//! - [`store`]: task semantics — ids, keys, documents, TTLs.
+//! - [`store`]: task semantics ([`store::Store`]) — keys, documents, TTLs, listing; the
+//!   error model, the id rule and documents come from the shared `taskstore-model` crate
+//!   (re-exported here as [`TaskError`], [`ErrorKind`], [`RedisErrorCode`], [`document`]).
 //! - [`text`]: untrusted text made safe for messages.
-//! - `component` (wasm32 only): WIT bindings and the one mapping to the WIT error.
+//! - `component` (wasm32 only): WIT bindings and the one mapping of [`TaskError`] to the WIT
+//!   error.
 //!
 //! The host (`host/`), the HTTP function (`function/`), the test fixtures (`testing/`) and the
 //! integration tests (`tests/`) are their own workspace packages; this crate depends on none

@@ -11,6 +11,16 @@ use std::fmt;
 use crate::text::excerpt;
 
 pub use redis_protocol::resp2::types::OwnedFrame as Reply;
+pub use taskstore_model::RedisErrorCode;
+
+/// The classified code of an error reply (`-MOVED 3999 …` → [`RedisErrorCode::Moved`]);
+/// `None` for any other reply. The one place a reply's error text is read for its meaning.
+pub fn error_code(reply: &Reply) -> Option<RedisErrorCode> {
+    match reply {
+        Reply::Error(text) => Some(RedisErrorCode::of(text)),
+        _ => None,
+    }
+}
 
 /// Bounds applied to every reply before it is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,6 +22,13 @@ use serde::de::IgnoredAny;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentError(pub String);
 
+/// A document or patch the caller gave is rejected before anything is sent.
+impl From<DocumentError> for crate::TaskError {
+    fn from(err: DocumentError) -> crate::TaskError {
+        crate::TaskError::invalid_input(err.0)
+    }
+}
+
 impl fmt::Display for DocumentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
