@@ -22,9 +22,7 @@ pub const DEFAULT_TTL_SECONDS: u64 = 604_800;
 pub const MAX_TTL_SECONDS: u64 = 3_153_600_000;
 pub const DEFAULT_TIMEOUT_MS: u32 = 5_000;
 pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
-pub const DEFAULT_MAX_DOCUMENT_BYTES: u32 = 16 * 1024 * 1024;
-/// Redis's own `proto-max-bulk-len` default.
-pub const MAX_DOCUMENT_BYTES_LIMIT: u32 = 512 * 1024 * 1024;
+pub use taskstore_model::document::{DEFAULT_MAX_DOCUMENT_BYTES, MAX_DOCUMENT_BYTES_LIMIT};
 pub const DEFAULT_PORT: u16 = 6379;
 
 /// Options as the caller gives them (the WIT `options` record); `None` means the default.

@@ -35,6 +35,12 @@ impl fmt::Display for DocumentError {
     }
 }
 
+/// The store's `max-document-bytes` when the options leave it unset (16 MiB).
+pub const DEFAULT_MAX_DOCUMENT_BYTES: u32 = 16 * 1024 * 1024;
+/// The largest `max-document-bytes` any caller may choose: Redis's own `proto-max-bulk-len`
+/// default, beyond which Redis would refuse the value anyway.
+pub const MAX_DOCUMENT_BYTES_LIMIT: u32 = 512 * 1024 * 1024;
+
 /// Most levels of nested objects and arrays a document or patch written through the store
 /// may have; the top-level object is level 1. serde_json's default recursion limit (128) and
 /// the WIT document the same bound, so documents that common parsers read are accepted.
