@@ -428,6 +428,38 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn the_size_defaults_are_the_documented_ones() {
+        // The WIT documents 16777216 as the default; Redis's `proto-max-bulk-len` is 512 MiB.
+        assert_eq!(DEFAULT_MAX_DOCUMENT_BYTES, 16_777_216);
+        assert_eq!(MAX_DOCUMENT_BYTES_LIMIT, 536_870_912);
+    }
+
+    #[test]
+    fn the_size_limit_is_inclusive_and_the_error_says_both_sizes() {
+        assert!(validate_document("{}", 2).is_ok());
+        let err = validate_document("{ }", 2).unwrap_err();
+        assert_eq!(err.to_string(), "document is 3 bytes; the limit is 2");
+    }
+
+    #[test]
+    fn a_non_object_is_named_by_its_kind() {
+        for (text, kind) in [
+            ("[1]", "an array"),
+            ("\"x\"", "a string"),
+            ("true", "a boolean"),
+            ("false", "a boolean"),
+            ("null", "null"),
+            ("-1.5", "a number"),
+        ] {
+            let err = validate_document(text, 64).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("document must be a JSON object, not {kind}"),
+            );
+        }
+    }
+
+    #[test]
     fn patch_replaces_adds_and_removes_members_in_place() {
         let merged = merge_patch(
             r#"{"id": "t1", "status": "pending", "progress": 0, "gone": 1}"#,

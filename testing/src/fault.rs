@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::redis_server::frame_len;
+use crate::redis_server::{self, frame_len};
 use crate::PLAIN_TIMEOUT;
 
 /// How often blocked proxy threads look at the stop flag.
@@ -55,6 +55,11 @@ pub enum Fault {
     /// request fills the socket buffers and the client's write blocks; the connection stays
     /// open. (Other faults wait for the whole batch.)
     Stall,
+    /// Run this command on Redis over a connection of its own — another client writing at
+    /// that very moment — and wait for its reply; then forward the batch as usual. Armed on
+    /// `MULTI`, it puts a write between an optimistic transaction's `WATCH`/`GET` and its
+    /// `EXEC`, deterministically.
+    WriteFirst(Vec<Vec<u8>>),
 }
 
 #[derive(Default)]
@@ -283,6 +288,15 @@ fn serve(mut client: TcpStream, shared: &Shared) {
                 every,
             }) => trickle(&mut client, &bytes, chunk, every, shared),
             Some(Fault::Stall) => return stall(shared),
+            Some(Fault::WriteFirst(command)) => {
+                let args: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
+                let deadline = Instant::now() + PLAIN_TIMEOUT;
+                if redis_server::command(shared.upstream, &args, deadline).is_err() {
+                    return close(&client);
+                }
+                forward(&batch, names.len(), &mut server, shared)
+                    .and_then(|replies| client.write_all(&replies).ok())
+            }
         };
         if outcome.is_none() {
             break;

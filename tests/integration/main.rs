@@ -16,6 +16,7 @@ mod faults;
 mod lifecycle;
 mod listing;
 mod python_compat;
+mod races;
 mod security;
 mod storage;
 mod tls;
