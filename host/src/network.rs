@@ -33,7 +33,9 @@ use taskstore::tls::MaybeTlsConnector;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::error::{ErrorKind, TaskError};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::TaskError;
 use crate::options::{ClusterAllow, Endpoint, HostName};
 
 /// Least time between two membership questions to the cluster about unknown addresses.
@@ -567,6 +569,7 @@ fn same_peer(a: SocketAddr, b: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn policy(addrs: &[&str]) -> NetworkPolicy {
         let addresses: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();

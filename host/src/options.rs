@@ -10,7 +10,9 @@ use std::net::IpAddr;
 
 use taskstore::config::RedisUrl;
 
-use crate::error::{ErrorKind, TaskError};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::TaskError;
 
 /// How to reach Redis and lay out tasks in it; the WIT `options` record. Fields left `None`
 /// take the component's defaults (key prefix `research_task:`, TTL 7 days, timeout 5 s,
@@ -293,6 +295,7 @@ pub(crate) fn url_secrets(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn endpoint(url: &str) -> Endpoint {

@@ -10,6 +10,8 @@ use crate::bindings::RedisTaskStorePre;
 use crate::engine::{load_component, new_engine, to_anyhow, EpochTicker};
 use crate::engine::{CacheOutcome, ComponentCache};
 pub use crate::engine::{COMPONENT, EPOCH_TICK, TLS_COMPONENT};
+#[cfg(doc)]
+use crate::error::ErrorKind;
 use crate::error::TaskError;
 use crate::instance::{linker, Imports, InstanceBuilder, InstanceState};
 use crate::network::NetworkPolicy;

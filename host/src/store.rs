@@ -9,7 +9,9 @@ use wasmtime::Store;
 use crate::bindings::exports::taskstore::storage::task_storage as wit;
 use crate::bindings::RedisTaskStore;
 use crate::engine::deadline_ticks;
-use crate::error::{from_guest, ErrorKind, TaskError};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::{from_guest, TaskError};
 use crate::instance::InstanceState;
 use crate::network::NetworkPolicy;
 use crate::options::Options;
@@ -686,6 +688,7 @@ impl Drop for TaskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use taskstore_testing::redis_server::RedisServer;
 
     const DOC: &str = r#"{"id":"t1","status":"pending","progress":0}"#;
