@@ -8,12 +8,13 @@ use ::wasi::exports::http::incoming_handler::Guest;
 use ::wasi::http::types::{
     Fields, IncomingRequest, Method as WasiMethod, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
+use taskstore_model::{ErrorKind, TaskError};
 
 use crate::error::{ApiError, Response};
 use crate::request::{self, BodyError, Method, RequestHead};
 use crate::service::{self, Connected, Environment};
 use crate::settings::Settings;
-use crate::storage::{ListQuery, Page, StorageError, StoredTask, TaskStorage};
+use crate::storage::{ListQuery, Page, StoredTask, TaskStorage};
 
 // The task-storage WIT is read from the repository's `wit/` (never copied); this crate's `wit/`
 // holds the world and the vendored `wasi:config` it needs.
@@ -131,7 +132,7 @@ impl Environment for WasiEnvironment {
         })
     }
 
-    fn open(&mut self, settings: &Settings) -> Result<RedisStorage, StorageError> {
+    fn open(&mut self, settings: &Settings) -> Result<RedisStorage, TaskError> {
         let options = wit::Options {
             url: settings.redis_url.clone(),
             key_prefix: settings.key_prefix.clone(),
@@ -186,11 +187,11 @@ impl Environment for WasiEnvironment {
 struct RedisStorage(wit::Store);
 
 impl TaskStorage for RedisStorage {
-    fn get(&mut self, id: &str) -> Result<Option<String>, StorageError> {
+    fn get(&mut self, id: &str) -> Result<Option<String>, TaskError> {
         self.0.get(id).map_err(from_wit)
     }
 
-    fn create(&mut self, id: &str, document: &str) -> Result<bool, StorageError> {
+    fn create(&mut self, id: &str, document: &str) -> Result<bool, TaskError> {
         self.0.create(id, document, None).map_err(from_wit)
     }
 
@@ -199,7 +200,7 @@ impl TaskStorage for RedisStorage {
         id: &str,
         patch: &str,
         expect_status: Option<&str>,
-    ) -> Result<Option<String>, StorageError> {
+    ) -> Result<Option<String>, TaskError> {
         let options = wit::UpdateOptions {
             expect_status: expect_status.map(str::to_string),
             ttl: None,
@@ -207,11 +208,11 @@ impl TaskStorage for RedisStorage {
         self.0.update(id, patch, &options).map_err(from_wit)
     }
 
-    fn delete(&mut self, id: &str) -> Result<bool, StorageError> {
+    fn delete(&mut self, id: &str) -> Result<bool, TaskError> {
         self.0.delete(id).map_err(from_wit)
     }
 
-    fn list(&mut self, query: &ListQuery) -> Result<Page, StorageError> {
+    fn list(&mut self, query: &ListQuery) -> Result<Page, TaskError> {
         let options = wit::ListOptions {
             status: query.status.clone(),
             limit: Some(query.limit),
@@ -232,17 +233,20 @@ impl TaskStorage for RedisStorage {
     }
 }
 
-fn from_wit(err: wit::Error) -> StorageError {
-    match err {
-        wit::Error::Connection(message) => StorageError::Connection(message),
-        wit::Error::Timeout(message) => StorageError::Timeout(message),
-        wit::Error::Authentication(message) => StorageError::Authentication(message),
-        wit::Error::Protocol(message) => StorageError::Protocol(message),
-        wit::Error::Server(message) => StorageError::Server(message),
-        wit::Error::InvalidInput(message) => StorageError::InvalidInput(message),
-        wit::Error::CorruptData(message) => StorageError::CorruptData(message),
-        wit::Error::Conflict(document) => StorageError::Conflict(document),
-        wit::Error::Contended(message) => StorageError::Contended(message),
-        wit::Error::Other(message) => StorageError::Other(message),
-    }
+/// The store's error, mapped case for case: the one mapping from this function's binding of
+/// the WIT `error` to the shared model.
+fn from_wit(err: wit::Error) -> TaskError {
+    let (kind, message) = match err {
+        wit::Error::Connection(message) => (ErrorKind::Connection, message),
+        wit::Error::Timeout(message) => (ErrorKind::Timeout, message),
+        wit::Error::Authentication(message) => (ErrorKind::Authentication, message),
+        wit::Error::Protocol(message) => (ErrorKind::Protocol, message),
+        wit::Error::Server(message) => (ErrorKind::Server, message),
+        wit::Error::InvalidInput(message) => (ErrorKind::InvalidInput, message),
+        wit::Error::CorruptData(message) => (ErrorKind::CorruptData, message),
+        wit::Error::Conflict(document) => (ErrorKind::Conflict, document),
+        wit::Error::Contended(message) => (ErrorKind::Contended, message),
+        wit::Error::Other(message) => (ErrorKind::Other, message),
+    };
+    TaskError::new(kind, message)
 }

@@ -6,9 +6,9 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+use taskstore_model::{ErrorKind, RedisErrorCode, TaskError};
 
 use crate::settings::SettingsError;
-use crate::storage::StorageError;
 
 /// Seconds a client should wait before retrying a transient failure.
 pub const RETRY_AFTER_SECONDS: &str = "1";
@@ -144,15 +144,18 @@ impl ApiError {
 
     /// `open` failed: as [`ApiError::from_storage`], except that `invalid-input` means the
     /// configured URL or options are unusable.
-    pub fn from_open(err: StorageError) -> ApiError {
-        match err {
-            StorageError::InvalidInput(message) => ApiError::new(
+    pub fn from_open(err: TaskError) -> ApiError {
+        match err.kind() {
+            ErrorKind::InvalidInput => ApiError::new(
                 500,
                 "configuration",
                 "the task store rejected the configured Redis URL or options",
             )
-            .logged(format!("opening the task store: invalid-input: {message}")),
-            other => ApiError::from_storage("opening the task store", other),
+            .logged(format!(
+                "opening the task store: invalid-input: {}",
+                err.message()
+            )),
+            _ => ApiError::from_storage("opening the task store", err),
         }
     }
 
@@ -160,70 +163,73 @@ impl ApiError {
     ///
     /// - `connection`, `timeout`, `contended` → 503 with `Retry-After` (transient);
     /// - `authentication` → 503 without it (credentials need fixing; Redis is unavailable to us);
-    /// - `server` → 503 with `Retry-After` for Redis's transient states (`LOADING`, `BUSY`,
-    ///   `TRYAGAIN`, `MASTERDOWN`, `READONLY`, `OOM`, `CLUSTERDOWN`), else 502;
-    /// - `protocol`, `corrupt-data`, `other` → 502 (the upstream answered something unusable);
+    /// - `server` → 503 with `Retry-After` for Redis's transient states
+    ///   ([`RedisErrorCode::is_transient`]: `LOADING`, `BUSY`, `OOM`, ...), else 502;
+    /// - `protocol`, `corrupt-data`, `other` → 502 (the upstream answered something unusable),
+    ///   and `host`, which never crosses the WIT, the same;
     /// - `invalid-input` → 400 with the store's message (it describes the request's data);
     /// - `conflict` → 409 with the current task (only `update` returns it; elsewhere a bug: 500).
-    pub fn from_storage(operation: &str, err: StorageError) -> ApiError {
+    pub fn from_storage(operation: &str, err: TaskError) -> ApiError {
         let log = format!("{operation}: {err}");
-        let mapped = match &err {
-            StorageError::Connection(_) => {
+        let mapped = match err.kind() {
+            ErrorKind::Connection => {
                 ApiError::new(503, "storage_unavailable", "the task store is unreachable")
                     .transient()
             }
-            StorageError::Timeout(_) => ApiError::new(
+            ErrorKind::Timeout => ApiError::new(
                 503,
                 "storage_timeout",
                 "the task store did not answer in time",
             )
             .transient(),
-            StorageError::Contended(_) => ApiError::new(
+            ErrorKind::Contended => ApiError::new(
                 503,
                 "storage_contended",
                 "the task kept changing concurrently; retry",
             )
             .transient(),
-            StorageError::Authentication(_) => ApiError::new(
+            ErrorKind::Authentication => ApiError::new(
                 503,
                 "storage_authentication",
                 "the task store refused this function's credentials",
             ),
-            StorageError::Server(message) if is_transient_redis_error(message) => ApiError::new(
+            ErrorKind::Server if RedisErrorCode::of(err.message()).is_transient() => ApiError::new(
                 503,
                 "storage_busy",
                 "the task store is temporarily unable to serve",
             )
             .transient(),
-            StorageError::Server(_) => ApiError::new(
+            ErrorKind::Server => ApiError::new(
                 502,
                 "storage_server",
                 "the task store answered with an error",
             ),
-            StorageError::Protocol(_) => ApiError::new(
+            ErrorKind::Protocol => ApiError::new(
                 502,
                 "storage_protocol",
                 "the task store sent an invalid reply",
             ),
-            StorageError::CorruptData(_) => ApiError::new(
+            ErrorKind::CorruptData => ApiError::new(
                 502,
                 "corrupt_data",
                 "the stored task is not a readable JSON object",
             ),
-            StorageError::Other(_) => ApiError::new(502, "storage_error", "the task store failed"),
-            StorageError::InvalidInput(message) => {
-                return ApiError::bad_request("invalid_input", message.clone());
+            ErrorKind::Other | ErrorKind::Host => {
+                ApiError::new(502, "storage_error", "the task store failed")
             }
-            StorageError::Conflict(document) if operation == UPDATE => {
+            ErrorKind::InvalidInput => {
+                return ApiError::bad_request("invalid_input", err.into_message());
+            }
+            ErrorKind::Conflict if operation == UPDATE => {
                 let mut conflict = ApiError::new(
                     409,
                     "status_conflict",
                     "the task's status is not the one X-Expect-Status names",
                 );
-                conflict.task = Some(document.clone());
+                conflict.task = err.current_document().map(str::to_owned);
                 return conflict;
             }
-            StorageError::Conflict(_) => {
+            ErrorKind::Conflict => {
                 ApiError::internal("the task store reported an unexpected conflict")
             }
         };
@@ -272,21 +278,6 @@ impl ApiError {
 /// The operation name under which `update` reports, the only one whose conflict is expected.
 pub const UPDATE: &str = "updating the task";
 
-/// Redis error replies that describe a passing state of the server, not of the request.
-fn is_transient_redis_error(message: &str) -> bool {
-    const TRANSIENT: [&str; 7] = [
-        "LOADING",
-        "BUSY",
-        "TRYAGAIN",
-        "MASTERDOWN",
-        "READONLY",
-        "OOM",
-        "CLUSTERDOWN",
-    ];
-    let prefix = message.split_whitespace().next().unwrap_or("");
-    TRANSIENT.contains(&prefix)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,67 +290,53 @@ mod tests {
     fn every_storage_error_is_mapped_deliberately() {
         let cases = [
             (
-                StorageError::Connection("127.0.0.1:6379 refused".into()),
+                TaskError::connection("127.0.0.1:6379 refused"),
                 503,
                 "storage_unavailable",
                 true,
             ),
+            (TaskError::timeout("t"), 503, "storage_timeout", true),
+            (TaskError::contended("c"), 503, "storage_contended", true),
             (
-                StorageError::Timeout("t".into()),
-                503,
-                "storage_timeout",
-                true,
-            ),
-            (
-                StorageError::Contended("c".into()),
-                503,
-                "storage_contended",
-                true,
-            ),
-            (
-                StorageError::Authentication("a".into()),
+                TaskError::authentication("a"),
                 503,
                 "storage_authentication",
                 false,
             ),
             (
-                StorageError::Server("LOADING Redis is loading".into()),
+                TaskError::server("LOADING Redis is loading"),
                 503,
                 "storage_busy",
                 true,
             ),
             (
-                StorageError::Server("OOM command not allowed".into()),
+                TaskError::server("OOM command not allowed"),
                 503,
                 "storage_busy",
                 true,
             ),
             (
-                StorageError::Server("WRONGTYPE Operation".into()),
+                TaskError::server("WRONGTYPE Operation"),
                 502,
                 "storage_server",
                 false,
             ),
+            (TaskError::protocol("p"), 502, "storage_protocol", false),
+            (TaskError::corrupt_data("d"), 502, "corrupt_data", false),
             (
-                StorageError::Protocol("p".into()),
+                TaskError::new(ErrorKind::Other, "o"),
                 502,
-                "storage_protocol",
+                "storage_error",
                 false,
             ),
+            (TaskError::host("h"), 502, "storage_error", false),
             (
-                StorageError::CorruptData("d".into()),
-                502,
-                "corrupt_data",
-                false,
-            ),
-            (StorageError::Other("o".into()), 502, "storage_error", false),
-            (
-                StorageError::InvalidInput("bad cursor".into()),
+                TaskError::invalid_input("bad cursor"),
                 400,
                 "invalid_input",
                 false,
             ),
-            (StorageError::Conflict("{}".into()), 500, "internal", false),
+            (TaskError::conflict("{}"), 500, "internal", false),
         ];
         for (err, status, code, retry) in cases {
             let mapped = ApiError::from_storage("reading the task", err.clone());
@@ -374,7 +351,7 @@ mod tests {
     fn server_side_messages_reach_the_log_not_the_client() {
         let mapped = ApiError::from_storage(
             "reading the task",
-            StorageError::Connection("could not connect to redis.internal:6379".into()),
+            TaskError::connection("could not connect to redis.internal:6379"),
         );
         assert!(mapped
             .log
@@ -388,8 +365,7 @@ mod tests {
     #[test]
     fn conflict_of_an_update_carries_the_current_task() {
         let current = r#"{"id": "t", "status": "running", "n": 12345678901234567890}"#;
-        let response =
-            ApiError::from_storage(UPDATE, StorageError::Conflict(current.into())).into_response();
+        let response = ApiError::from_storage(UPDATE, TaskError::conflict(current)).into_response();
         assert_eq!(response.status, 409);
         let text = String::from_utf8(response.body).unwrap();
         assert!(
@@ -400,10 +376,10 @@ mod tests {
 
     #[test]
     fn open_with_rejected_options_is_a_configuration_error() {
-        let mapped = ApiError::from_open(StorageError::InvalidInput("url: bad port".into()));
+        let mapped = ApiError::from_open(TaskError::invalid_input("url: bad port"));
         assert_eq!((mapped.status, mapped.code), (500, "configuration"));
         assert!(!mapped.message.contains("bad port"));
-        let mapped = ApiError::from_open(StorageError::Authentication("WRONGPASS".into()));
+        let mapped = ApiError::from_open(TaskError::authentication("WRONGPASS"));
         assert_eq!(
             (mapped.status, mapped.code),
             (503, "storage_authentication")

@@ -4,23 +4,25 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use taskstore_model::document::{merge_patch, top_level_status};
+use taskstore_model::TaskError;
 
 use crate::request::{read_capped, BodyError};
 use crate::service::Environment;
 use crate::settings::Settings;
-use crate::storage::{ListQuery, Page, StorageError, StoredTask, TaskStorage};
+use crate::storage::{ListQuery, Page, StoredTask, TaskStorage};
 
 #[derive(Debug, Default)]
 pub struct FakeStorage {
     pub tasks: BTreeMap<String, String>,
     /// Returned by the next call instead of doing anything.
-    pub fail_next: Option<StorageError>,
+    pub fail_next: Option<TaskError>,
     /// The operations called, in order (`"create <id>"`, ...).
     pub calls: Vec<String>,
 }
 
 impl FakeStorage {
-    fn begin(&mut self, call: String) -> Result<(), StorageError> {
+    fn begin(&mut self, call: String) -> Result<(), TaskError> {
         self.calls.push(call);
         match self.fail_next.take() {
             Some(err) => Err(err),
@@ -29,33 +31,13 @@ impl FakeStorage {
     }
 }
 
-/// RFC 7386.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Default::default());
-    }
-    if let Value::Object(target) = target {
-        for (key, value) in patch {
-            if value.is_null() {
-                target.remove(key);
-            } else {
-                merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
-            }
-        }
-    }
-}
-
 impl TaskStorage for FakeStorage {
-    fn get(&mut self, id: &str) -> Result<Option<String>, StorageError> {
+    fn get(&mut self, id: &str) -> Result<Option<String>, TaskError> {
         self.begin(format!("get {id}"))?;
         Ok(self.tasks.get(id).cloned())
     }
 
-    fn create(&mut self, id: &str, document: &str) -> Result<bool, StorageError> {
+    fn create(&mut self, id: &str, document: &str) -> Result<bool, TaskError> {
         self.begin(format!("create {id}"))?;
         if self.tasks.contains_key(id) {
             return Ok(false);
@@ -69,33 +51,33 @@ impl TaskStorage for FakeStorage {
         id: &str,
         patch: &str,
         expect_status: Option<&str>,
-    ) -> Result<Option<String>, StorageError> {
+    ) -> Result<Option<String>, TaskError> {
         self.begin(format!("update {id}"))?;
         let Some(current) = self.tasks.get(id) else {
             return Ok(None);
         };
-        let mut document: Value = serde_json::from_str(current)
-            .map_err(|_| StorageError::CorruptData("not JSON".into()))?;
+        // As the store: a stored value that is not a JSON object cannot be patched.
+        if !matches!(serde_json::from_str(current), Ok(Value::Object(_))) {
+            return Err(TaskError::corrupt_data("not a JSON object"));
+        }
         if let Some(expected) = expect_status {
-            if document.get("status").and_then(Value::as_str) != Some(expected) {
-                return Err(StorageError::Conflict(current.clone()));
+            if top_level_status(current).as_deref() != Some(expected) {
+                return Err(TaskError::conflict(current.clone()));
             }
         }
-        let patch: Value = serde_json::from_str(patch)
-            .map_err(|_| StorageError::InvalidInput("patch is not JSON".into()))?;
-        merge_patch(&mut document, &patch);
-        let text = document.to_string();
+        // The store's own merge (RFC 7386, key order and untouched members kept).
+        let text = merge_patch(current, patch).map_err(|err| TaskError::invalid_input(err.0))?;
         self.tasks.insert(id.to_string(), text.clone());
         Ok(Some(text))
     }
 
-    fn delete(&mut self, id: &str) -> Result<bool, StorageError> {
+    fn delete(&mut self, id: &str) -> Result<bool, TaskError> {
         self.begin(format!("delete {id}"))?;
         Ok(self.tasks.remove(id).is_some())
     }
 
     /// Pages in id order; the cursor is the next id to visit.
-    fn list(&mut self, query: &ListQuery) -> Result<Page, StorageError> {
+    fn list(&mut self, query: &ListQuery) -> Result<Page, TaskError> {
         self.begin(format!(
             "list {:?} {} {:?}",
             query.status, query.limit, query.cursor
@@ -131,7 +113,7 @@ pub struct FakeEnvironment {
     /// Makes every config lookup fail with this message.
     pub config_error: Option<String>,
     /// Makes the next `open` fail.
-    pub open_error: Option<StorageError>,
+    pub open_error: Option<TaskError>,
     /// The store the next successful `open` returns.
     pub next_storage: Option<FakeStorage>,
     pub opened: Vec<Settings>,
@@ -177,7 +159,7 @@ impl Environment for FakeEnvironment {
         }
     }
 
-    fn open(&mut self, settings: &Settings) -> Result<FakeStorage, StorageError> {
+    fn open(&mut self, settings: &Settings) -> Result<FakeStorage, TaskError> {
         if let Some(err) = self.open_error.take() {
             return Err(err);
         }

@@ -6,7 +6,8 @@
 //! to those interfaces is plain Rust that builds and is tested natively.
 //!
 //! # Layout
-//! - [`storage`]: the [`storage::TaskStorage`] seam and the storage error (the WIT `error`).
+//! - [`storage`]: the [`storage::TaskStorage`] seam; its calls fail with the shared model's
+//!   `TaskError` (the WIT `error`).
 //! - [`settings`]: the `wasi:config/store` keys, parsed strictly.
 //! - [`request`]: the request head, routing, query and header parsing, bounded body reads.
 //! - [`document`]: task documents — parsing request objects, building new tasks, ids, times.

@@ -4,6 +4,7 @@
 use std::io::Read;
 
 use percent_encoding::percent_decode_str;
+use taskstore_model::validate_id;
 
 use crate::error::ApiError;
 use crate::storage::ListQuery;
@@ -15,8 +16,6 @@ pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 /// Bytes reserved before reading a body.
 const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
-/// The task store's id rule: 1..=1024 bytes of UTF-8 without control characters.
-pub const MAX_ID_BYTES: usize = 1024;
 
 const COLLECTION: &str = "/research/tasks";
 const COLLECTION_ALLOW: &str = "GET, POST";
@@ -128,18 +127,7 @@ fn decode_id(segment: &str) -> Result<String, ApiError> {
     let id = percent_decode_str(segment)
         .decode_utf8()
         .map_err(|_| ApiError::bad_request("invalid_id", "the task id is not UTF-8"))?;
-    if id.len() > MAX_ID_BYTES {
-        return Err(ApiError::bad_request(
-            "invalid_id",
-            format!("the task id is longer than {MAX_ID_BYTES} bytes"),
-        ));
-    }
-    if id.chars().any(|c| c.is_ascii_control()) {
-        return Err(ApiError::bad_request(
-            "invalid_id",
-            "the task id contains a control character",
-        ));
-    }
+    validate_id(&id).map_err(|err| ApiError::bad_request("invalid_id", err.into_message()))?;
     Ok(id.into_owned())
 }
 
@@ -327,6 +315,7 @@ pub fn read_capped(reader: impl Read, limit: usize) -> Result<Vec<u8>, BodyError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taskstore_model::MAX_ID_BYTES;
 
     fn routed(method: Method, path: &str) -> Result<Route, ApiError> {
         route(&method, Some(path))

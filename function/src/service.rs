@@ -5,6 +5,7 @@
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use taskstore_model::{ErrorKind, TaskError};
 
 use crate::document::{self, Members, RESERVED_ON_CREATE};
 use crate::error::{self, ApiError, Response};
@@ -37,7 +38,7 @@ pub trait Environment {
     /// One `wasi:config/store.get`; `Err` is the config source's own message.
     fn config(&mut self, key: &str) -> Result<Option<String>, String>;
     /// `store.open` with the settings' URL and options.
-    fn open(&mut self, settings: &Settings) -> Result<Self::Storage, crate::storage::StorageError>;
+    fn open(&mut self, settings: &Settings) -> Result<Self::Storage, TaskError>;
     /// The request body, at most `limit` bytes (see [`request::read_capped`]).
     fn read_body(&mut self, limit: usize) -> Result<Vec<u8>, BodyError>;
     /// Wall-clock time: seconds and nanoseconds since the Unix epoch.
@@ -270,12 +271,10 @@ fn list(
         tasks: Vec<&'a RawValue>,
         next_cursor: Option<&'a str>,
     }
-    let page = storage.list(query).map_err(|err| match err {
+    let page = storage.list(query).map_err(|err| match err.kind() {
         // Everything else in the query was validated here; what the store refuses is the cursor.
-        crate::storage::StorageError::InvalidInput(message) => {
-            ApiError::bad_request("invalid_query", message)
-        }
-        other => ApiError::from_storage("listing tasks", other),
+        ErrorKind::InvalidInput => ApiError::bad_request("invalid_query", err.into_message()),
+        _ => ApiError::from_storage("listing tasks", err),
     })?;
     let mut tasks = Vec::with_capacity(page.tasks.len());
     for task in &page.tasks {

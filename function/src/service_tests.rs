@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::fake::{FakeEnvironment, FakeStorage};
 use crate::request::{BodyError, Method};
-use crate::storage::StorageError;
+use taskstore_model::{ErrorKind, TaskError};
 
 const SECRET: &str = "s3cret";
 const REDIS_HOST: &str = "10.1.2.3";
@@ -423,7 +423,7 @@ fn list_with_bad_parameters_is_400() {
     assert_error(&h.get("/research/tasks?colour=red"), 400, "invalid_query");
     // The store is the judge of cursors.
     h.env.next_storage = Some(FakeStorage {
-        fail_next: Some(StorageError::InvalidInput("malformed cursor".into())),
+        fail_next: Some(TaskError::invalid_input("malformed cursor")),
         ..FakeStorage::default()
     });
     let response = h.get("/research/tasks?cursor=zzz");
@@ -543,8 +543,8 @@ fn patch_refuses_bad_bodies_and_headers() {
 fn patch_whose_result_the_store_refuses_is_400() {
     let mut h = Harness::with_tasks(&[("t1", r#"{"id": "t1"}"#)]);
     h.get("/research/tasks/t1");
-    h.storage().fail_next = Some(StorageError::InvalidInput(
-        "the document would be 20000 bytes, more than 16384".into(),
+    h.storage().fail_next = Some(TaskError::invalid_input(
+        "the document would be 20000 bytes, more than 16384",
     ));
     let response = h.patch("/research/tasks/t1", &[], r#"{"a": 1}"#);
     assert_error(&response, 400, "invalid_input");
@@ -555,7 +555,7 @@ fn patch_whose_result_the_store_refuses_is_400() {
 fn patch_under_contention_is_503_with_retry_after() {
     let mut h = Harness::with_tasks(&[("t1", r#"{"id": "t1"}"#)]);
     h.get("/research/tasks/t1");
-    h.storage().fail_next = Some(StorageError::Contended("gave up after 100 attempts".into()));
+    h.storage().fail_next = Some(TaskError::contended("gave up after 100 attempts"));
     let response = h.patch("/research/tasks/t1", &[], r#"{"a": 1}"#);
     assert_error(&response, 503, "storage_contended");
     assert_eq!(response.header("retry-after"), Some("1"));
@@ -597,49 +597,49 @@ fn unknown_routes_are_404_and_wrong_methods_405_without_touching_the_store() {
 fn storage_failures_map_to_502_and_503() {
     for (err, status, code, retry) in [
         (
-            StorageError::Connection(format!("{REDIS_HOST}:6379 refused")),
+            TaskError::connection(format!("{REDIS_HOST}:6379 refused")),
             503,
             "storage_unavailable",
             true,
         ),
         (
-            StorageError::Timeout(format!("{REDIS_HOST}:6379 timed out")),
+            TaskError::timeout(format!("{REDIS_HOST}:6379 timed out")),
             503,
             "storage_timeout",
             true,
         ),
         (
-            StorageError::Authentication("WRONGPASS".into()),
+            TaskError::authentication("WRONGPASS"),
             503,
             "storage_authentication",
             false,
         ),
         (
-            StorageError::Server("LOADING loading the dataset".into()),
+            TaskError::server("LOADING loading the dataset"),
             503,
             "storage_busy",
             true,
         ),
         (
-            StorageError::Server("WRONGTYPE wrong kind of value".into()),
+            TaskError::server("WRONGTYPE wrong kind of value"),
             502,
             "storage_server",
             false,
         ),
         (
-            StorageError::Protocol("bad reply".into()),
+            TaskError::protocol("bad reply"),
             502,
             "storage_protocol",
             false,
         ),
         (
-            StorageError::CorruptData("not UTF-8".into()),
+            TaskError::corrupt_data("not UTF-8"),
             502,
             "corrupt_data",
             false,
         ),
         (
-            StorageError::Other("odd".into()),
+            TaskError::new(ErrorKind::Other, "odd"),
             502,
             "storage_error",
             false,
@@ -687,9 +687,7 @@ fn the_store_is_opened_once_per_instance_with_the_configured_options() {
 #[test]
 fn a_failed_open_is_not_cached() {
     let mut h = Harness::new();
-    h.env.open_error = Some(StorageError::Connection(format!(
-        "{REDIS_HOST}:6379 refused"
-    )));
+    h.env.open_error = Some(TaskError::connection(format!("{REDIS_HOST}:6379 refused")));
     let response = h.get("/research/tasks/t1");
     assert_error(&response, 503, "storage_unavailable");
     assert_eq!(response.header("retry-after"), Some("1"));
@@ -701,7 +699,7 @@ fn a_failed_open_is_not_cached() {
 #[test]
 fn open_refusing_the_configured_url_is_a_500_configuration_error() {
     let mut h = Harness::new();
-    h.env.open_error = Some(StorageError::InvalidInput("invalid port in URL".into()));
+    h.env.open_error = Some(TaskError::invalid_input("invalid port in URL"));
     assert_error(&h.get("/research/tasks/t1"), 500, "configuration");
     assert!(h.instance.is_none());
 }

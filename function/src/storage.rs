@@ -1,67 +1,9 @@
 //! The seam between the HTTP logic and the task store: plain Rust types mirroring the part of
 //! `taskstore:storage/task-storage` this function uses, so the logic runs natively over a fake.
+//! A storage call fails with the shared model's [`TaskError`] (the WIT `error`, kind and
+//! message; each message is the store's, which by contract never contains a password).
 
-use std::fmt;
-
-/// Why a storage call failed: the WIT `error` variant, case for case. Each message is the
-/// store's, which by contract never contains a password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageError {
-    Connection(String),
-    Timeout(String),
-    Authentication(String),
-    Protocol(String),
-    Server(String),
-    InvalidInput(String),
-    CorruptData(String),
-    /// Carries the task's current document.
-    Conflict(String),
-    Contended(String),
-    Other(String),
-}
-
-impl StorageError {
-    /// The WIT case name, for logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StorageError::Connection(_) => "connection",
-            StorageError::Timeout(_) => "timeout",
-            StorageError::Authentication(_) => "authentication",
-            StorageError::Protocol(_) => "protocol",
-            StorageError::Server(_) => "server",
-            StorageError::InvalidInput(_) => "invalid-input",
-            StorageError::CorruptData(_) => "corrupt-data",
-            StorageError::Conflict(_) => "conflict",
-            StorageError::Contended(_) => "contended",
-            StorageError::Other(_) => "other",
-        }
-    }
-
-    pub fn message(&self) -> &str {
-        match self {
-            StorageError::Connection(message)
-            | StorageError::Timeout(message)
-            | StorageError::Authentication(message)
-            | StorageError::Protocol(message)
-            | StorageError::Server(message)
-            | StorageError::InvalidInput(message)
-            | StorageError::CorruptData(message)
-            | StorageError::Conflict(message)
-            | StorageError::Contended(message)
-            | StorageError::Other(message) => message,
-        }
-    }
-}
-
-impl fmt::Display for StorageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            // A conflict's payload is a whole document, not a message.
-            StorageError::Conflict(_) => f.write_str("conflict: the task's status did not match"),
-            other => write!(f, "{}: {}", other.kind(), other.message()),
-        }
-    }
-}
+use taskstore_model::TaskError;
 
 /// One stored task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,18 +31,18 @@ pub struct ListQuery {
 /// the same names; TTLs are always the store's defaults (creation) or kept (updates).
 pub trait TaskStorage {
     /// `Ok(None)`: no such task.
-    fn get(&mut self, id: &str) -> Result<Option<String>, StorageError>;
+    fn get(&mut self, id: &str) -> Result<Option<String>, TaskError>;
     /// Create-if-absent. `Ok(false)`: a task with this id exists and nothing was written.
-    fn create(&mut self, id: &str, document: &str) -> Result<bool, StorageError>;
-    /// Atomic JSON merge patch; `Ok(None)`: no such task; `Err(Conflict(current))` when
-    /// `expect_status` does not match.
+    fn create(&mut self, id: &str, document: &str) -> Result<bool, TaskError>;
+    /// Atomic JSON merge patch; `Ok(None)`: no such task; a conflict carrying the current
+    /// document ([`TaskError::current_document`]) when `expect_status` does not match.
     fn update(
         &mut self,
         id: &str,
         patch: &str,
         expect_status: Option<&str>,
-    ) -> Result<Option<String>, StorageError>;
+    ) -> Result<Option<String>, TaskError>;
     /// `Ok(false)`: there was no such task.
-    fn delete(&mut self, id: &str) -> Result<bool, StorageError>;
-    fn list(&mut self, query: &ListQuery) -> Result<Page, StorageError>;
+    fn delete(&mut self, id: &str) -> Result<bool, TaskError>;
+    fn list(&mut self, query: &ListQuery) -> Result<Page, TaskError>;
 }

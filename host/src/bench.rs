@@ -1216,7 +1216,7 @@ impl Probe {
             .call_open(&mut store, &options)
             .await
             .map_err(to_anyhow)?
-            .map_err(|e| anyhow::anyhow!("open failed: {}", crate::TaskError::from_guest(e)))?;
+            .map_err(|e| anyhow::anyhow!("open failed: {}", crate::error::from_guest(e)))?;
         // The handle stays open (its connection too) until the store is dropped.
         let _ = handle;
         Ok(store)

@@ -26,7 +26,8 @@
 //! Each module uses only modules listed above it, so none imports one that imports it back:
 //!
 //! - `output`: the bounded buffer behind the component's stdout and stderr.
-//! - `error`: [`TaskError`], the component's error variant plus host failures.
+//! - `error`: [`TaskError`] (the shared model's, re-exported) and the one mapping from the
+//!   component's error variant to it.
 //! - `options`: [`Options`] and reading the Redis address from the URL.
 //! - `network`: the socket allow-list derived from that address.
 //! - `engine`: the engine configuration, the epoch ticker behind every deadline,
@@ -65,7 +66,7 @@ pub mod serve;
 mod store;
 
 pub use engine::{CacheOutcome, ComponentCache};
-pub use error::TaskError;
+pub use error::{ErrorKind, RedisErrorCode, TaskError};
 pub use options::{redact_url, ClusterAllow, Options};
 pub use runtime::{Runtime, RuntimeBuilder, COMPONENT, DEFAULT_MEMORY_LIMIT, TLS_COMPONENT};
 pub use store::{

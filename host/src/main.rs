@@ -12,7 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use taskstore_host::{
-    ListOptions, Options, Runtime, TaskError, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
+    ErrorKind, ListOptions, Options, Runtime, TaskError, TaskStore, TimeToLive, TtlPolicy,
+    UpdateOptions,
 };
 // `demo` and `serve --throwaway-redis` run on a throwaway server: the test fixture's guard,
 // the one private-redis-server implementation in the workspace.
@@ -255,8 +256,12 @@ fn main() -> ExitCode {
                 Failure::Absent => return ExitCode::from(1),
                 Failure::Usage(message) => (2, message),
                 Failure::Conflict(message) => (4, message),
-                Failure::Task(error @ TaskError::InvalidInput(_)) => (2, error.to_string()),
-                Failure::Task(error @ TaskError::Conflict(_)) => (4, error.to_string()),
+                Failure::Task(error) if error.kind() == ErrorKind::InvalidInput => {
+                    (2, error.to_string())
+                }
+                Failure::Task(error) if error.kind() == ErrorKind::Conflict => {
+                    (4, error.to_string())
+                }
                 Failure::Task(error) => (3, error.to_string()),
                 Failure::Other(message) => (3, message),
             };
@@ -321,7 +326,8 @@ fn execute(store: &mut TaskStore, command: &TaskCommand) -> Result<(), Failure> 
             match store.update(id, &patch, &options) {
                 Ok(Some(document)) => print(&mut stdout, &document)?,
                 Ok(None) => return Err(not_found(id)),
-                Err(TaskError::Conflict(current)) => {
+                Err(conflict) if conflict.kind() == ErrorKind::Conflict => {
+                    let current = conflict.into_message();
                     print(&mut stdout, &current)?;
                     let expected = expect_status.as_deref().unwrap_or_default();
                     return Err(Failure::Conflict(format!(
@@ -746,7 +752,7 @@ fn demo_steps(store: &mut TaskStore, id: &str) -> Result<(), Failure> {
     advance(store, id, "running", &completed)?;
     println!("3. completed: progress 100, result written");
     match advance(store, id, "running", &completed) {
-        Err(Failure::Task(TaskError::Conflict(_))) => {
+        Err(Failure::Task(error)) if error.kind() == ErrorKind::Conflict => {
             println!("   a second \"running -> completed\" update is refused: conflict")
         }
         Ok(()) => {

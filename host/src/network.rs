@@ -33,6 +33,8 @@ use taskstore::tls::MaybeTlsConnector;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::WasiCtxBuilder;
 
+#[cfg(doc)]
+use crate::error::ErrorKind;
 use crate::error::TaskError;
 use crate::options::{ClusterAllow, Endpoint, HostName};
 
@@ -74,19 +76,19 @@ impl NetworkPolicy {
     /// over TLS verified as `tls` says for `rediss+cluster://`).
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] for a malformed URL or unusable TLS CA certificates;
-    /// [`TaskError::Connection`] if a name does not resolve.
+    /// [`ErrorKind::InvalidInput`] for a malformed URL or unusable TLS CA certificates;
+    /// [`ErrorKind::Connection`] if a name does not resolve.
     pub(crate) async fn for_url_allowing(
         url: &str,
         tls: &TlsSettings,
         timeout: Duration,
         allow: &[ClusterAllow],
     ) -> Result<NetworkPolicy, TaskError> {
-        let parsed = RedisUrl::parse(url).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
+        let parsed = RedisUrl::parse(url).map_err(|e| TaskError::invalid_input(e.to_string()))?;
         let servers = Servers::resolve(Endpoint::all_from_url(url)?, Resolver::System).await?;
         let cluster = if parsed.is_cluster() {
             let connector = MaybeTlsConnector::new(StdConnector, parsed.tls.then_some(tls))
-                .map_err(|e| TaskError::InvalidInput(e.0))?;
+                .map_err(|e| TaskError::invalid_input(e.0))?;
             Some(Arc::new(ClusterNodes::new(
                 parsed,
                 connector,
@@ -105,7 +107,7 @@ impl NetworkPolicy {
     /// The policy for `endpoint` alone, resolving a host name on the host.
     ///
     /// # Errors
-    /// [`TaskError::Connection`] if the name does not resolve.
+    /// [`ErrorKind::Connection`] if the name does not resolve.
     pub(crate) async fn resolve(endpoint: &Endpoint) -> Result<NetworkPolicy, TaskError> {
         let servers = Servers::resolve(vec![endpoint.clone()], Resolver::System).await?;
         Ok(NetworkPolicy {
@@ -281,7 +283,7 @@ impl Servers {
     /// Resolves every endpoint once.
     ///
     /// # Errors
-    /// [`TaskError::Connection`] naming the endpoint whose name does not resolve.
+    /// [`ErrorKind::Connection`] naming the endpoint whose name does not resolve.
     async fn resolve(endpoints: Vec<Endpoint>, resolver: Resolver) -> Result<Servers, TaskError> {
         let addresses = lookup_all(&endpoints, &resolver).await?;
         Ok(Servers {
@@ -358,7 +360,7 @@ async fn lookup_all(
             HostName::Ip(ip) => addresses.push(SocketAddr::new(*ip, endpoint.port)),
             HostName::Name(name) => {
                 let unresolved = |why: String| {
-                    TaskError::Connection(format!("cannot resolve Redis host {endpoint}: {why}"))
+                    TaskError::connection(format!("cannot resolve Redis host {endpoint}: {why}"))
                 };
                 let found = resolver
                     .lookup(name, endpoint.port)
@@ -567,6 +569,7 @@ fn same_peer(a: SocketAddr, b: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn policy(addrs: &[&str]) -> NetworkPolicy {
         let addresses: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
@@ -722,7 +725,9 @@ mod tests {
         )
         .await
         {
-            Err(TaskError::InvalidInput(message)) => assert!(message.contains("PEM"), "{message}"),
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {
+                assert!(error.message().contains("PEM"), "{error}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -1008,8 +1013,11 @@ broken line
     async fn unresolvable_name_is_a_connection_error() {
         let endpoint = Endpoint::from_url("redis://no-such-host.invalid:6379").unwrap();
         match NetworkPolicy::resolve(&endpoint).await {
-            Err(TaskError::Connection(m)) => {
-                assert!(m.contains("no-such-host.invalid:6379"), "{m}")
+            Err(error) if error.kind() == ErrorKind::Connection => {
+                assert!(
+                    error.message().contains("no-such-host.invalid:6379"),
+                    "{error}"
+                )
             }
             other => panic!("{other:?}"),
         }

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 
 use taskstore::config::RedisUrl;
 
+#[cfg(doc)]
+use crate::error::ErrorKind;
 use crate::error::TaskError;
 
 /// How to reach Redis and lay out tasks in it; the WIT `options` record. Fields left `None`
@@ -65,13 +67,13 @@ impl Options {
     /// written in. Handed to the component only; never shown.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] when a password is given both ways or the URL has no
+    /// [`ErrorKind::InvalidInput`] when a password is given both ways or the URL has no
     /// `scheme://`.
     pub(crate) fn guest_url(&self) -> Result<String, TaskError> {
         match &self.password {
             None => Ok(self.url.clone()),
             Some(password) => taskstore::config::url_with_password(&self.url, password)
-                .map_err(|e| TaskError::InvalidInput(e.to_string())),
+                .map_err(|e| TaskError::invalid_input(e.to_string())),
         }
     }
 
@@ -232,10 +234,10 @@ impl Endpoint {
     /// native build), so the host allows exactly the address the component will dial.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] with the component's message when the URL is malformed;
+    /// [`ErrorKind::InvalidInput`] with the component's message when the URL is malformed;
     /// the message never repeats the URL, which may hold a password.
     pub(crate) fn from_url(text: &str) -> Result<Endpoint, TaskError> {
-        let url = RedisUrl::parse(text).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
+        let url = RedisUrl::parse(text).map_err(|e| TaskError::invalid_input(e.to_string()))?;
         Ok(Endpoint::from_parsed(url.endpoint))
     }
 
@@ -244,7 +246,7 @@ impl Endpoint {
     /// # Errors
     /// As [`Endpoint::from_url`].
     pub(crate) fn all_from_url(text: &str) -> Result<Vec<Endpoint>, TaskError> {
-        let url = RedisUrl::parse(text).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
+        let url = RedisUrl::parse(text).map_err(|e| TaskError::invalid_input(e.to_string()))?;
         if url.is_cluster() {
             Ok(url
                 .cluster_seeds
@@ -293,6 +295,7 @@ pub(crate) fn url_secrets(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn endpoint(url: &str) -> Endpoint {
@@ -354,7 +357,8 @@ mod tests {
             "",
         ] {
             match Endpoint::from_url(text) {
-                Err(TaskError::InvalidInput(message)) => {
+                Err(error) if error.kind() == ErrorKind::InvalidInput => {
+                    let message = error.message();
                     assert!(!message.contains("hunter2"), "{text}: {message}");
                     assert!(!message.is_empty(), "{text}");
                 }
@@ -383,7 +387,8 @@ mod tests {
             ..Options::new("redis://:first@h")
         };
         match twice.guest_url() {
-            Err(TaskError::InvalidInput(m)) => {
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {
+                let m = error.message();
                 assert!(!m.contains("first") && !m.contains("second"), "{m}")
             }
             other => panic!("{other:?}"),

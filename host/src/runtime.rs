@@ -10,6 +10,8 @@ use crate::bindings::RedisTaskStorePre;
 use crate::engine::{load_component, new_engine, to_anyhow, EpochTicker};
 use crate::engine::{CacheOutcome, ComponentCache};
 pub use crate::engine::{COMPONENT, EPOCH_TICK, TLS_COMPONENT};
+#[cfg(doc)]
+use crate::error::ErrorKind;
 use crate::error::TaskError;
 use crate::instance::{linker, Imports, InstanceBuilder, InstanceState};
 use crate::network::NetworkPolicy;
@@ -141,14 +143,14 @@ impl<'a> RuntimeBuilder<'a> {
     }
 
     /// Caps each store's linear memory at `bytes` (default [`DEFAULT_MEMORY_LIMIT`]). A
-    /// component that needs more traps; see [`TaskError::Host`].
+    /// component that needs more traps; see [`ErrorKind::Host`].
     pub fn memory_limit(mut self, bytes: usize) -> RuntimeBuilder<'a> {
         self.memory_limit = bytes;
         self
     }
 
     /// Cuts every guest call (`open` and `close` included) off after `deadline`: the call
-    /// fails with [`TaskError::Host`], and the next call starts a new instance. Guest code
+    /// fails with [`ErrorKind::Host`], and the next call starts a new instance. Guest code
     /// is stopped by epoch interruption (an endless loop traps), a host call the guest waits
     /// on by a timer; the clock runs while the guest waits on Redis too.
     ///
@@ -257,7 +259,7 @@ impl Runtime {
             return Ok(self.clone());
         }
         let tls = Runtime::embedded_tls(self.cache.as_ref())
-            .map_err(|e| TaskError::Host(format!("cannot load the TLS component: {e:#}")))?;
+            .map_err(|e| TaskError::host(format!("cannot load the TLS component: {e:#}")))?;
         Ok(Runtime {
             memory_limit: self.memory_limit,
             call_deadline: self.call_deadline,

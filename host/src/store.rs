@@ -9,7 +9,9 @@ use wasmtime::Store;
 use crate::bindings::exports::taskstore::storage::task_storage as wit;
 use crate::bindings::RedisTaskStore;
 use crate::engine::deadline_ticks;
-use crate::error::TaskError;
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::{from_guest, TaskError};
 use crate::instance::InstanceState;
 use crate::network::NetworkPolicy;
 use crate::options::Options;
@@ -27,9 +29,9 @@ impl Runtime {
     /// Opens a store: instantiates the component and calls its `store.open`.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] for a malformed URL or options; [`TaskError::Connection`]
+    /// [`ErrorKind::InvalidInput`] for a malformed URL or options; [`ErrorKind::Connection`]
     /// if the host name does not resolve or Redis cannot be reached; any other error of the
-    /// component's `open`; [`TaskError::Host`] if the component cannot be instantiated or
+    /// component's `open`; [`ErrorKind::Host`] if the component cannot be instantiated or
     /// traps.
     pub async fn open_async(&self, options: Options) -> Result<AsyncTaskStore, TaskError> {
         AsyncTaskStore::open(self.clone(), options).await
@@ -56,7 +58,7 @@ struct Instance {
 /// blocking on them from elsewhere costs a thread hop per socket operation.
 ///
 /// If the component traps, or a call runs past the runtime's per-call deadline
-/// ([`RuntimeBuilder::call_deadline`](crate::RuntimeBuilder::call_deadline)), the call fails with [`TaskError::Host`], the instance
+/// ([`RuntimeBuilder::call_deadline`](crate::RuntimeBuilder::call_deadline)), the call fails with [`ErrorKind::Host`], the instance
 /// is thrown away, and the next call starts a new one and opens the store again with the
 /// same options. The same happens when a call's future is dropped before it completes (a
 /// timeout around it, say): the instance may have sent half a command. Dropping an
@@ -101,10 +103,10 @@ impl AsyncTaskStore {
     /// The document of task `id`, or `None` if there is no such task.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] for a malformed id; [`TaskError::CorruptData`] if the value
-    /// is not UTF-8; [`TaskError::Server`] (e.g. the key holds a non-string);
-    /// [`TaskError::Protocol`] if the value is too large; [`TaskError::Connection`],
-    /// [`TaskError::Timeout`]; [`TaskError::Host`] if the component trapped.
+    /// [`ErrorKind::InvalidInput`] for a malformed id; [`ErrorKind::CorruptData`] if the value
+    /// is not UTF-8; [`ErrorKind::Server`] (e.g. the key holds a non-string);
+    /// [`ErrorKind::Protocol`] if the value is too large; [`ErrorKind::Connection`],
+    /// [`ErrorKind::Timeout`]; [`ErrorKind::Host`] if the component trapped.
     pub async fn get(&mut self, id: &str) -> Result<Option<String>, TaskError> {
         self.call(async |guest, store, handle| guest.call_get(store, handle, id).await)
             .await
@@ -113,10 +115,10 @@ impl AsyncTaskStore {
     /// Stores `document` as task `id`, expiring after `ttl_seconds` (or the default TTL).
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] for a malformed id, a document that is not one JSON object
-    /// or is too large, or a TTL out of range (nothing is written); [`TaskError::Server`]
-    /// (e.g. `OOM`, `READONLY`); [`TaskError::Connection`], [`TaskError::Timeout`] (the write
-    /// may have been applied); [`TaskError::Host`] if the component trapped.
+    /// [`ErrorKind::InvalidInput`] for a malformed id, a document that is not one JSON object
+    /// or is too large, or a TTL out of range (nothing is written); [`ErrorKind::Server`]
+    /// (e.g. `OOM`, `READONLY`); [`ErrorKind::Connection`], [`ErrorKind::Timeout`] (the write
+    /// may have been applied); [`ErrorKind::Host`] if the component trapped.
     pub async fn set(
         &mut self,
         id: &str,
@@ -134,8 +136,8 @@ impl AsyncTaskStore {
     /// Removes task `id`; `true` if there was one.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] for a malformed id; [`TaskError::Server`];
-    /// [`TaskError::Connection`], [`TaskError::Timeout`]; [`TaskError::Host`] if the
+    /// [`ErrorKind::InvalidInput`] for a malformed id; [`ErrorKind::Server`];
+    /// [`ErrorKind::Connection`], [`ErrorKind::Timeout`]; [`ErrorKind::Host`] if the
     /// component trapped.
     pub async fn delete(&mut self, id: &str) -> Result<bool, TaskError> {
         self.call(async |guest, store, handle| guest.call_delete(store, handle, id).await)
@@ -171,7 +173,7 @@ impl AsyncTaskStore {
     ///
     /// # Errors
     /// As [`AsyncTaskStore::set`]. It is never resent on a new connection, so after
-    /// [`TaskError::Connection`] or [`TaskError::Timeout`] the task may or may not have been
+    /// [`ErrorKind::Connection`] or [`ErrorKind::Timeout`] the task may or may not have been
     /// created.
     pub async fn create(
         &mut self,
@@ -197,14 +199,14 @@ impl AsyncTaskStore {
     /// `update` for the layout of what it does rewrite.
     ///
     /// # Errors
-    /// [`TaskError::Conflict`], carrying the current document, when
+    /// [`ErrorKind::Conflict`], carrying the current document, when
     /// [`UpdateOptions::expect_status`] does not match (nothing is written);
-    /// [`TaskError::Contended`] when it gave up after the task changed on every attempt;
-    /// [`TaskError::InvalidInput`] for a malformed id, a patch that is not a JSON object, a
+    /// [`ErrorKind::Contended`] when it gave up after the task changed on every attempt;
+    /// [`ErrorKind::InvalidInput`] for a malformed id, a patch that is not a JSON object, a
     /// result larger than the document limit, or a TTL out of range;
-    /// [`TaskError::CorruptData`] when the stored value is not a UTF-8 JSON object;
-    /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`] (the update
-    /// may or may not have been applied, never twice); [`TaskError::Host`] if the component
+    /// [`ErrorKind::CorruptData`] when the stored value is not a UTF-8 JSON object;
+    /// [`ErrorKind::Server`]; [`ErrorKind::Connection`], [`ErrorKind::Timeout`] (the update
+    /// may or may not have been applied, never twice); [`ErrorKind::Host`] if the component
     /// trapped.
     pub async fn update(
         &mut self,
@@ -229,9 +231,9 @@ impl AsyncTaskStore {
     /// there is no such task.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] for a malformed id or a TTL outside 1..=3153600000;
-    /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`];
-    /// [`TaskError::Host`] if the component trapped.
+    /// [`ErrorKind::InvalidInput`] for a malformed id or a TTL outside 1..=3153600000;
+    /// [`ErrorKind::Server`]; [`ErrorKind::Connection`], [`ErrorKind::Timeout`];
+    /// [`ErrorKind::Host`] if the component trapped.
     pub async fn expire(&mut self, id: &str, ttl_seconds: u64) -> Result<bool, TaskError> {
         self.call(async |guest, store, handle| {
             guest.call_expire(store, handle, id, ttl_seconds).await
@@ -249,9 +251,9 @@ impl AsyncTaskStore {
     /// documents reach 4 MiB. See the WIT's `list`.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] for a limit out of range or a malformed cursor;
-    /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`];
-    /// [`TaskError::Host`] if the component trapped.
+    /// [`ErrorKind::InvalidInput`] for a limit out of range or a malformed cursor;
+    /// [`ErrorKind::Server`]; [`ErrorKind::Connection`], [`ErrorKind::Timeout`];
+    /// [`ErrorKind::Host`] if the component trapped.
     pub async fn list(&mut self, options: &ListOptions) -> Result<Page, TaskError> {
         let options = wit::ListOptions {
             status: options.status.clone(),
@@ -270,10 +272,10 @@ impl AsyncTaskStore {
     /// The documents of `ids`, in order, `None` where there is no such task; one round trip.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] if any id is malformed or there are more than 10000 ids
-    /// (nothing is sent); [`TaskError::CorruptData`] if any value is not UTF-8;
-    /// [`TaskError::Server`]; [`TaskError::Connection`], [`TaskError::Timeout`];
-    /// [`TaskError::Host`] if the component trapped.
+    /// [`ErrorKind::InvalidInput`] if any id is malformed or there are more than 10000 ids
+    /// (nothing is sent); [`ErrorKind::CorruptData`] if any value is not UTF-8;
+    /// [`ErrorKind::Server`]; [`ErrorKind::Connection`], [`ErrorKind::Timeout`];
+    /// [`ErrorKind::Host`] if the component trapped.
     pub async fn get_many(&mut self, ids: &[String]) -> Result<Vec<Option<String>>, TaskError> {
         self.call(async |guest, store, handle| guest.call_get_many(store, handle, ids).await)
             .await
@@ -281,12 +283,12 @@ impl AsyncTaskStore {
 
     /// Stores every task in `tasks`, each expiring after `ttl_seconds` (or the default TTL),
     /// in one round trip. The result has one entry per task, in order: `Ok`, or the
-    /// [`TaskError::Server`] error Redis gave that write (e.g. `OOM`).
+    /// [`ErrorKind::Server`] error Redis gave that write (e.g. `OOM`).
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] if any id or document is invalid, the TTL is out of range,
-    /// or there are more than 10000 tasks (nothing is written); [`TaskError::Connection`],
-    /// [`TaskError::Timeout`] (some writes may have been applied); [`TaskError::Host`] if
+    /// [`ErrorKind::InvalidInput`] if any id or document is invalid, the TTL is out of range,
+    /// or there are more than 10000 tasks (nothing is written); [`ErrorKind::Connection`],
+    /// [`ErrorKind::Timeout`] (some writes may have been applied); [`ErrorKind::Host`] if
     /// the component trapped.
     pub async fn set_many(
         &mut self,
@@ -309,9 +311,7 @@ impl AsyncTaskStore {
             .await?;
         Ok(results
             .into_iter()
-            .map(|result| {
-                result.map_err(|error| TaskError::from_guest(error).redact(&self.secrets))
-            })
+            .map(|result| result.map_err(|error| from_guest(error).redact(&self.secrets)))
             .collect())
     }
 
@@ -319,9 +319,9 @@ impl AsyncTaskStore {
     /// there.
     ///
     /// # Errors
-    /// [`TaskError::InvalidInput`] if any id is malformed or there are more than 10000 ids
-    /// (nothing is sent); [`TaskError::Server`]; [`TaskError::Connection`],
-    /// [`TaskError::Timeout`]; [`TaskError::Host`] if the component trapped.
+    /// [`ErrorKind::InvalidInput`] if any id is malformed or there are more than 10000 ids
+    /// (nothing is sent); [`ErrorKind::Server`]; [`ErrorKind::Connection`],
+    /// [`ErrorKind::Timeout`]; [`ErrorKind::Host`] if the component trapped.
     pub async fn delete_many(&mut self, ids: &[String]) -> Result<Vec<bool>, TaskError> {
         self.call(async |guest, store, handle| guest.call_delete_many(store, handle, ids).await)
             .await
@@ -388,7 +388,7 @@ impl AsyncTaskStore {
     }
 
     /// Maps a call's outcome and keeps the instance unless it trapped: the component's
-    /// error case for case, a trap to [`TaskError::Host`]. A trapped instance refuses further
+    /// error case for case, a trap to [`ErrorKind::Host`]. A trapped instance refuses further
     /// calls, so it is dropped.
     fn finish<T>(
         &mut self,
@@ -398,7 +398,7 @@ impl AsyncTaskStore {
         match outcome {
             Ok(result) => {
                 self.instance = Some(instance);
-                result.map_err(|error| TaskError::from_guest(error).redact(&self.secrets))
+                result.map_err(|error| from_guest(error).redact(&self.secrets))
             }
             Err(trap) => Err(trapped(&trap, &instance.output).redact(&self.secrets)),
         }
@@ -432,7 +432,7 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
         .instantiate_async(&mut store)
         .await
         .map_err(|e| {
-            TaskError::Host(format!(
+            TaskError::host(format!(
                 "cannot instantiate the component: {}",
                 one_line(&e)
             ))
@@ -452,7 +452,7 @@ async fn start(runtime: &Runtime, options: &Options) -> Result<Instance, TaskErr
             call_deadline,
             deadline_ticks,
         }),
-        Ok(Err(error)) => Err(TaskError::from_guest(error)),
+        Ok(Err(error)) => Err(from_guest(error)),
         Err(trap) => Err(trapped(&trap, &output)),
     }
 }
@@ -479,7 +479,7 @@ fn to_wit(options: &Options, url: String) -> wit::Options {
     }
 }
 
-/// A trap (or other failure inside a call) as a one-line [`TaskError::Host`], with the
+/// A trap (or other failure inside a call) as a one-line [`ErrorKind::Host`], with the
 /// last line the component wrote, which for a Rust guest is its panic message.
 fn trapped(error: &wasmtime::Error, output: &GuestOutput) -> TaskError {
     let mut message = format!("the component trapped: {}", one_line(error));
@@ -487,7 +487,7 @@ fn trapped(error: &wasmtime::Error, output: &GuestOutput) -> TaskError {
         message.push_str(&format!(" (component output: {line})"));
     }
     message.push_str("; the next call starts a new instance");
-    TaskError::Host(message)
+    TaskError::host(message)
 }
 
 /// The trap code if there is one (the top-level message is a multi-line wasm backtrace),
@@ -542,12 +542,12 @@ impl TaskStore {
     /// Opens a store; see [`Runtime::open_async`].
     ///
     /// # Errors
-    /// As [`Runtime::open_async`]; [`TaskError::Host`] if no tokio runtime can be created.
+    /// As [`Runtime::open_async`]; [`ErrorKind::Host`] if no tokio runtime can be created.
     pub fn open(runtime: &Runtime, options: Options) -> Result<TaskStore, TaskError> {
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| TaskError::Host(format!("cannot start a tokio runtime: {e}")))?;
+            .map_err(|e| TaskError::host(format!("cannot start a tokio runtime: {e}")))?;
         let inner = tokio.block_on(runtime.open_async(options))?;
         Ok(TaskStore { inner, tokio })
     }
@@ -688,6 +688,7 @@ impl Drop for TaskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use taskstore_testing::redis_server::RedisServer;
 
     const DOC: &str = r#"{"id":"t1","status":"pending","progress":0}"#;
@@ -765,7 +766,9 @@ mod tests {
     #[test]
     fn malformed_url_is_invalid_input() {
         match TaskStore::open(&runtime(), Options::new("http://:hunter2@localhost")) {
-            Err(TaskError::InvalidInput(m)) => assert!(!m.contains("hunter2"), "{m}"),
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {
+                assert!(!error.message().contains("hunter2"), "{error}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -778,7 +781,9 @@ mod tests {
         };
         let url = format!("redis://127.0.0.1:{port}");
         match TaskStore::open(&runtime(), Options::new(url)) {
-            Err(TaskError::Connection(m)) => assert!(m.contains(&port.to_string()), "{m}"),
+            Err(error) if error.kind() == ErrorKind::Connection => {
+                assert!(error.message().contains(&port.to_string()), "{error}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -791,7 +796,7 @@ mod tests {
             .unwrap();
         let url = format!("redis://:wrong-password@127.0.0.1:{}", server.port());
         let error = TaskStore::open(&runtime(), Options::new(url)).unwrap_err();
-        assert!(matches!(error, TaskError::Authentication(_)), "{error:?}");
+        assert_eq!(error.kind(), ErrorKind::Authentication, "{error:?}");
         assert!(!error.to_string().contains("wrong-password"), "{error}");
         let url = format!("redis://:right-password@127.0.0.1:{}", server.port());
         let mut store = TaskStore::open(&runtime(), Options::new(url)).unwrap();
@@ -803,7 +808,7 @@ mod tests {
         let server = RedisServer::start().unwrap();
         let mut store = open(&server);
         let error = store.set("t", "[1, 2]", None).unwrap_err();
-        assert!(matches!(error, TaskError::InvalidInput(_)), "{error:?}");
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error:?}");
     }
 
     #[test]
@@ -819,10 +824,8 @@ mod tests {
         // Lowering the argument alone needs more memory than the instance may have.
         let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(6 * 1024 * 1024));
         let error = store.set("big", &big, None).unwrap_err();
-        match &error {
-            TaskError::Host(m) => assert!(m.contains("trapped"), "{m}"),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(error.kind(), ErrorKind::Host, "{error:?}");
+        assert!(error.message().contains("trapped"), "{error}");
         assert!(!error.to_string().contains('\n'));
 
         assert_eq!(store.get("small").unwrap().as_deref(), Some(DOC));

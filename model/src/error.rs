@@ -245,14 +245,22 @@ impl TaskError {
 }
 
 impl fmt::Display for TaskError {
-    /// One line: `<description>: <message>`; a conflict does not print its document.
+    /// One line: `<description>: <message>`, whatever the message holds (callers log these,
+    /// and a CLI prints them as `taskstore: <error>`): each control character is shown as a
+    /// space. A conflict does not print its document.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            ErrorKind::Conflict => {
-                f.write_str("conflict: the task's status does not match the expected one")
-            }
-            kind => write!(f, "{}: {}", kind.description(), self.message),
+        if self.kind == ErrorKind::Conflict {
+            return f.write_str("conflict: the task's status does not match the expected one");
         }
+        write!(f, "{}: ", self.kind.description())?;
+        for c in self.message.chars() {
+            if c.is_control() {
+                f.write_str(" ")?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,9 @@
 //! command statistics, not just by the data being unchanged).
 
 use crate::support::*;
-use taskstore_host::{ListOptions, Options, Task, TaskError, TaskStore, TtlPolicy, UpdateOptions};
+use taskstore_host::{
+    ErrorKind, ListOptions, Options, Task, TaskError, TaskStore, TtlPolicy, UpdateOptions,
+};
 
 const DOC: &str = r#"{"id": "t1", "status": "pending"}"#;
 /// The store under test accepts documents up to this size.
@@ -267,7 +269,8 @@ fn check_rejected_before_sending(cases: Vec<Case>) {
 
     for Case { what, call, hint } in cases {
         match call(&mut store) {
-            Err(TaskError::InvalidInput(message)) => {
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {
+                let message = error.message();
                 assert!(
                     message.to_lowercase().contains(&hint.to_lowercase()),
                     "{what}: the message does not mention {hint:?}: {message}"
@@ -329,7 +332,10 @@ fn patch_whose_result_exceeds_the_document_limit_writes_nothing() {
     // Small enough on its own; only the merged document is too large, which takes a read.
     let patch = format!(r#"{{"blob": "{}"}}"#, "x".repeat(MAX_DOC as usize - 20));
     match store.update("t1", &patch, &UpdateOptions::default()) {
-        Err(TaskError::InvalidInput(message)) => assert!(message.contains("limit"), "{message}"),
+        Err(error) if error.kind() == ErrorKind::InvalidInput => {
+            let message = error.message();
+            assert!(message.contains("limit"), "{message}")
+        }
         other => panic!("expected InvalidInput, got {other:?}"),
     }
     let delta = command_delta(&before, &command_calls(&mut con));
@@ -421,10 +427,13 @@ fn invalid_urls_and_options_are_rejected_before_connecting() {
     for (options, hint) in cases {
         let shown = format!("{options:?}");
         match open_with(options) {
-            Err(TaskError::InvalidInput(message)) => assert!(
-                message.to_lowercase().contains(&hint.to_lowercase()),
-                "{shown}: the message does not mention {hint:?}: {message}"
-            ),
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {
+                let message = error.message();
+                assert!(
+                    message.to_lowercase().contains(&hint.to_lowercase()),
+                    "{shown}: the message does not mention {hint:?}: {message}"
+                )
+            }
             Err(other) => panic!("{shown}: expected InvalidInput, got {other:?}"),
             Ok(_) => panic!("{shown}: opened a store"),
         }
@@ -469,7 +478,8 @@ fn documents_and_patches_nested_too_deep_are_invalid_input_and_the_store_keeps_w
         ),
     ] {
         match result {
-            Err(TaskError::InvalidInput(message)) => {
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {
+                let message = error.message();
                 assert!(
                     message.contains("nested more than 128 levels"),
                     "{what}: {message}"

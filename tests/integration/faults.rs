@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use taskstore_host::{Options, Runtime, TaskError, TaskStore, UpdateOptions};
+use taskstore_host::{ErrorKind, Options, Runtime, TaskError, TaskStore, UpdateOptions};
 use taskstore_testing::fault::{Fault, FaultProxy};
 
 const DOC: &str = r#"{"id": "t1", "status": "pending", "progress": 0}"#;
@@ -51,8 +51,9 @@ fn timed<T>(call: impl FnOnce() -> T) -> (T, Duration) {
 
 #[track_caller]
 fn assert_timed_out<T: std::fmt::Debug>(result: Result<T, TaskError>, elapsed: Duration) {
-    assert!(
-        matches!(result, Err(TaskError::Timeout(_))),
+    assert_eq!(
+        kind(&result),
+        Some(ErrorKind::Timeout),
         "expected a Timeout, got {result:?}"
     );
     assert!(
@@ -68,7 +69,7 @@ fn assert_timed_out<T: std::fmt::Debug>(result: Result<T, TaskError>, elapsed: D
 #[track_caller]
 fn assert_protocol_error<T: std::fmt::Debug>(result: Result<T, TaskError>) -> String {
     match result {
-        Err(TaskError::Protocol(message)) => message,
+        Err(error) if error.kind() == ErrorKind::Protocol => error.into_message(),
         other => panic!("expected a Protocol error, got {other:?}"),
     }
 }
@@ -90,10 +91,13 @@ fn unreachable_redis_is_a_connection_error_naming_the_address_and_open_works_onc
     server.stop().unwrap();
     let (result, elapsed) = timed(|| open_with(Options::new(server.url())));
     match result {
-        Err(TaskError::Connection(message)) => assert!(
-            message.contains(&format!("127.0.0.1:{}", server.port())),
-            "{message}"
-        ),
+        Err(error) if error.kind() == ErrorKind::Connection => {
+            let message = error.message();
+            assert!(
+                message.contains(&format!("127.0.0.1:{}", server.port())),
+                "{message}"
+            )
+        }
         other => panic!("expected a Connection error, got {other:?}"),
     }
     // Refused at once, well within the default 5 s timeout.
@@ -116,7 +120,8 @@ fn calls_fail_with_connection_error_while_redis_is_down_and_recover_after_restar
 
     server.stop().unwrap();
     match store.get("t1") {
-        Err(TaskError::Connection(message)) => {
+        Err(error) if error.kind() == ErrorKind::Connection => {
+            let message = error.message();
             assert!(
                 message.contains(&format!("127.0.0.1:{}", server.port())),
                 "{message}"
@@ -125,7 +130,7 @@ fn calls_fail_with_connection_error_while_redis_is_down_and_recover_after_restar
         other => panic!("expected a Connection error while Redis is down, got {other:?}"),
     }
     // Still down: the store tried to reconnect and failed the same way.
-    assert!(matches!(store.exists("t1"), Err(TaskError::Connection(_))));
+    assert_eq!(kind(&store.exists("t1")), Some(ErrorKind::Connection));
 
     server.restart().unwrap();
     assert_eq!(store.get("t1").unwrap().as_deref(), Some(DOC));
@@ -450,7 +455,8 @@ fn reset_mid_reply_twice_is_a_connection_error_and_the_next_call_works() {
         2,
     );
     match store.get("t1") {
-        Err(TaskError::Connection(message)) => {
+        Err(error) if error.kind() == ErrorKind::Connection => {
+            let message = error.message();
             assert!(message.contains(&proxy.addr().to_string()), "{message}")
         }
         other => panic!("expected a Connection error, got {other:?}"),
@@ -464,8 +470,9 @@ fn reset_mid_reply_twice_is_a_connection_error_and_the_next_call_works() {
 fn reset_mid_reply_to_create_is_a_connection_error_and_not_resent() {
     let (_server, proxy, mut store) = proxied();
     proxy.arm("SET", Fault::ReplyThenReset(b"+O".to_vec()), 1);
-    assert!(
-        matches!(store.create("t2", DOC, None), Err(TaskError::Connection(_))),
+    assert_eq!(
+        kind(&store.create("t2", DOC, None)),
+        Some(ErrorKind::Connection),
         "create after a reset"
     );
     assert_eq!(proxy.seen("SET"), 1);
@@ -477,7 +484,8 @@ fn connection_closed_right_after_accept_is_a_connection_error_at_open() {
     let proxy = FaultProxy::start(server.addr());
     proxy.arm_accept(Fault::Close, 1);
     match open_with(Options::new(proxy.url())) {
-        Err(TaskError::Connection(message)) => {
+        Err(error) if error.kind() == ErrorKind::Connection => {
+            let message = error.message();
             assert!(message.contains(&proxy.addr().to_string()), "{message}")
         }
         other => panic!("expected a Connection error, got {other:?}"),
@@ -505,8 +513,8 @@ fn component_answers_every_fault_with_an_error_never_a_trap() {
         let result = store.get("t1");
         assert!(
             matches!(
-                result,
-                Err(TaskError::Connection(_) | TaskError::Timeout(_) | TaskError::Protocol(_))
+                kind(&result),
+                Some(ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Protocol)
             ),
             "{fault:?}: {result:?}"
         );
@@ -613,10 +621,7 @@ fn update_whose_connection_drops_after_exec_fails_and_was_applied_once() {
 
     proxy.arm("EXEC", Fault::ForwardThenClose, 1);
     let result = store.update("t1", r#"{"status": "running"}"#, &UpdateOptions::default());
-    assert!(
-        matches!(result, Err(TaskError::Connection(_))),
-        "{result:?}"
-    );
+    assert_eq!(kind(&result), Some(ErrorKind::Connection), "{result:?}");
 
     let delta = command_delta(&before, &command_calls(&mut con));
     assert_eq!(delta.get("exec"), Some(&1), "{delta:?}");
@@ -663,10 +668,7 @@ fn update_retries_its_read_but_never_its_transaction() {
     // MULTI … EXEC is never sent twice, even when it certainly did not run.
     proxy.arm("EXEC", Fault::Close, 1);
     let result = store.update("t1", r#"{"progress": 2}"#, &UpdateOptions::default());
-    assert!(
-        matches!(result, Err(TaskError::Connection(_))),
-        "{result:?}"
-    );
+    assert_eq!(kind(&result), Some(ErrorKind::Connection), "{result:?}");
     assert_eq!(proxy.seen("EXEC"), 2);
     assert_eq!(
         plain_get(&mut plain(&server), &key("t1")),
@@ -681,10 +683,10 @@ fn create_whose_connection_drops_after_it_ran_fails_and_is_not_resent() {
     let before = command_calls(&mut con);
 
     proxy.arm("SET", Fault::ForwardThenClose, 1);
-    assert!(matches!(
-        store.create("t2", DOC, None),
-        Err(TaskError::Connection(_))
-    ));
+    assert_eq!(
+        kind(&store.create("t2", DOC, None)),
+        Some(ErrorKind::Connection)
+    );
     let delta = command_delta(&before, &command_calls(&mut con));
     assert_eq!(delta.get("set"), Some(&1), "{delta:?}");
     // It ran: a second create finds the task.
@@ -718,7 +720,8 @@ fn reply_that_outgrows_the_memory_limit_traps_as_a_host_error_and_the_store_reco
     reply.extend_from_slice(b"\r\n");
     proxy.arm("GET", Fault::Reply(reply), 1);
     match store.get("t1") {
-        Err(TaskError::Host(message)) => {
+        Err(error) if error.kind() == ErrorKind::Host => {
+            let message = error.message();
             assert!(message.contains("trapped"), "{message}");
             assert!(message.contains("new instance"), "{message}");
         }
@@ -747,7 +750,10 @@ fn call_running_past_the_call_deadline_traps_and_the_store_recovers() {
         .unwrap();
     let (result, elapsed) = timed(|| store.get("t1"));
     match result {
-        Err(TaskError::Host(message)) => assert!(message.contains("deadline"), "{message}"),
+        Err(error) if error.kind() == ErrorKind::Host => {
+            let message = error.message();
+            assert!(message.contains("deadline"), "{message}")
+        }
         other => panic!("expected a Host error, got {other:?}"),
     }
     assert!(elapsed < Duration::from_millis(1500) + SLACK, "{elapsed:?}");
@@ -812,7 +818,7 @@ mod properties {
                 let mut store = store.borrow_mut();
                 proxy.arm("GET", Fault::Reply(bytes.clone()), 1);
                 let result = store.get("t1");
-                prop_assert!(!matches!(result, Err(TaskError::Host(_))), "{:?}", result);
+                prop_assert_ne!(kind(&result), Some(ErrorKind::Host), "{:?}", result);
                 proxy.arm("GET", Fault::Hang, 0);
                 let next = store.get("t1").unwrap();
                 prop_assert_eq!(next.as_deref(), Some(DOC));

@@ -12,7 +12,8 @@ use std::time::Duration;
 use crate::support::*;
 use serde_json::Value;
 use taskstore_host::{
-    ListOptions, Options, Task, TaskError, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
+    ErrorKind, ListOptions, Options, Task, TaskError, TaskStore, TimeToLive, TtlPolicy,
+    UpdateOptions,
 };
 
 /// Component instances updating one task at once.
@@ -46,7 +47,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 #[track_caller]
 fn assert_invalid_input<T: std::fmt::Debug>(result: Result<T, TaskError>) {
     match result {
-        Err(TaskError::InvalidInput(_)) => {}
+        Err(error) if error.kind() == ErrorKind::InvalidInput => {}
         other => panic!("expected InvalidInput, got {other:?}"),
     }
 }
@@ -149,7 +150,9 @@ fn concurrent_patches_from_instances_and_a_plain_client_are_all_kept() {
                         attempts += 1;
                         match store.update("shared", &patch, &UpdateOptions::default()) {
                             Ok(Some(_)) => break,
-                            Err(TaskError::Contended(_)) if attempts < 10 => continue,
+                            Err(error) if error.kind() == ErrorKind::Contended && attempts < 10 => {
+                                continue
+                            }
                             other => panic!("worker {worker}, {patch}: {other:?}"),
                         }
                     }
@@ -223,8 +226,12 @@ fn expected_status_turns_read_then_update_into_exact_increments() {
                         let patch = format!(r#"{{"status": "{next}", "count": {next}}}"#);
                         match store.update("counter", &patch, &expecting(&version)) {
                             Ok(Some(_)) => break,
-                            Err(TaskError::Conflict(current)) => {
-                                assert_ne!(current, document, "conflict on an unchanged task");
+                            Err(error) if error.kind() == ErrorKind::Conflict => {
+                                assert_ne!(
+                                    error.current_document(),
+                                    Some(document.as_str()),
+                                    "conflict on an unchanged task"
+                                );
                                 conflicts += 1;
                                 assert!(conflicts < MAX_ATTEMPTS, "worker {worker} starved");
                             }
@@ -274,7 +281,9 @@ fn update_expecting_running_on_a_completed_task_is_a_conflict_carrying_the_docum
     let before = command_calls(&mut con);
 
     match store.update("t1", r#"{"status": "failed"}"#, &expecting("running")) {
-        Err(TaskError::Conflict(current)) => assert_eq!(current, COMPLETED),
+        Err(error) if error.kind() == ErrorKind::Conflict => {
+            assert_eq!(error.current_document(), Some(COMPLETED))
+        }
         other => panic!("expected a conflict, got {other:?}"),
     }
 
@@ -322,7 +331,9 @@ fn expected_status_fails_when_the_status_is_missing_or_not_a_string() {
     ] {
         store.set(id, document, None).unwrap();
         match store.update(id, r#"{"x": 1}"#, &expecting("running")) {
-            Err(TaskError::Conflict(current)) => assert_eq!(current, document),
+            Err(error) if error.kind() == ErrorKind::Conflict => {
+                assert_eq!(error.current_document(), Some(document))
+            }
             other => panic!("{id}: expected a conflict, got {other:?}"),
         }
         assert_eq!(store.get(id).unwrap().as_deref(), Some(document));
@@ -504,7 +515,7 @@ fn invalid_patch_is_invalid_input_sends_nothing_and_leaves_the_document() {
     let before = command_calls(&mut con);
     for patch in ["[1]", "\"x\"", "null", "1", "{", "", "{} {}", "not json"] {
         match store.update("t1", patch, &UpdateOptions::default()) {
-            Err(TaskError::InvalidInput(_)) => {}
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {}
             other => panic!("patch {patch:?}: expected InvalidInput, got {other:?}"),
         }
     }
@@ -544,7 +555,7 @@ fn update_of_a_value_that_is_not_a_json_object_is_corrupt_data() {
     let mut store = open(&server);
     for id in ["array", "text", "binary"] {
         match store.update(id, r#"{"a": 1}"#, &UpdateOptions::default()) {
-            Err(TaskError::CorruptData(_)) => {}
+            Err(error) if error.kind() == ErrorKind::CorruptData => {}
             other => panic!("{id}: expected CorruptData, got {other:?}"),
         }
     }
@@ -572,7 +583,10 @@ fn update_of_a_key_holding_a_list_is_a_server_error() {
         .unwrap();
     let mut store = open(&server);
     match store.update("list", r#"{"a": 1}"#, &UpdateOptions::default()) {
-        Err(TaskError::Server(message)) => assert!(message.contains("WRONGTYPE"), "{message}"),
+        Err(error) if error.kind() == ErrorKind::Server => {
+            let message = error.message();
+            assert!(message.contains("WRONGTYPE"), "{message}")
+        }
         other => panic!("expected a WRONGTYPE server error, got {other:?}"),
     }
     store.set("t1", RUNNING, None).unwrap();
@@ -1013,7 +1027,7 @@ fn malformed_cursor_is_invalid_input() {
             cursor: Some(cursor.into()),
             ..ListOptions::default()
         }) {
-            Err(TaskError::InvalidInput(_)) => {}
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {}
             other => panic!("cursor {cursor:?}: expected InvalidInput, got {other:?}"),
         }
     }
@@ -1271,7 +1285,10 @@ fn set_many_reports_each_write_redis_refuses() {
     assert_eq!(results.len(), 3);
     for result in &results {
         match result {
-            Err(TaskError::Server(message)) => assert!(message.contains("OOM"), "{message}"),
+            Err(error) if error.kind() == ErrorKind::Server => {
+                let message = error.message();
+                assert!(message.contains("OOM"), "{message}")
+            }
             other => panic!("expected an OOM server error, got {other:?}"),
         }
     }
@@ -1293,7 +1310,7 @@ fn get_many_of_a_value_that_is_not_utf8_is_corrupt_data() {
     let mut store = open(&server);
     store.set("t1", RUNNING, None).unwrap();
     match store.get_many(&strings(&["t1", "binary"])) {
-        Err(TaskError::CorruptData(_)) => {}
+        Err(error) if error.kind() == ErrorKind::CorruptData => {}
         other => panic!("expected CorruptData, got {other:?}"),
     }
 }

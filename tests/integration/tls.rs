@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{open_with, plain_url, RedisServer, DEFAULT_PREFIX};
-use taskstore_host::{ListOptions, Options, Runtime, TaskError, UpdateOptions, COMPONENT};
+use taskstore_host::{
+    ErrorKind, ListOptions, Options, Runtime, TaskError, UpdateOptions, COMPONENT,
+};
 use taskstore_testing::pki::{pki, TestPki};
 use taskstore_testing::redis_server::RedisServerBuilder;
 
@@ -42,7 +44,7 @@ fn tls_url(server: &RedisServer) -> String {
 
 fn expect_connection_error(result: Result<impl std::fmt::Debug, TaskError>) -> String {
     match result {
-        Err(TaskError::Connection(message)) => message,
+        Err(error) if error.kind() == ErrorKind::Connection => error.into_message(),
         other => panic!("expected a connection error, got {other:?}"),
     }
 }
@@ -103,7 +105,8 @@ fn auth_over_tls_uses_the_url_password() {
 
     let wrong = format!("rediss://:wrong-pass@127.0.0.1:{port}");
     match open_with(tls_options(wrong, &pki.ca_pem)) {
-        Err(TaskError::Authentication(message)) => {
+        Err(error) if error.kind() == ErrorKind::Authentication => {
+            let message = error.message();
             assert!(!message.contains("wrong-pass"), "{message}")
         }
         other => panic!("expected an authentication error, got {other:?}"),
@@ -201,7 +204,11 @@ fn plain_redis_to_a_tls_port_fails_cleanly_within_the_timeout() {
     });
     let elapsed = started.elapsed();
     match result {
-        Err(TaskError::Connection(_) | TaskError::Protocol(_) | TaskError::Timeout(_)) => {}
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::Connection | ErrorKind::Protocol | ErrorKind::Timeout
+            ) => {}
         other => panic!("expected a connection, protocol or timeout error, got {other:?}"),
     }
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
@@ -227,7 +234,8 @@ fn plain_component_rejects_rediss_and_names_the_tls_build() {
     // A runtime made from the plain bytes is used as it is: no switch to the TLS build.
     let plain = Runtime::builder().component(COMPONENT).build().unwrap();
     match taskstore_host::TaskStore::open(&plain, tls_options(tls_url(&server), &pki.ca_pem)) {
-        Err(TaskError::InvalidInput(message)) => {
+        Err(error) if error.kind() == ErrorKind::InvalidInput => {
+            let message = error.message();
             assert!(message.contains("TLS build"), "{message}")
         }
         other => panic!("expected invalid input, got {other:?}"),
@@ -252,7 +260,7 @@ fn bad_tls_options_are_invalid_input() {
     ];
     for options in cases {
         match open_with(options.clone()) {
-            Err(TaskError::InvalidInput(_)) => {}
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {}
             other => panic!("{options:?}: expected invalid input, got {other:?}"),
         }
     }

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use taskstore_host::{Options, Runtime, TaskError, TaskStore};
+use taskstore_host::{ErrorKind, Options, Runtime, TaskError, TaskStore};
 pub use taskstore_testing::redis_server::RedisServer;
 
 /// The key prefix the component uses when none is configured.
@@ -35,6 +35,11 @@ pub fn server() -> RedisServer {
 /// Opens a component store with the given options.
 pub fn open_with(options: Options) -> Result<TaskStore, TaskError> {
     TaskStore::open(runtime(), options)
+}
+
+/// The kind of `result`'s error; `None` if it succeeded.
+pub fn kind<T>(result: &Result<T, TaskError>) -> Option<ErrorKind> {
+    result.as_ref().err().map(TaskError::kind)
 }
 
 /// Opens a component store with default options against `server`.
