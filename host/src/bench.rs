@@ -1,5 +1,5 @@
 //! `taskstore bench`: one workload through the component in this host and through a native
-//! build of the same client and store code (`taskstore::store::TaskStore<StdConnector>`),
+//! build of the same client and store code (`taskstore::store::Store<StdConnector>`),
 //! side by side, so that the ratio between them is what the WebAssembly layer costs.
 //!
 //! # Workload
@@ -51,7 +51,7 @@ use crate::output::GuestOutput;
 use crate::runtime::Runtime;
 use crate::{AsyncTaskStore, ListOptions, Options, Task, TaskStore, UpdateOptions};
 
-type NativeStore = taskstore::store::TaskStore<StdConnector>;
+type NativeStore = taskstore::store::Store<StdConnector>;
 
 /// The research task the benchmark stores unless `--doc` names another (1 KiB).
 pub const DEFAULT_DOCUMENT: &str = include_str!("../benches/task.json");

@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use taskstore::client::{Client, ClientError, Retry};
+use taskstore::client::{Client, Retry};
 use taskstore::config::{RedisUrl, TlsSettings};
 use taskstore::resp::{Reply, ReplyLimits};
 use taskstore::std_tcp::StdConnector;
@@ -485,7 +485,7 @@ impl ClusterNodes {
     /// Asks the seeds in turn (with the URL's credentials, within `timeout` per step) for
     /// `CLUSTER NODES` and returns the masters' addresses from the first that answers.
     /// Blocking.
-    fn discover(&self) -> Result<Vec<Master>, ClientError> {
+    fn discover(&self) -> Result<Vec<Master>, TaskError> {
         let limits = ReplyLimits {
             max_bulk_bytes: DISCOVERY_MAX_REPLY_BYTES,
             max_array_len: DISCOVERY_MAX_ARRAY_LEN,
@@ -514,7 +514,7 @@ impl ClusterNodes {
                 Err(error) => last_error = Some(error),
             }
         }
-        Err(last_error.unwrap_or_else(|| ClientError::Connection("no seed nodes".into())))
+        Err(last_error.unwrap_or_else(|| TaskError::connection("no seed nodes")))
     }
 }
 
