@@ -88,3 +88,6 @@ mod bindings {
         exports: { default: async },
     });
 }
+
+#[cfg(test)]
+mod world_check;
