@@ -14,9 +14,35 @@ type StoreConnector = crate::tls::MaybeTlsConnector<WasiConnector>;
 #[cfg(not(feature = "tls"))]
 type StoreConnector = WasiConnector;
 
+// The world's WASI imports are the `wasi` crate's bindings, which the code calls (a second,
+// generated copy would be dead weight); only the exported interface is generated here.
 wit_bindgen::generate!({
     path: "wit",
     world: "redis-task-store",
+    with: {
+        "wasi:sockets/network@0.2.12": wasi::sockets::network,
+        "wasi:sockets/instance-network@0.2.12": wasi::sockets::instance_network,
+        "wasi:sockets/tcp-create-socket@0.2.12": wasi::sockets::tcp_create_socket,
+        "wasi:sockets/tcp@0.2.12": wasi::sockets::tcp,
+        "wasi:sockets/ip-name-lookup@0.2.12": wasi::sockets::ip_name_lookup,
+        "wasi:io/error@0.2.12": wasi::io::error,
+        "wasi:io/poll@0.2.12": wasi::io::poll,
+        "wasi:io/streams@0.2.12": wasi::io::streams,
+        "wasi:clocks/monotonic-clock@0.2.12": wasi::clocks::monotonic_clock,
+        "wasi:clocks/wall-clock@0.2.12": wasi::clocks::wall_clock,
+        "wasi:random/insecure-seed@0.2.12": wasi::random::insecure_seed,
+        "wasi:random/random@0.2.12": wasi::random::random,
+        "wasi:cli/environment@0.2.12": wasi::cli::environment,
+        "wasi:cli/exit@0.2.12": wasi::cli::exit,
+        "wasi:cli/stdin@0.2.12": wasi::cli::stdin,
+        "wasi:cli/stdout@0.2.12": wasi::cli::stdout,
+        "wasi:cli/stderr@0.2.12": wasi::cli::stderr,
+        "wasi:cli/terminal-input@0.2.12": wasi::cli::terminal_input,
+        "wasi:cli/terminal-output@0.2.12": wasi::cli::terminal_output,
+        "wasi:cli/terminal-stdin@0.2.12": wasi::cli::terminal_stdin,
+        "wasi:cli/terminal-stdout@0.2.12": wasi::cli::terminal_stdout,
+        "wasi:cli/terminal-stderr@0.2.12": wasi::cli::terminal_stderr,
+    },
 });
 
 use exports::taskstore::storage::task_storage::{self as wit, Guest, GuestStore};

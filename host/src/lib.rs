@@ -79,9 +79,16 @@ pub mod cache {
 }
 
 mod bindings {
+    // The world's WASI imports are wasmtime-wasi's own bindings, which the linker gets from
+    // `wasmtime_wasi::p2` (in `instance`); only the exported interface is generated here.
     wasmtime::component::bindgen!({
         world: "redis-task-store",
         path: "../wit",
+        with: { "wasi": wasmtime_wasi::p2::bindings },
+        imports: { default: async },
         exports: { default: async },
     });
 }
+
+#[cfg(test)]
+mod world_check;
