@@ -15,7 +15,7 @@
 //!
 //! The component runs as [`AsyncTaskStore`] on a current-thread tokio runtime, each
 //! repetition inside one `block_on` on the thread that drives it (no thread hop per socket
-//! operation). The blocking [`crate::TaskStore`] is the same with one `block_on` per call.
+//! operation). The blocking [`TaskStore`] is the same with one `block_on` per call.
 //!
 //! It also reports the component's size, compile and cache-load times, instantiation from
 //! `InstancePre`, cold and warm CLI starts (separate processes), and memory per idle store.
@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context as _};
 use serde_json::Value;
@@ -37,19 +37,12 @@ use taskstore::config::{RedisUrl, StoreOptions};
 use taskstore::std_tcp::StdConnector;
 // Without --redis or --port the benchmark runs on a throwaway server (the test fixture's guard).
 use taskstore_testing::redis_server::RedisServer;
-use wasmtime::component::Component;
-use wasmtime::Store;
-
-use crate::bindings::exports::taskstore::storage::task_storage as wit;
-use crate::engine::{
-    new_engine, to_anyhow, CacheOutcome, ComponentCache, CACHE_DIR_ENV, COMPONENT,
+use taskstore_host::cache::{new_engine, CacheOutcome, ComponentCache, CACHE_DIR_ENV};
+use taskstore_host::probe::InstanceProbe;
+use taskstore_host::{
+    AsyncTaskStore, ListOptions, Options, Runtime, Task, TaskStore, UpdateOptions, COMPONENT,
 };
-use crate::instance::InstanceState;
-use crate::network::NetworkPolicy;
-use crate::options::Endpoint;
-use crate::output::GuestOutput;
-use crate::runtime::Runtime;
-use crate::{AsyncTaskStore, ListOptions, Options, Task, TaskStore, UpdateOptions};
+use wasmtime::component::Component;
 
 type NativeStore = taskstore::store::TaskStore<StdConnector>;
 
@@ -373,7 +366,7 @@ impl Report {
     }
 
     fn print_targets(&self) {
-        println!("# targets (issue 5)");
+        println!("# targets");
         for op in SEQUENTIAL {
             if let Some((c, n)) = self.pair(op) {
                 let ratio = c.percentile_us(0.5) / n.percentile_us(0.5);
@@ -884,19 +877,19 @@ impl Bench {
         let mut compiled = None;
         for _ in 0..5 {
             let started = Instant::now();
-            compiled = Some(Component::new(&engine, COMPONENT).map_err(to_anyhow)?);
+            compiled = Some(Component::new(&engine, COMPONENT).map_err(wasmtime_error)?);
             compile.push(started.elapsed().as_nanos() as u64);
         }
         let serialized = compiled
             .expect("compiled at least once")
             .serialize()
-            .map_err(to_anyhow)?;
+            .map_err(wasmtime_error)?;
         let mut deserialize = Vec::new();
         for _ in 0..20 {
             let started = Instant::now();
             // SAFETY: these bytes were serialized just above by an engine of this
             // configuration, in this process.
-            unsafe { Component::deserialize(&engine, &serialized) }.map_err(to_anyhow)?;
+            unsafe { Component::deserialize(&engine, &serialized) }.map_err(wasmtime_error)?;
             deserialize.push(started.elapsed().as_nanos() as u64);
         }
         let dir = tempfile::tempdir()?;
@@ -942,21 +935,13 @@ impl Bench {
     fn instantiation(&self) -> anyhow::Result<()> {
         let runtime = Runtime::builder().build()?;
         let tokio = current_thread()?;
-        let probe = Probe::new(&runtime);
         let (instantiate, with_store, open) = tokio.block_on(async {
-            let policy = NetworkPolicy::resolve(&Endpoint::from_url(&self.url)?).await?;
+            let probe = InstanceProbe::new(&runtime, &self.url).await?;
             let (mut instantiate, mut with_store) = (Vec::new(), Vec::new());
             for _ in 0..200 {
-                let started = Instant::now();
-                let mut store = probe.store(&policy);
-                let before = Instant::now();
-                runtime
-                    .pre()
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(to_anyhow)?;
-                instantiate.push(before.elapsed().as_nanos() as u64);
-                with_store.push(started.elapsed().as_nanos() as u64);
+                let time = probe.instantiate().await?;
+                instantiate.push(time.instantiate.as_nanos() as u64);
+                with_store.push(time.with_store.as_nanos() as u64);
             }
             let mut open = Vec::new();
             for _ in 0..50 {
@@ -1077,15 +1062,14 @@ impl Bench {
     fn memory(&self, report: &mut Report) -> anyhow::Result<()> {
         let runtime = Runtime::builder().build()?;
         let tokio = current_thread()?;
-        let probe = Probe::new(&runtime);
         let (linear, rss) = tokio.block_on(async {
-            let policy = NetworkPolicy::resolve(&Endpoint::from_url(&self.url)?).await?;
-            let mut probes = Vec::new();
+            let probe = InstanceProbe::new(&runtime, &self.url).await?;
+            let mut idle = Vec::new();
             for _ in 0..IDLE_STORES {
-                probes.push(probe.open(&policy, &self.url).await?);
+                idle.push(probe.open_idle().await?);
             }
-            let linear: usize = probes.iter().map(|s| s.data().memory_grown()).sum();
-            drop(probes);
+            let linear: usize = idle.iter().map(|i| i.linear_memory_bytes()).sum();
+            drop(idle);
 
             // Warm the allocator and the runtime's shared state before the baseline.
             runtime
@@ -1148,6 +1132,11 @@ fn us(nanos: u64) -> f64 {
     nanos as f64 / 1e3
 }
 
+/// wasmtime's own error as `anyhow`, its causes kept.
+fn wasmtime_error(error: wasmtime::Error) -> anyhow::Error {
+    anyhow::Error::from_boxed(error.into_boxed_dyn_error())
+}
+
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1168,59 +1157,6 @@ fn rss_bytes() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
-}
-
-/// Instances of a runtime's component in stores like an [`AsyncTaskStore`]'s (the same
-/// factory, limits and sandbox), without the store's call handling around them.
-struct Probe {
-    runtime: Runtime,
-}
-
-impl Probe {
-    fn new(runtime: &Runtime) -> Probe {
-        Probe {
-            runtime: runtime.clone(),
-        }
-    }
-
-    fn store(&self, policy: &NetworkPolicy) -> Store<InstanceState> {
-        self.runtime
-            .new_store(policy, &GuestOutput::new(1024), Duration::from_secs(60))
-    }
-
-    /// An instance with an open guest store, as [`AsyncTaskStore`] keeps it between calls.
-    async fn open(
-        &self,
-        policy: &NetworkPolicy,
-        url: &str,
-    ) -> anyhow::Result<Store<InstanceState>> {
-        let mut store = self.store(policy);
-        let guest = self
-            .runtime
-            .pre()
-            .instantiate_async(&mut store)
-            .await
-            .map_err(to_anyhow)?;
-        let options = wit::Options {
-            url: url.to_owned(),
-            key_prefix: None,
-            default_ttl_seconds: None,
-            timeout_ms: None,
-            max_document_bytes: None,
-            tls_ca_certificates: None,
-            danger_accept_invalid_certificates: None,
-        };
-        let handle = guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_open(&mut store, &options)
-            .await
-            .map_err(to_anyhow)?
-            .map_err(|e| anyhow::anyhow!("open failed: {}", crate::TaskError::from_guest(e)))?;
-        // The handle stays open (its connection too) until the store is dropped.
-        let _ = handle;
-        Ok(store)
-    }
 }
 
 /// Refuses a Redis that is not on this machine: the benchmark floods it and deletes keys.

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 
 use taskstore::config::RedisUrl;
 
@@ -114,6 +115,16 @@ impl fmt::Debug for Options {
     }
 }
 
+/// The PEM text of a file of CA certificates, for [`Options::tls_ca_certificates`] (or the
+/// function's `tls-ca-certificates` setting).
+///
+/// # Errors
+/// The file cannot be read as text; the message names the file.
+pub fn read_tls_ca_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read TLS CA file {}: {e}", path.display()))
+}
+
 /// A network, and optionally a port range, where discovered cluster nodes may be:
 /// `CIDR[:PORTS]`, e.g. `10.0.0.0/8`, `10.1.2.3:7000-7005`, `[fd00::/8]:7000`, `fd00::/8`.
 /// An address without a prefix length is that one host.
@@ -203,12 +214,17 @@ pub fn redact_url(url: &str) -> String {
     taskstore::config::redact_url(url)
 }
 
-/// Where the URL says Redis is.
+/// Where the URL says Redis is: host name or address, and port. (The component's own
+/// `taskstore::transport::Endpoint` is what it dials; this is what the host allows.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Endpoint {
+pub(crate) struct RedisAddress {
     pub(crate) host: HostName,
     pub(crate) port: u16,
 }
+
+/// The old name, still used by `network.rs` (edited in parallel elsewhere); remove it once
+/// that module says `RedisAddress`.
+pub(crate) type Endpoint = RedisAddress;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HostName {
@@ -217,7 +233,7 @@ pub(crate) enum HostName {
     Name(String),
 }
 
-impl fmt::Display for Endpoint {
+impl fmt::Display for RedisAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.host {
             HostName::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
@@ -227,41 +243,41 @@ impl fmt::Display for Endpoint {
     }
 }
 
-impl Endpoint {
+impl RedisAddress {
     /// Reads host and port from a `redis://` URL with the component's own parser (its
     /// native build), so the host allows exactly the address the component will dial.
     ///
     /// # Errors
     /// [`TaskError::InvalidInput`] with the component's message when the URL is malformed;
     /// the message never repeats the URL, which may hold a password.
-    pub(crate) fn from_url(text: &str) -> Result<Endpoint, TaskError> {
+    pub(crate) fn from_url(text: &str) -> Result<RedisAddress, TaskError> {
         let url = RedisUrl::parse(text).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
-        Ok(Endpoint::from_parsed(url.endpoint))
+        Ok(RedisAddress::from_parsed(url.endpoint))
     }
 
     /// Every server a URL names: its one host, or a cluster URL's seed nodes.
     ///
     /// # Errors
-    /// As [`Endpoint::from_url`].
-    pub(crate) fn all_from_url(text: &str) -> Result<Vec<Endpoint>, TaskError> {
+    /// As [`RedisAddress::from_url`].
+    pub(crate) fn all_from_url(text: &str) -> Result<Vec<RedisAddress>, TaskError> {
         let url = RedisUrl::parse(text).map_err(|e| TaskError::InvalidInput(e.to_string()))?;
         if url.is_cluster() {
             Ok(url
                 .cluster_seeds
                 .into_iter()
-                .map(Endpoint::from_parsed)
+                .map(RedisAddress::from_parsed)
                 .collect())
         } else {
-            Ok(vec![Endpoint::from_parsed(url.endpoint)])
+            Ok(vec![RedisAddress::from_parsed(url.endpoint)])
         }
     }
 
-    fn from_parsed(endpoint: taskstore::transport::Endpoint) -> Endpoint {
+    fn from_parsed(endpoint: taskstore::transport::Endpoint) -> RedisAddress {
         let host = match endpoint.host.parse::<IpAddr>() {
             Ok(ip) => HostName::Ip(ip),
             Err(_) => HostName::Name(endpoint.host),
         };
-        Endpoint {
+        RedisAddress {
             host,
             port: endpoint.port,
         }
@@ -295,15 +311,15 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    fn endpoint(url: &str) -> Endpoint {
-        Endpoint::from_url(url).unwrap()
+    fn address(url: &str) -> RedisAddress {
+        RedisAddress::from_url(url).unwrap()
     }
 
     #[test]
     fn ipv4_literal_is_an_ip_not_a_name() {
         assert_eq!(
-            endpoint("redis://127.0.0.1:7000/2"),
-            Endpoint {
+            address("redis://127.0.0.1:7000/2"),
+            RedisAddress {
                 host: HostName::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 port: 7000
             }
@@ -312,14 +328,14 @@ mod tests {
 
     #[test]
     fn bracketed_ipv6_literal_is_an_ip() {
-        let e = endpoint("redis://:pw@[::1]:6390");
+        let e = address("redis://:pw@[::1]:6390");
         assert_eq!(e.host, HostName::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)));
         assert_eq!(e.to_string(), "[::1]:6390");
     }
 
     #[test]
     fn name_keeps_default_port() {
-        let e = endpoint("redis://user:pw@localhost");
+        let e = address("redis://user:pw@localhost");
         assert_eq!(e.host, HostName::Name("localhost".into()));
         assert_eq!(e.port, 6379);
         assert_eq!(e.to_string(), "localhost:6379");
@@ -327,12 +343,12 @@ mod tests {
 
     #[test]
     fn scheme_is_case_insensitive() {
-        assert_eq!(endpoint("REDIS://h:1").port, 1);
+        assert_eq!(address("REDIS://h:1").port, 1);
     }
 
     #[test]
     fn unbracketed_ipv4_with_db_and_password() {
-        let e = endpoint("redis://:s3cret@10.1.2.3/4");
+        let e = address("redis://:s3cret@10.1.2.3/4");
         assert_eq!(e.host, HostName::Ip("10.1.2.3".parse().unwrap()));
         assert_eq!(e.port, 6379);
     }
@@ -353,7 +369,7 @@ mod tests {
             "redis://:hunter2@[::1",
             "",
         ] {
-            match Endpoint::from_url(text) {
+            match RedisAddress::from_url(text) {
                 Err(TaskError::InvalidInput(message)) => {
                     assert!(!message.contains("hunter2"), "{text}: {message}");
                     assert!(!message.is_empty(), "{text}");
