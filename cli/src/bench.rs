@@ -35,13 +35,13 @@ use anyhow::{bail, ensure, Context as _};
 use serde_json::Value;
 use taskstore::config::{RedisUrl, StoreOptions};
 use taskstore::std_tcp::StdConnector;
-// Without --redis or --port the benchmark runs on a throwaway server (the test fixture's guard).
-use taskstore_testing::redis_server::RedisServer;
 use taskstore_host::cache::{new_engine, CacheOutcome, ComponentCache, CACHE_DIR_ENV};
 use taskstore_host::probe::InstanceProbe;
 use taskstore_host::{
     AsyncTaskStore, ListOptions, Options, Runtime, Task, TaskStore, UpdateOptions, COMPONENT,
 };
+// Without --redis or --port the benchmark runs on a throwaway server (the test fixture's guard).
+use taskstore_testing::redis_server::RedisServer;
 use wasmtime::component::Component;
 
 type NativeStore = taskstore::store::TaskStore<StdConnector>;
@@ -823,42 +823,37 @@ impl Bench {
             limit: Some(10),
             cursor: None,
         };
+        let native_list = taskstore::store::ListOptions {
+            status: list.status.clone(),
+            limit: list.limit,
+            cursor: None,
+        };
         let (mut update, mut listing, mut native_update, mut native_listing) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..BIG_DOCUMENT_ROUNDS {
             let patch = format!("{{\"progress\": {round}}}");
-            let started = Instant::now();
-            let updated = component.update(id, &patch, &UpdateOptions::default())?;
-            update.push(started.elapsed().as_nanos() as u64);
+            let updated = timed(&mut update, || {
+                component.update(id, &patch, &UpdateOptions::default())
+            })?;
             ensure!(updated.is_some(), "the big task vanished");
-            let started = Instant::now();
-            let page = component.list(&list)?;
-            listing.push(started.elapsed().as_nanos() as u64);
+            let page = timed(&mut listing, || component.list(&list))?;
             ensure!(
                 page.tasks.iter().any(|task| task.id == id) || page.cursor.is_some(),
                 "list --status running missed the big task"
             );
 
-            let started = Instant::now();
-            native.update(id, &patch, &taskstore::store::UpdateOptions::default())?;
-            native_update.push(started.elapsed().as_nanos() as u64);
-            let started = Instant::now();
-            native.list(&taskstore::store::ListOptions {
-                status: Some("running".into()),
-                limit: Some(10),
-                cursor: None,
+            timed(&mut native_update, || {
+                native.update(id, &patch, &taskstore::store::UpdateOptions::default())
             })?;
-            native_listing.push(started.elapsed().as_nanos() as u64);
+            timed(&mut native_listing, || native.list(&native_list))?;
         }
         component.delete(id)?;
         component.close();
+        let bytes = document.len();
+        let [update, native_update, listing, native_listing] =
+            [update, native_update, listing, native_listing].map(|nanos| ms(median(&nanos)));
         println!(
-            "big-document: {} bytes, {BIG_DOCUMENT_MEMBERS} members: update component {:.1} ms, native {:.1} ms; list --status (first page) component {:.1} ms, native {:.1} ms (medians of {BIG_DOCUMENT_ROUNDS})",
-            document.len(),
-            ms(median(&update)),
-            ms(median(&native_update)),
-            ms(median(&listing)),
-            ms(median(&native_listing)),
+            "big-document: {bytes} bytes, {BIG_DOCUMENT_MEMBERS} members: update component {update:.1} ms, native {native_update:.1} ms; list --status (first page) component {listing:.1} ms, native {native_listing:.1} ms (medians of {BIG_DOCUMENT_ROUNDS})"
         );
         Ok(())
     }
@@ -876,9 +871,10 @@ impl Bench {
         let mut compile = Vec::new();
         let mut compiled = None;
         for _ in 0..5 {
-            let started = Instant::now();
-            compiled = Some(Component::new(&engine, COMPONENT).map_err(wasmtime_error)?);
-            compile.push(started.elapsed().as_nanos() as u64);
+            compiled = Some(
+                timed(&mut compile, || Component::new(&engine, COMPONENT))
+                    .map_err(wasmtime_error)?,
+            );
         }
         let serialized = compiled
             .expect("compiled at least once")
@@ -886,30 +882,24 @@ impl Bench {
             .map_err(wasmtime_error)?;
         let mut deserialize = Vec::new();
         for _ in 0..20 {
-            let started = Instant::now();
             // SAFETY: these bytes were serialized just above by an engine of this
             // configuration, in this process.
-            unsafe { Component::deserialize(&engine, &serialized) }.map_err(wasmtime_error)?;
-            deserialize.push(started.elapsed().as_nanos() as u64);
+            timed(&mut deserialize, || unsafe {
+                Component::deserialize(&engine, &serialized)
+            })
+            .map_err(wasmtime_error)?;
         }
         let dir = tempfile::tempdir()?;
         let cache = ComponentCache::new(dir.path().join("cache"));
         cache.load_or_compile(&engine, COMPONENT)?;
         let mut cached = Vec::new();
         for _ in 0..20 {
-            let started = Instant::now();
-            let (_, outcome) = cache.load_or_compile(&engine, COMPONENT)?;
-            cached.push(started.elapsed().as_nanos() as u64);
+            let (_, outcome) = timed(&mut cached, || cache.load_or_compile(&engine, COMPONENT))?;
             ensure!(outcome == CacheOutcome::Hit, "cache load: {outcome:?}");
         }
         let mut runtime_cached = Vec::new();
         for _ in 0..20 {
-            let started = Instant::now();
-            let (runtime, outcome) = Runtime::builder()
-                .component(COMPONENT)
-                .cache(&cache)
-                .build_reporting_cache()?;
-            runtime_cached.push(started.elapsed().as_nanos() as u64);
+            let (runtime, outcome) = timed(&mut runtime_cached, || load_cached(&cache))?;
             ensure!(outcome == CacheOutcome::Hit, "cache load: {outcome:?}");
             drop(runtime);
         }
@@ -1028,32 +1018,24 @@ impl Bench {
         let (mut load, mut open, mut first_get, mut native_total) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..20 {
-            let started = Instant::now();
-            let (runtime, outcome) = Runtime::builder()
-                .component(COMPONENT)
-                .cache(&cache)
-                .build_reporting_cache()?;
-            load.push(started.elapsed().as_nanos() as u64);
+            let (runtime, outcome) = timed(&mut load, || load_cached(&cache))?;
             ensure!(outcome == CacheOutcome::Hit, "warm cache: {outcome:?}");
-            let started = Instant::now();
-            let mut store = TaskStore::open(&runtime, Options::new(&self.url))?;
-            open.push(started.elapsed().as_nanos() as u64);
-            let started = Instant::now();
-            store.get(id)?;
-            first_get.push(started.elapsed().as_nanos() as u64);
+            let mut store = timed(&mut open, || {
+                TaskStore::open(&runtime, Options::new(&self.url))
+            })?;
+            timed(&mut first_get, || store.get(id))?;
             store.close();
 
-            let started = Instant::now();
-            let mut native = NativeStore::open(&StoreOptions::new(&self.url), StdConnector)?;
-            native.get(id)?;
-            native_total.push(started.elapsed().as_nanos() as u64);
+            let _native = timed(&mut native_total, || {
+                let mut native = NativeStore::open(&StoreOptions::new(&self.url), StdConnector)?;
+                native.get(id)?;
+                anyhow::Ok(native)
+            })?;
         }
+        let [load, open, first_get, native_total] =
+            [load, open, first_get, native_total].map(|nanos| ms(median(&nanos)));
         println!(
-            "cli:in-process warm load (engine, cache file, link) {:.2} ms; open (tokio, instantiate, connect) {:.2} ms; first get {:.3} ms; native open + get {:.3} ms (medians of 20)",
-            ms(median(&load)),
-            ms(median(&open)),
-            ms(median(&first_get)),
-            ms(median(&native_total)),
+            "cli:in-process warm load (engine, cache file, link) {load:.2} ms; open (tokio, instantiate, connect) {open:.2} ms; first get {first_get:.3} ms; native open + get {native_total:.3} ms (medians of 20)"
         );
         Ok(())
     }
@@ -1117,6 +1099,22 @@ fn native_client(clients: &mut [(Kind, Client)]) -> &mut Client {
         .find(|(kind, _)| *kind == Kind::Native)
         .expect("both clients are open");
     client
+}
+
+/// The embedded component's runtime, loaded through `cache`.
+fn load_cached(cache: &ComponentCache) -> anyhow::Result<(Runtime, CacheOutcome)> {
+    Runtime::builder()
+        .component(COMPONENT)
+        .cache(cache)
+        .build_reporting_cache()
+}
+
+/// Runs `step`, adding the nanoseconds it took to `nanos`.
+fn timed<T>(nanos: &mut Vec<u64>, step: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = step();
+    nanos.push(started.elapsed().as_nanos() as u64);
+    result
 }
 
 fn merge(into: &mut Samples, from: Samples) {

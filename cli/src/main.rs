@@ -288,10 +288,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Demo => demo(&cli),
-        Command::Bench(args) => {
-            bench::run(args, cli.redis.clone(), cli.prefix.clone())
-                .map_err(|e| Failure::Other(format!("bench: {e:#}")))
-        }
+        Command::Bench(args) => bench::run(args, cli.redis.clone(), cli.prefix.clone())
+            .map_err(|e| Failure::Other(format!("bench: {e:#}"))),
         Command::Serve(args) => serve(&cli, args),
         Command::Export { out_dir } => export(out_dir),
         Command::Task(command) => {
