@@ -13,55 +13,31 @@ use taskstore::config::RedisUrl;
 
 use crate::error::TaskError;
 
-/// How to reach Redis and lay out tasks in it; the WIT `options` record. Fields left `None`
-/// take the component's defaults (key prefix `research_task:`, TTL 7 days, timeout 5 s,
-/// documents up to 16 MiB).
-///
-/// `Debug` shows the URL with its credentials replaced by `***`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Options {
-    /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS, or for a Redis
-    /// Cluster `redis+cluster://[[user]:password@]host[:port][,host[:port]…]` (seed nodes;
-    /// `rediss+cluster://…` for a cluster over TLS). A password may hold any character,
-    /// `/` and `@` included; better still, leave it out and give [`Options::password`].
-    pub url: String,
-    /// The Redis password, given apart from the URL (read from a file or the environment,
-    /// say), so the URL can be shown and logged as it is. The URL must then hold no password
-    /// of its own; a user name in it is kept. It never appears in any message or `Debug`.
-    pub password: Option<String>,
-    /// Prefix of every key.
-    pub key_prefix: Option<String>,
-    /// TTL given to a document written without one, in seconds.
-    pub default_ttl_seconds: Option<u64>,
-    /// Deadline for each connect and for each operation's write and reply, in milliseconds.
-    pub timeout_ms: Option<u32>,
-    /// Largest document accepted and returned, in bytes.
-    pub max_document_bytes: Option<u32>,
-    /// `rediss://` (or `rediss+cluster://`) only: PEM text of the CA certificate(s) trusted
-    /// to sign the server's (every node's) certificate, instead of the built-in web PKI
-    /// roots.
-    pub tls_ca_certificates: Option<String>,
-    /// `rediss://` (or `rediss+cluster://`) only. DANGER, development only: accept any
-    /// server certificate, so anyone who can intercept the connection can impersonate Redis
-    /// and read the password.
-    pub danger_accept_invalid_certificates: bool,
-    /// Cluster URLs only: networks (and ports) where the component may reach nodes the
-    /// cluster reports, besides the seeds' own addresses (any port), which are always
-    /// allowed. A node the cluster reports outside them is refused, as is any link-local or
-    /// cloud metadata address whatever this says: the cluster's answers, not the operator,
-    /// would otherwise decide where the password is sent.
-    pub cluster_allow: Vec<ClusterAllow>,
+taskstore::store_options! {
+    /// How to reach Redis and lay out tasks in it: the WIT `options` record (the fields of
+    /// the component's own `taskstore::config::StoreOptions`), a password given apart from
+    /// the URL, and for a cluster where its nodes may be. Fields left `None` take the
+    /// component's defaults (key prefix `research_task:`, TTL 7 days, timeout 5 s,
+    /// documents up to 16 MiB).
+    ///
+    /// `Debug` shows the URL with its credentials replaced by `***`.
+    #[derive(Clone, Default, PartialEq, Eq)]
+    pub struct Options {
+        /// The Redis password, given apart from the URL (read from a file or the
+        /// environment, say), so the URL can be shown and logged as it is: better than a
+        /// password in [`Options::url`]. The URL must then hold no password of its own; a
+        /// user name in it is kept. It never appears in any message or `Debug`.
+        pub password: Option<String>,
+        /// Cluster URLs only: networks (and ports) where the component may reach nodes the
+        /// cluster reports, besides the seeds' own addresses (any port), which are always
+        /// allowed. A node the cluster reports outside them is refused, as is any
+        /// link-local or cloud metadata address whatever this says: the cluster's answers,
+        /// not the operator, would otherwise decide where the password is sent.
+        pub cluster_allow: Vec<ClusterAllow>,
+    }
 }
 
 impl Options {
-    /// Options for `url` with every other field at its default.
-    pub fn new(url: impl Into<String>) -> Options {
-        Options {
-            url: url.into(),
-            ..Options::default()
-        }
-    }
-
     /// The URL as the component reads it: [`Options::url`] with [`Options::password`]
     /// written in. Handed to the component only; never shown.
     ///
@@ -95,21 +71,9 @@ impl Options {
 
 impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Options")
-            .field("url", &redact_url(&self.url))
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("key_prefix", &self.key_prefix)
-            .field("default_ttl_seconds", &self.default_ttl_seconds)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("max_document_bytes", &self.max_document_bytes)
-            .field(
-                "tls_ca_certificates",
-                &self.tls_ca_certificates.as_ref().map(|_| "<PEM>"),
-            )
-            .field(
-                "danger_accept_invalid_certificates",
-                &self.danger_accept_invalid_certificates,
-            )
+        let mut out = f.debug_struct("Options");
+        self.debug_record(&mut out);
+        out.field("password", &self.password.as_ref().map(|_| "***"))
             .field("cluster_allow", &self.cluster_allow)
             .finish()
     }
