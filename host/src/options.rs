@@ -402,6 +402,18 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_ca_file_is_read_whole_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(&path, pem).unwrap();
+        assert_eq!(read_tls_ca_file(&path).unwrap(), pem);
+        let missing = dir.path().join("missing.pem");
+        let error = read_tls_ca_file(&missing).unwrap_err().to_string();
+        assert!(error.contains("missing.pem"), "{error}");
+    }
+
+    #[test]
     fn debug_hides_credentials() {
         let options = Options::new("redis://admin:hunter2@localhost:6379/1");
         let shown = format!("{options:?}");

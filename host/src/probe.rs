@@ -120,3 +120,37 @@ impl IdleInstance {
         self.store.data().memory_grown()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskstore_testing::redis_server::RedisServer;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn instances_instantiate_and_an_idle_one_holds_its_memory() {
+        let server = RedisServer::start().unwrap();
+        let runtime = Runtime::builder().build().unwrap();
+        let probe = InstanceProbe::new(&runtime, &server.url()).await.unwrap();
+        let time = probe.instantiate().await.unwrap();
+        assert!(time.instantiate <= time.with_store, "{time:?}");
+        let idle = probe.open_idle().await.unwrap();
+        // Not a timing: an instance holds at least the guest's one 64 KiB page.
+        assert!(idle.linear_memory_bytes() >= 64 * 1024);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_store_that_does_not_open_is_an_error() {
+        let runtime = Runtime::builder().build().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://127.0.0.1:{}", closed.local_addr().unwrap().port());
+        drop(closed);
+        let probe = InstanceProbe::new(&runtime, &url).await.unwrap();
+        let error = probe
+            .open_idle()
+            .await
+            .err()
+            .expect("nothing listens there");
+        assert!(error.to_string().starts_with("open failed: "), "{error}");
+        assert!(InstanceProbe::new(&runtime, "not a url").await.is_err());
+    }
+}
