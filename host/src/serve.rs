@@ -58,7 +58,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use research_api::settings::{Settings, REDIS_URL};
+use research_api::settings::{Settings, MAX_DOCUMENT_BYTES, REDIS_URL};
 use taskstore_model::redact::redact_secrets;
 
 use self::connections::Connections;
@@ -262,9 +262,9 @@ impl Server {
         let needed = settings.min_memory_bytes();
         anyhow::ensure!(
             config.memory_limit >= needed,
-            "max-document-bytes {} needs an instance memory limit of at least {} MiB (room for \
-             the copies of a document the function holds while serving it); raise the memory \
-             limit or lower max-document-bytes",
+            "{MAX_DOCUMENT_BYTES} {} needs an instance memory limit of at least {} MiB (room \
+             for the copies of a document the function holds while serving it); raise the \
+             memory limit or lower {MAX_DOCUMENT_BYTES}",
             settings.max_document_bytes(),
             needed.div_ceil(1 << 20)
         );
@@ -662,7 +662,7 @@ impl Shared {
                 "body_too_large",
                 &format!(
                     "the request body is larger than {} bytes, the most this function accepts \
-                     (its max-document-bytes, sized to its instance memory)",
+                     (its {MAX_DOCUMENT_BYTES}, sized to its instance memory)",
                     self.max_body_bytes
                 ),
             ),
