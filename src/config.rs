@@ -25,46 +25,80 @@ pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
 pub use taskstore_model::document::{DEFAULT_MAX_DOCUMENT_BYTES, MAX_DOCUMENT_BYTES_LIMIT};
 pub const DEFAULT_PORT: u16 = 6379;
 
-/// Options as the caller gives them (the WIT `options` record); `None` means the default.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct StoreOptions {
-    pub url: String,
-    pub key_prefix: Option<String>,
-    pub default_ttl_seconds: Option<u64>,
-    pub timeout_ms: Option<u32>,
-    pub max_document_bytes: Option<u32>,
-    /// PEM certificates trusted for `rediss://` instead of the built-in web PKI roots.
-    pub tls_ca_certificates: Option<String>,
-    /// Development only: accept any server certificate on `rediss://` (see WIT docs).
-    pub danger_accept_invalid_certificates: bool,
+/// Declares a struct with the fields of the WIT `options` record, any further fields given,
+/// `new(url)`, and `debug_record`, which adds the record's fields to a `Debug` with the
+/// URL's credentials and the PEM text left out: the guest's [`StoreOptions`] and the host's
+/// `Options` (which adds a password kept apart from the URL and the cluster allow-list). The
+/// record's fields are written once, here, so the two cannot drift apart.
+#[macro_export]
+macro_rules! store_options {
+    ($(#[$attr:meta])* $vis:vis struct $name:ident { $($extra:tt)* }) => {
+        $(#[$attr])*
+        $vis struct $name {
+            /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS, or for a
+            /// Redis Cluster `redis+cluster://[[user]:password@]host[:port][,host[:port]…]`
+            /// (seed nodes; `rediss+cluster://…` for a cluster over TLS). A password may hold
+            /// any character, `/` and `@` included.
+            pub url: ::std::string::String,
+            /// Prefix of every key.
+            pub key_prefix: ::std::option::Option<::std::string::String>,
+            /// TTL given to a document written without one, in seconds.
+            pub default_ttl_seconds: ::std::option::Option<u64>,
+            /// Deadline for each connect and for each operation's write and reply, in
+            /// milliseconds.
+            pub timeout_ms: ::std::option::Option<u32>,
+            /// Largest document accepted and returned, in bytes.
+            pub max_document_bytes: ::std::option::Option<u32>,
+            /// `rediss://` (or `rediss+cluster://`) only: PEM text of the CA certificate(s)
+            /// trusted to sign the server's (every node's) certificate, instead of the
+            /// built-in web PKI roots.
+            pub tls_ca_certificates: ::std::option::Option<::std::string::String>,
+            /// `rediss://` (or `rediss+cluster://`) only. DANGER, development only: accept
+            /// any server certificate, so anyone who can intercept the connection can
+            /// impersonate Redis and read the password.
+            pub danger_accept_invalid_certificates: bool,
+            $($extra)*
+        }
+
+        impl $name {
+            /// Options for `url` with every other field at its default.
+            pub fn new(url: impl ::std::convert::Into<::std::string::String>) -> $name {
+                $name {
+                    url: url.into(),
+                    ..::std::default::Default::default()
+                }
+            }
+
+            fn debug_record(&self, out: &mut ::std::fmt::DebugStruct<'_, '_>) {
+                out.field("url", &$crate::config::redact_url(&self.url))
+                    .field("key_prefix", &self.key_prefix)
+                    .field("default_ttl_seconds", &self.default_ttl_seconds)
+                    .field("timeout_ms", &self.timeout_ms)
+                    .field("max_document_bytes", &self.max_document_bytes)
+                    .field(
+                        "tls_ca_certificates",
+                        &self.tls_ca_certificates.as_ref().map(|pem| pem.len()),
+                    )
+                    .field(
+                        "danger_accept_invalid_certificates",
+                        &self.danger_accept_invalid_certificates,
+                    );
+            }
+        }
+    };
 }
 
-impl StoreOptions {
-    pub fn new(url: impl Into<String>) -> Self {
-        StoreOptions {
-            url: url.into(),
-            ..StoreOptions::default()
-        }
-    }
+store_options! {
+    /// Options as the caller gives them (the WIT `options` record); `None` means the default.
+    #[derive(Clone, Default, PartialEq, Eq)]
+    pub struct StoreOptions {}
 }
 
 impl fmt::Debug for StoreOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreOptions")
-            .field("url", &redact_url(&self.url))
-            .field("key_prefix", &self.key_prefix)
-            .field("default_ttl_seconds", &self.default_ttl_seconds)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("max_document_bytes", &self.max_document_bytes)
-            .field(
-                "tls_ca_certificates",
-                &self.tls_ca_certificates.as_ref().map(|pem| pem.len()),
-            )
-            .field(
-                "danger_accept_invalid_certificates",
-                &self.danger_accept_invalid_certificates,
-            )
-            .finish()
+        let mut out = f.debug_struct("StoreOptions");
+        self.debug_record(&mut out);
+        out.finish()
     }
 }
 

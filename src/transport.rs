@@ -1,8 +1,8 @@
 //! The seam between the Redis client and the network: raw byte I/O with deadlines.
 //!
-//! The guest implements it over `wasi:sockets` ([`crate::wasi_tcp`]), native builds over
-//! `std::net` ([`crate::std_tcp`]), and tests with scripted fakes — so the client and store
-//! logic are the same code everywhere.
+//! The guest implements it over `wasi:sockets` (`wasi_tcp`, in wasm32 builds only), native
+//! builds over `std::net` ([`crate::std_tcp`]), and tests with scripted fakes — so the client
+//! and store logic are the same code everywhere.
 
 use std::fmt;
 use std::time::Duration;

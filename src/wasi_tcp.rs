@@ -1,7 +1,7 @@
 //! The connection layer of the component: TCP over `wasi:sockets`, every wait bounded by a
 //! deadline on the monotonic clock. Only socket I/O lives here.
 //!
-//! Two rules from measuring wasmtime-wasi shape this file:
+//! Three rules from measuring wasmtime-wasi shape this file:
 //! - a command goes out in one `write` when the stream's permit allows (up to 64 KiB in
 //!   wasmtime): the host never sets TCP_NODELAY, so splitting a command stalls ~40 ms on
 //!   Nagle + delayed ACK;

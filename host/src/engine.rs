@@ -253,11 +253,13 @@ pub(crate) fn engine_config() -> Config {
     config
 }
 
-/// A new engine under [`engine_config`].
+/// A new engine under the configuration every instance runs under: the one
+/// [`ComponentCache::load_or_compile`] must be given for its files to be the ones a
+/// [`Runtime`](crate::Runtime) loads.
 ///
 /// # Errors
 /// wasmtime refuses the configuration on this machine.
-pub(crate) fn new_engine() -> anyhow::Result<Engine> {
+pub fn new_engine() -> anyhow::Result<Engine> {
     Engine::new(&engine_config()).map_err(to_anyhow)
 }
 

@@ -252,7 +252,7 @@ impl InstanceBuilder {
 mod tests {
     use super::*;
     use crate::engine::new_engine;
-    use crate::options::Endpoint;
+    use crate::options::RedisAddress;
     use crate::sandbox::MAX_TABLE_ENTRIES;
 
     /// A core module with one page of memory exporting `grow(pages) -> old size or -1`.
@@ -268,7 +268,7 @@ mod tests {
     const PAGE: usize = 64 * 1024;
 
     async fn builder() -> InstanceBuilder {
-        let endpoint = Endpoint::from_url("redis://127.0.0.1:6379").unwrap();
+        let endpoint = RedisAddress::from_url("redis://127.0.0.1:6379").unwrap();
         let policy = NetworkPolicy::resolve(&endpoint).await.unwrap();
         InstanceBuilder::new(
             &policy,

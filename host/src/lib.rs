@@ -40,26 +40,26 @@
 //!   wasmtime `Store` every guest runs in (memory limit, deadline, sandboxed WASI, and
 //!   wasi:http and wasi:config for the HTTP function), used by stores, `serve` and `bench`.
 //! - [`runtime`]: [`Runtime`], the compiled and linked component with its limits.
+//! - [`probe`]: bare instances of a runtime's component, to measure what instantiation and
+//!   an idle instance cost (`taskstore bench`).
 //! - `store`: [`AsyncTaskStore`] (one instance, async calls) and [`TaskStore`] (blocking),
 //!   and the records their calls take and return ([`Task`], [`UpdateOptions`],
 //!   [`ListOptions`], [`Page`], ...).
-//! - [`serve`]: `taskstore serve`, the research-task HTTP function (the workspace's
-//!   `function/`, composed with the TLS storage component by `build.rs`) over HTTP/1.1;
-//!   `serve/` holds its connection cap, request guard and I/O limits.
-//! - [`bench`](mod@bench): `taskstore bench`, the component against a native build of the same client.
-//! - `main.rs`: the `taskstore` CLI over this library.
+//! - [`serve`]: the research-task HTTP function (the workspace's `function/`, composed with
+//!   the TLS storage component by `build.rs`) served over HTTP/1.1, as `taskstore serve`
+//!   runs it; `serve/` holds its connection cap, request guard and I/O limits.
 //!
-//! The throwaway `redis-server` of the CLI's `demo`, `serve --throwaway-redis` and `bench` is
-//! the test fixture of the workspace's `taskstore-testing` crate, which this crate uses but
-//! does not re-export; the integration tests are the `taskstore-tests` package (`tests/`).
+//! The `taskstore` CLI (its commands, `demo`, `bench` and the `serve` command) is the
+//! workspace's `taskstore-cli` crate (`cli/`), a user of this library's public API; the
+//! integration tests are the `taskstore-tests` package (`tests/`).
 
-pub mod bench;
 mod engine;
 mod error;
 mod instance;
 mod network;
 mod options;
 mod output;
+pub mod probe;
 pub mod runtime;
 mod sandbox;
 pub mod serve;
@@ -67,7 +67,7 @@ mod store;
 
 pub use engine::{CacheOutcome, ComponentCache};
 pub use error::{ErrorKind, RedisErrorCode, TaskError};
-pub use options::{redact_url, ClusterAllow, Options};
+pub use options::{read_tls_ca_file, redact_url, ClusterAllow, Options};
 pub use runtime::{Runtime, RuntimeBuilder, COMPONENT, DEFAULT_MEMORY_LIMIT, TLS_COMPONENT};
 pub use store::{
     AsyncTaskStore, ListOptions, Page, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
@@ -75,7 +75,7 @@ pub use store::{
 
 /// The compiled component kept on disk for short-lived processes; see [`ComponentCache`].
 pub mod cache {
-    pub use crate::engine::{CacheOutcome, ComponentCache, MissReason, CACHE_DIR_ENV};
+    pub use crate::engine::{new_engine, CacheOutcome, ComponentCache, MissReason, CACHE_DIR_ENV};
 }
 
 mod bindings {

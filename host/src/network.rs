@@ -36,7 +36,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 #[cfg(doc)]
 use crate::error::ErrorKind;
 use crate::error::TaskError;
-use crate::options::{ClusterAllow, Endpoint, HostName};
+use crate::options::{ClusterAllow, HostName, RedisAddress};
 
 /// Least time between two membership questions to the cluster about unknown addresses.
 pub const CLUSTER_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -85,7 +85,7 @@ impl NetworkPolicy {
         allow: &[ClusterAllow],
     ) -> Result<NetworkPolicy, TaskError> {
         let parsed = RedisUrl::parse(url).map_err(|e| TaskError::invalid_input(e.to_string()))?;
-        let servers = Servers::resolve(Endpoint::all_from_url(url)?, Resolver::System).await?;
+        let servers = Servers::resolve(RedisAddress::all_from_url(url)?, Resolver::System).await?;
         let cluster = if parsed.is_cluster() {
             let connector = MaybeTlsConnector::new(StdConnector, parsed.tls.then_some(tls))
                 .map_err(|e| TaskError::invalid_input(e.0))?;
@@ -108,7 +108,7 @@ impl NetworkPolicy {
     ///
     /// # Errors
     /// [`ErrorKind::Connection`] if the name does not resolve.
-    pub(crate) async fn resolve(endpoint: &Endpoint) -> Result<NetworkPolicy, TaskError> {
+    pub(crate) async fn resolve(endpoint: &RedisAddress) -> Result<NetworkPolicy, TaskError> {
         let servers = Servers::resolve(vec![endpoint.clone()], Resolver::System).await?;
         Ok(NetworkPolicy {
             servers: Arc::new(servers),
@@ -260,7 +260,7 @@ impl Resolver {
 
 /// The URL's own servers and the addresses they resolved to last.
 struct Servers {
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<RedisAddress>,
     resolver: Resolver,
     resolved: Mutex<Resolved>,
 }
@@ -284,7 +284,10 @@ impl Servers {
     ///
     /// # Errors
     /// [`ErrorKind::Connection`] naming the endpoint whose name does not resolve.
-    async fn resolve(endpoints: Vec<Endpoint>, resolver: Resolver) -> Result<Servers, TaskError> {
+    async fn resolve(
+        endpoints: Vec<RedisAddress>,
+        resolver: Resolver,
+    ) -> Result<Servers, TaskError> {
         let addresses = lookup_all(&endpoints, &resolver).await?;
         Ok(Servers {
             endpoints,
@@ -351,7 +354,7 @@ impl Servers {
 
 /// Every address of every endpoint, sorted, without duplicates.
 async fn lookup_all(
-    endpoints: &[Endpoint],
+    endpoints: &[RedisAddress],
     resolver: &Resolver,
 ) -> Result<Vec<SocketAddr>, TaskError> {
     let mut addresses = Vec::new();
@@ -577,7 +580,7 @@ mod tests {
             servers: Arc::new(Servers {
                 endpoints: addresses
                     .iter()
-                    .map(|a| Endpoint {
+                    .map(|a| RedisAddress {
                         host: HostName::Ip(a.ip()),
                         port: a.port(),
                     })
@@ -759,7 +762,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_name_that_moves_is_resolved_again_after_a_denied_connect() {
         let answer = Arc::new(Mutex::new(vec![addr("127.0.0.1:0")]));
-        let endpoint = Endpoint {
+        let endpoint = RedisAddress {
             host: HostName::Name("redis.internal".into()),
             port: 7000,
         };
@@ -993,7 +996,7 @@ broken line
 
     #[tokio::test(flavor = "current_thread")]
     async fn ip_literal_needs_no_lookup() {
-        let endpoint = Endpoint::from_url("redis://[::1]:7000").unwrap();
+        let endpoint = RedisAddress::from_url("redis://[::1]:7000").unwrap();
         let p = NetworkPolicy::resolve(&endpoint).await.unwrap();
         assert!(p.allows(addr("[::1]:7000"), SocketAddrUse::TcpConnect));
         assert!(!p.allows(addr("[::1]:7001"), SocketAddrUse::TcpConnect));
@@ -1002,7 +1005,7 @@ broken line
 
     #[tokio::test(flavor = "current_thread")]
     async fn name_is_resolved_on_the_host_and_lookup_allowed() {
-        let endpoint = Endpoint::from_url("redis://localhost:7001").unwrap();
+        let endpoint = RedisAddress::from_url("redis://localhost:7001").unwrap();
         let p = NetworkPolicy::resolve(&endpoint).await.unwrap();
         assert_eq!(p.lookup_names(), vec!["localhost".to_owned()]);
         assert!(p.allows(addr("127.0.0.1:7001"), SocketAddrUse::TcpConnect));
@@ -1011,7 +1014,7 @@ broken line
 
     #[tokio::test(flavor = "current_thread")]
     async fn unresolvable_name_is_a_connection_error() {
-        let endpoint = Endpoint::from_url("redis://no-such-host.invalid:6379").unwrap();
+        let endpoint = RedisAddress::from_url("redis://no-such-host.invalid:6379").unwrap();
         match NetworkPolicy::resolve(&endpoint).await {
             Err(error) if error.kind() == ErrorKind::Connection => {
                 assert!(

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 
 use taskstore::config::RedisUrl;
 
@@ -14,55 +15,31 @@ use taskstore::config::RedisUrl;
 use crate::error::ErrorKind;
 use crate::error::TaskError;
 
-/// How to reach Redis and lay out tasks in it; the WIT `options` record. Fields left `None`
-/// take the component's defaults (key prefix `research_task:`, TTL 7 days, timeout 5 s,
-/// documents up to 16 MiB).
-///
-/// `Debug` shows the URL with its credentials replaced by `***`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Options {
-    /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS, or for a Redis
-    /// Cluster `redis+cluster://[[user]:password@]host[:port][,host[:port]…]` (seed nodes;
-    /// `rediss+cluster://…` for a cluster over TLS). A password may hold any character,
-    /// `/` and `@` included; better still, leave it out and give [`Options::password`].
-    pub url: String,
-    /// The Redis password, given apart from the URL (read from a file or the environment,
-    /// say), so the URL can be shown and logged as it is. The URL must then hold no password
-    /// of its own; a user name in it is kept. It never appears in any message or `Debug`.
-    pub password: Option<String>,
-    /// Prefix of every key.
-    pub key_prefix: Option<String>,
-    /// TTL given to a document written without one, in seconds.
-    pub default_ttl_seconds: Option<u64>,
-    /// Deadline for each connect and for each operation's write and reply, in milliseconds.
-    pub timeout_ms: Option<u32>,
-    /// Largest document accepted and returned, in bytes.
-    pub max_document_bytes: Option<u32>,
-    /// `rediss://` (or `rediss+cluster://`) only: PEM text of the CA certificate(s) trusted
-    /// to sign the server's (every node's) certificate, instead of the built-in web PKI
-    /// roots.
-    pub tls_ca_certificates: Option<String>,
-    /// `rediss://` (or `rediss+cluster://`) only. DANGER, development only: accept any
-    /// server certificate, so anyone who can intercept the connection can impersonate Redis
-    /// and read the password.
-    pub danger_accept_invalid_certificates: bool,
-    /// Cluster URLs only: networks (and ports) where the component may reach nodes the
-    /// cluster reports, besides the seeds' own addresses (any port), which are always
-    /// allowed. A node the cluster reports outside them is refused, as is any link-local or
-    /// cloud metadata address whatever this says: the cluster's answers, not the operator,
-    /// would otherwise decide where the password is sent.
-    pub cluster_allow: Vec<ClusterAllow>,
+taskstore::store_options! {
+    /// How to reach Redis and lay out tasks in it: the WIT `options` record (the fields of
+    /// the component's own `taskstore::config::StoreOptions`), a password given apart from
+    /// the URL, and for a cluster where its nodes may be. Fields left `None` take the
+    /// component's defaults (key prefix `research_task:`, TTL 7 days, timeout 5 s,
+    /// documents up to 16 MiB).
+    ///
+    /// `Debug` shows the URL with its credentials replaced by `***`.
+    #[derive(Clone, Default, PartialEq, Eq)]
+    pub struct Options {
+        /// The Redis password, given apart from the URL (read from a file or the
+        /// environment, say), so the URL can be shown and logged as it is: better than a
+        /// password in [`Options::url`]. The URL must then hold no password of its own; a
+        /// user name in it is kept. It never appears in any message or `Debug`.
+        pub password: Option<String>,
+        /// Cluster URLs only: networks (and ports) where the component may reach nodes the
+        /// cluster reports, besides the seeds' own addresses (any port), which are always
+        /// allowed. A node the cluster reports outside them is refused, as is any
+        /// link-local or cloud metadata address whatever this says: the cluster's answers,
+        /// not the operator, would otherwise decide where the password is sent.
+        pub cluster_allow: Vec<ClusterAllow>,
+    }
 }
 
 impl Options {
-    /// Options for `url` with every other field at its default.
-    pub fn new(url: impl Into<String>) -> Options {
-        Options {
-            url: url.into(),
-            ..Options::default()
-        }
-    }
-
     /// The URL as the component reads it: [`Options::url`] with [`Options::password`]
     /// written in. Handed to the component only; never shown.
     ///
@@ -96,24 +73,22 @@ impl Options {
 
 impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Options")
-            .field("url", &redact_url(&self.url))
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("key_prefix", &self.key_prefix)
-            .field("default_ttl_seconds", &self.default_ttl_seconds)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("max_document_bytes", &self.max_document_bytes)
-            .field(
-                "tls_ca_certificates",
-                &self.tls_ca_certificates.as_ref().map(|_| "<PEM>"),
-            )
-            .field(
-                "danger_accept_invalid_certificates",
-                &self.danger_accept_invalid_certificates,
-            )
+        let mut out = f.debug_struct("Options");
+        self.debug_record(&mut out);
+        out.field("password", &self.password.as_ref().map(|_| "***"))
             .field("cluster_allow", &self.cluster_allow)
             .finish()
     }
+}
+
+/// The PEM text of a file of CA certificates, for [`Options::tls_ca_certificates`] (or the
+/// function's `tls-ca-certificates` setting).
+///
+/// # Errors
+/// The file cannot be read as text; the message names the file.
+pub fn read_tls_ca_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read TLS CA file {}: {e}", path.display()))
 }
 
 /// A network, and optionally a port range, where discovered cluster nodes may be:
@@ -205,9 +180,10 @@ pub fn redact_url(url: &str) -> String {
     taskstore::config::redact_url(url)
 }
 
-/// Where the URL says Redis is.
+/// Where the URL says Redis is: host name or address, and port. (The component's own
+/// `taskstore::transport::Endpoint` is what it dials; this is what the host allows.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Endpoint {
+pub(crate) struct RedisAddress {
     pub(crate) host: HostName,
     pub(crate) port: u16,
 }
@@ -219,7 +195,7 @@ pub(crate) enum HostName {
     Name(String),
 }
 
-impl fmt::Display for Endpoint {
+impl fmt::Display for RedisAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.host {
             HostName::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
@@ -229,41 +205,41 @@ impl fmt::Display for Endpoint {
     }
 }
 
-impl Endpoint {
+impl RedisAddress {
     /// Reads host and port from a `redis://` URL with the component's own parser (its
     /// native build), so the host allows exactly the address the component will dial.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] with the component's message when the URL is malformed;
     /// the message never repeats the URL, which may hold a password.
-    pub(crate) fn from_url(text: &str) -> Result<Endpoint, TaskError> {
+    pub(crate) fn from_url(text: &str) -> Result<RedisAddress, TaskError> {
         let url = RedisUrl::parse(text).map_err(|e| TaskError::invalid_input(e.to_string()))?;
-        Ok(Endpoint::from_parsed(url.endpoint))
+        Ok(RedisAddress::from_parsed(url.endpoint))
     }
 
     /// Every server a URL names: its one host, or a cluster URL's seed nodes.
     ///
     /// # Errors
-    /// As [`Endpoint::from_url`].
-    pub(crate) fn all_from_url(text: &str) -> Result<Vec<Endpoint>, TaskError> {
+    /// As [`RedisAddress::from_url`].
+    pub(crate) fn all_from_url(text: &str) -> Result<Vec<RedisAddress>, TaskError> {
         let url = RedisUrl::parse(text).map_err(|e| TaskError::invalid_input(e.to_string()))?;
         if url.is_cluster() {
             Ok(url
                 .cluster_seeds
                 .into_iter()
-                .map(Endpoint::from_parsed)
+                .map(RedisAddress::from_parsed)
                 .collect())
         } else {
-            Ok(vec![Endpoint::from_parsed(url.endpoint)])
+            Ok(vec![RedisAddress::from_parsed(url.endpoint)])
         }
     }
 
-    fn from_parsed(endpoint: taskstore::transport::Endpoint) -> Endpoint {
+    fn from_parsed(endpoint: taskstore::transport::Endpoint) -> RedisAddress {
         let host = match endpoint.host.parse::<IpAddr>() {
             Ok(ip) => HostName::Ip(ip),
             Err(_) => HostName::Name(endpoint.host),
         };
-        Endpoint {
+        RedisAddress {
             host,
             port: endpoint.port,
         }
@@ -298,15 +274,15 @@ mod tests {
     use crate::error::ErrorKind;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    fn endpoint(url: &str) -> Endpoint {
-        Endpoint::from_url(url).unwrap()
+    fn address(url: &str) -> RedisAddress {
+        RedisAddress::from_url(url).unwrap()
     }
 
     #[test]
     fn ipv4_literal_is_an_ip_not_a_name() {
         assert_eq!(
-            endpoint("redis://127.0.0.1:7000/2"),
-            Endpoint {
+            address("redis://127.0.0.1:7000/2"),
+            RedisAddress {
                 host: HostName::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 port: 7000
             }
@@ -315,14 +291,14 @@ mod tests {
 
     #[test]
     fn bracketed_ipv6_literal_is_an_ip() {
-        let e = endpoint("redis://:pw@[::1]:6390");
+        let e = address("redis://:pw@[::1]:6390");
         assert_eq!(e.host, HostName::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)));
         assert_eq!(e.to_string(), "[::1]:6390");
     }
 
     #[test]
     fn name_keeps_default_port() {
-        let e = endpoint("redis://user:pw@localhost");
+        let e = address("redis://user:pw@localhost");
         assert_eq!(e.host, HostName::Name("localhost".into()));
         assert_eq!(e.port, 6379);
         assert_eq!(e.to_string(), "localhost:6379");
@@ -330,12 +306,12 @@ mod tests {
 
     #[test]
     fn scheme_is_case_insensitive() {
-        assert_eq!(endpoint("REDIS://h:1").port, 1);
+        assert_eq!(address("REDIS://h:1").port, 1);
     }
 
     #[test]
     fn unbracketed_ipv4_with_db_and_password() {
-        let e = endpoint("redis://:s3cret@10.1.2.3/4");
+        let e = address("redis://:s3cret@10.1.2.3/4");
         assert_eq!(e.host, HostName::Ip("10.1.2.3".parse().unwrap()));
         assert_eq!(e.port, 6379);
     }
@@ -356,7 +332,7 @@ mod tests {
             "redis://:hunter2@[::1",
             "",
         ] {
-            match Endpoint::from_url(text) {
+            match RedisAddress::from_url(text) {
                 Err(error) if error.kind() == ErrorKind::InvalidInput => {
                     let message = error.message();
                     assert!(!message.contains("hunter2"), "{text}: {message}");
@@ -424,6 +400,18 @@ mod tests {
         ] {
             assert!(bad.parse::<ClusterAllow>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_tls_ca_file_is_read_whole_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(&path, pem).unwrap();
+        assert_eq!(read_tls_ca_file(&path).unwrap(), pem);
+        let missing = dir.path().join("missing.pem");
+        let error = read_tls_ca_file(&missing).unwrap_err().to_string();
+        assert!(error.contains("missing.pem"), "{error}");
     }
 
     #[test]

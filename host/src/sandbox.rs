@@ -180,7 +180,7 @@ mod tests {
     use wasmtime_wasi::{WasiCtxView, WasiView};
 
     use super::*;
-    use crate::options::Endpoint;
+    use crate::options::RedisAddress;
 
     struct Sandboxed {
         wasi: WasiCtx,
@@ -204,7 +204,7 @@ mod tests {
     }
 
     async fn sandbox_for(url: &str) -> Sandboxed {
-        let endpoint = Endpoint::from_url(url).unwrap();
+        let endpoint = RedisAddress::from_url(url).unwrap();
         let policy = NetworkPolicy::resolve(&endpoint).await.unwrap();
         Sandboxed {
             limits: SandboxLimits::new(&policy),

@@ -12,8 +12,9 @@
 //! is dropped: the client gets a `500` or `503`, and no other request is affected.
 //!
 //! The function reads its settings from `wasi:config/store` (`redis-url`, `key-prefix`,
-//! `timeout-ms`, `default-ttl-seconds`, `max-document-bytes`), which this host fills from
-//! [`ServeConfig`]: the same keys `wasmtime serve -S config-var=...` sets. They are parsed
+//! `timeout-ms`, `default-ttl-seconds`, `max-document-bytes`, `tls-ca-certificates`,
+//! `danger-accept-invalid-certificates`: the keys of [`research_api::settings`]), which this
+//! host fills from [`ServeConfig`]: the same keys `wasmtime serve -S config-var=...` sets. They are parsed
 //! here too, with the function's own parser, so that a bad value, or a document limit the
 //! instance memory cannot hold, stops the server at startup instead of failing requests.
 //!
@@ -57,7 +58,8 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use research_api::settings::Settings;
+use research_api::settings::{Settings, MAX_DOCUMENT_BYTES, REDIS_URL};
+use taskstore_model::redact::redact_secrets;
 
 use self::connections::Connections;
 use self::guard::{AllowedHosts, Authorization};
@@ -165,7 +167,7 @@ impl ServeConfig {
     /// Defaults for everything but the Redis URL.
     pub fn new(redis_url: impl Into<String>) -> ServeConfig {
         let mut config_vars = BTreeMap::new();
-        config_vars.insert("redis-url".to_owned(), redis_url.into());
+        config_vars.insert(REDIS_URL.to_owned(), redis_url.into());
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             component: None,
@@ -187,9 +189,9 @@ impl ServeConfig {
 
     fn redis_url(&self) -> anyhow::Result<&str> {
         self.config_vars
-            .get("redis-url")
+            .get(REDIS_URL)
             .map(String::as_str)
-            .ok_or_else(|| anyhow::anyhow!("no redis-url configured"))
+            .ok_or_else(|| anyhow::anyhow!("no {REDIS_URL} configured"))
     }
 }
 
@@ -260,9 +262,9 @@ impl Server {
         let needed = settings.min_memory_bytes();
         anyhow::ensure!(
             config.memory_limit >= needed,
-            "max-document-bytes {} needs an instance memory limit of at least {} MiB (room for \
-             the copies of a document the function holds while serving it); raise the memory \
-             limit or lower max-document-bytes",
+            "{MAX_DOCUMENT_BYTES} {} needs an instance memory limit of at least {} MiB (room \
+             for the copies of a document the function holds while serving it); raise the \
+             memory limit or lower {MAX_DOCUMENT_BYTES}",
             settings.max_document_bytes(),
             needed.div_ceil(1 << 20)
         );
@@ -660,7 +662,7 @@ impl Shared {
                 "body_too_large",
                 &format!(
                     "the request body is larger than {} bytes, the most this function accepts \
-                     (its max-document-bytes, sized to its instance memory)",
+                     (its {MAX_DOCUMENT_BYTES}, sized to its instance memory)",
                     self.max_body_bytes
                 ),
             ),
@@ -688,11 +690,8 @@ impl Shared {
         }
     }
 
-    fn redact(&self, mut text: String) -> String {
-        for secret in &self.secrets {
-            text = text.replace(secret.as_str(), "***");
-        }
-        text
+    fn redact(&self, text: String) -> String {
+        redact_secrets(text, &self.secrets)
     }
 
     fn log(&self, what: &str, error: &anyhow::Error) {

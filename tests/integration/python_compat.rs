@@ -28,8 +28,8 @@ fn python(server: &RedisServer, args: &[&str]) -> Output {
 }
 
 fn research_task(id: &str) -> String {
-    // The research task `taskstore bench` stores (host/benches/task.json).
-    let template = taskstore_host::bench::DEFAULT_DOCUMENT;
+    // The research task `taskstore bench` stores.
+    let template = include_str!("../../cli/benches/task.json");
     let mut task: Value = serde_json::from_str(template).expect("task.json is JSON");
     task["id"] = Value::String(id.to_owned());
     task["query"] = Value::String("Cold starts: Wasm vs containers — café ☕ \"quoted\"".into());

@@ -4,13 +4,32 @@
 //! (connection, timeout, authentication, protocol, server, corrupt data, contention, host);
 //! 4 the task exists (`set --if-absent`) or is not in the expected state (`update
 //! --expect-status`).
+//!
+//! # Layout
+//!
+//! A user of the `taskstore-host` library's public API, nothing more:
+//!
+//! - `main.rs`: the command line (clap), the task commands over [`TaskStore`], `demo`,
+//!   `export`, and `serve`: its flags turned into a [`ServeConfig`] for the library's
+//!   server, and the shutdown signals.
+//! - `bench`: `taskstore bench`, the component against a native build of the same client.
+//!
+//! The throwaway `redis-server` of `demo`, `serve --throwaway-redis` and `bench` is the test
+//! fixture of the workspace's `taskstore-testing` crate, used as a program would use it. The
+//! CLI's tests (`tests/cli/`, one binary) run the built `taskstore` as a user would.
+//!
+//! [`ServeConfig`]: taskstore_host::serve::ServeConfig
+
+mod bench;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use research_api::settings;
 use serde_json::{json, Value};
+use taskstore_host::read_tls_ca_file;
 use taskstore_host::{
     ErrorKind, ListOptions, Options, Runtime, TaskError, TaskStore, TimeToLive, TtlPolicy,
     UpdateOptions,
@@ -74,8 +93,8 @@ struct Cli {
     danger_accept_invalid_certificates: bool,
 
     /// Cluster URLs only: a network (and ports) where nodes the cluster reports may be
-    /// reached, besides the seeds' own addresses: CIDR[:PORTS], e.g. 10.0.0.0/8,
-    /// 10.1.2.3:7000-7005, [fd00::/8]:7000. Repeatable. Link-local and cloud metadata
+    /// reached, besides the seeds' own addresses: `CIDR[:PORTS]`, e.g. `10.0.0.0/8`,
+    /// `10.1.2.3:7000-7005`, `[fd00::/8]:7000`. Repeatable. Link-local and cloud metadata
     /// addresses are refused whatever this says
     #[arg(long, value_name = "CIDR[:PORTS]", global = true)]
     cluster_allow: Vec<taskstore_host::ClusterAllow>,
@@ -93,7 +112,7 @@ enum Command {
     Demo,
     /// Measure the component against a native build of the same client (release builds
     /// only); without --redis, REDIS_URL or --port, on a private redis-server
-    Bench(taskstore_host::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Serve the research-task HTTP API (the composed wasi:http function) until Ctrl-C
     Serve(ServeArgs),
     /// Write the embedded components to a directory, for other hosts (`wasmtime serve`, ...)
@@ -274,10 +293,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Demo => demo(&cli),
-        Command::Bench(args) => {
-            taskstore_host::bench::run(args, cli.redis.clone(), cli.prefix.clone())
-                .map_err(|e| Failure::Other(format!("bench: {e:#}")))
-        }
+        Command::Bench(args) => bench::run(args, cli.redis.clone(), cli.prefix.clone())
+            .map_err(|e| Failure::Other(format!("bench: {e:#}"))),
         Command::Serve(args) => serve(&cli, args),
         Command::Export { out_dir } => export(out_dir),
         Command::Task(command) => {
@@ -444,27 +461,24 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     if let Some(prefix) = &cli.prefix {
         config
             .config_vars
-            .insert("key-prefix".into(), prefix.clone());
+            .insert(settings::KEY_PREFIX.into(), prefix.clone());
     }
     if let Some(timeout) = cli.timeout_ms {
         config
             .config_vars
-            .insert("timeout-ms".into(), timeout.to_string());
+            .insert(settings::TIMEOUT_MS.into(), timeout.to_string());
     }
-    if let Some(path) = &cli.tls_ca_file {
-        let pem = std::fs::read_to_string(path).map_err(|e| {
-            Failure::Usage(format!("cannot read TLS CA file {}: {e}", path.display()))
-        })?;
-        config.config_vars.insert("tls-ca-certificates".into(), pem);
-    }
-    if cli.danger_accept_invalid_certificates {
-        eprintln!(
-            "taskstore: WARNING: --danger-accept-invalid-certificates: the server's TLS \
-             certificate is not verified; use this for development only"
-        );
+    if let Some(pem) = tls_ca_certificates(cli)? {
         config
             .config_vars
-            .insert("danger-accept-invalid-certificates".into(), "true".into());
+            .insert(settings::TLS_CA_CERTIFICATES.into(), pem);
+    }
+    if cli.danger_accept_invalid_certificates {
+        warn_unverified_tls();
+        config.config_vars.insert(
+            settings::DANGER_ACCEPT_INVALID_CERTIFICATES.into(),
+            "true".into(),
+        );
     }
     for pair in &args.config_vars {
         let Some((key, value)) = pair.split_once('=') else {
@@ -585,28 +599,34 @@ fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
         .cache_from_env()
         .build()
         .map_err(|e| Failure::Other(format!("cannot load the component: {e:#}")))?;
-    let tls_ca_certificates = match &cli.tls_ca_file {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            Failure::Usage(format!("cannot read TLS CA file {}: {e}", path.display()))
-        })?),
-        None => None,
-    };
     if cli.danger_accept_invalid_certificates {
-        eprintln!(
-            "taskstore: WARNING: --danger-accept-invalid-certificates: the server's TLS \
-             certificate is not verified; use this for development only"
-        );
+        warn_unverified_tls();
     }
     let options = Options {
         password: redis_password(cli)?,
         key_prefix: cli.prefix.clone(),
         timeout_ms: cli.timeout_ms,
-        tls_ca_certificates,
+        tls_ca_certificates: tls_ca_certificates(cli)?,
         danger_accept_invalid_certificates: cli.danger_accept_invalid_certificates,
         cluster_allow: cli.cluster_allow.clone(),
         ..Options::new(url)
     };
     Ok(TaskStore::open(&runtime, options)?)
+}
+
+/// The PEM text of `--tls-ca-file`, if given.
+fn tls_ca_certificates(cli: &Cli) -> Result<Option<String>, Failure> {
+    cli.tls_ca_file
+        .as_deref()
+        .map(|path| read_tls_ca_file(path).map_err(|e| Failure::Usage(format!("{e:#}"))))
+        .transpose()
+}
+
+fn warn_unverified_tls() {
+    eprintln!(
+        "taskstore: WARNING: --danger-accept-invalid-certificates: the server's TLS \
+         certificate is not verified; use this for development only"
+    );
 }
 
 /// The Redis password given apart from the URL: `--redis-password-file`, else

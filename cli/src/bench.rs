@@ -15,7 +15,7 @@
 //!
 //! The component runs as [`AsyncTaskStore`] on a current-thread tokio runtime, each
 //! repetition inside one `block_on` on the thread that drives it (no thread hop per socket
-//! operation). The blocking [`crate::TaskStore`] is the same with one `block_on` per call.
+//! operation). The blocking [`TaskStore`] is the same with one `block_on` per call.
 //!
 //! It also reports the component's size, compile and cache-load times, instantiation from
 //! `InstancePre`, cold and warm CLI starts (separate processes), and memory per idle store.
@@ -29,27 +29,20 @@ use std::fmt::Write as _;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context as _};
 use serde_json::Value;
 use taskstore::config::{RedisUrl, StoreOptions};
 use taskstore::std_tcp::StdConnector;
+use taskstore_host::cache::{new_engine, CacheOutcome, ComponentCache, CACHE_DIR_ENV};
+use taskstore_host::probe::InstanceProbe;
+use taskstore_host::{
+    AsyncTaskStore, ListOptions, Options, Runtime, Task, TaskStore, UpdateOptions, COMPONENT,
+};
 // Without --redis or --port the benchmark runs on a throwaway server (the test fixture's guard).
 use taskstore_testing::redis_server::RedisServer;
 use wasmtime::component::Component;
-use wasmtime::Store;
-
-use crate::bindings::exports::taskstore::storage::task_storage as wit;
-use crate::engine::{
-    new_engine, to_anyhow, CacheOutcome, ComponentCache, CACHE_DIR_ENV, COMPONENT,
-};
-use crate::instance::InstanceState;
-use crate::network::NetworkPolicy;
-use crate::options::Endpoint;
-use crate::output::GuestOutput;
-use crate::runtime::Runtime;
-use crate::{AsyncTaskStore, ListOptions, Options, Task, TaskStore, UpdateOptions};
 
 type NativeStore = taskstore::store::Store<StdConnector>;
 
@@ -373,7 +366,7 @@ impl Report {
     }
 
     fn print_targets(&self) {
-        println!("# targets (issue 5)");
+        println!("# targets");
         for op in SEQUENTIAL {
             if let Some((c, n)) = self.pair(op) {
                 let ratio = c.percentile_us(0.5) / n.percentile_us(0.5);
@@ -830,42 +823,37 @@ impl Bench {
             limit: Some(10),
             cursor: None,
         };
+        let native_list = taskstore::store::ListOptions {
+            status: list.status.clone(),
+            limit: list.limit,
+            cursor: None,
+        };
         let (mut update, mut listing, mut native_update, mut native_listing) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..BIG_DOCUMENT_ROUNDS {
             let patch = format!("{{\"progress\": {round}}}");
-            let started = Instant::now();
-            let updated = component.update(id, &patch, &UpdateOptions::default())?;
-            update.push(started.elapsed().as_nanos() as u64);
+            let updated = timed(&mut update, || {
+                component.update(id, &patch, &UpdateOptions::default())
+            })?;
             ensure!(updated.is_some(), "the big task vanished");
-            let started = Instant::now();
-            let page = component.list(&list)?;
-            listing.push(started.elapsed().as_nanos() as u64);
+            let page = timed(&mut listing, || component.list(&list))?;
             ensure!(
                 page.tasks.iter().any(|task| task.id == id) || page.cursor.is_some(),
                 "list --status running missed the big task"
             );
 
-            let started = Instant::now();
-            native.update(id, &patch, &taskstore::store::UpdateOptions::default())?;
-            native_update.push(started.elapsed().as_nanos() as u64);
-            let started = Instant::now();
-            native.list(&taskstore::store::ListOptions {
-                status: Some("running".into()),
-                limit: Some(10),
-                cursor: None,
+            timed(&mut native_update, || {
+                native.update(id, &patch, &taskstore::store::UpdateOptions::default())
             })?;
-            native_listing.push(started.elapsed().as_nanos() as u64);
+            timed(&mut native_listing, || native.list(&native_list))?;
         }
         component.delete(id)?;
         component.close();
+        let bytes = document.len();
+        let [update, native_update, listing, native_listing] =
+            [update, native_update, listing, native_listing].map(|nanos| ms(median(&nanos)));
         println!(
-            "big-document: {} bytes, {BIG_DOCUMENT_MEMBERS} members: update component {:.1} ms, native {:.1} ms; list --status (first page) component {:.1} ms, native {:.1} ms (medians of {BIG_DOCUMENT_ROUNDS})",
-            document.len(),
-            ms(median(&update)),
-            ms(median(&native_update)),
-            ms(median(&listing)),
-            ms(median(&native_listing)),
+            "big-document: {bytes} bytes, {BIG_DOCUMENT_MEMBERS} members: update component {update:.1} ms, native {native_update:.1} ms; list --status (first page) component {listing:.1} ms, native {native_listing:.1} ms (medians of {BIG_DOCUMENT_ROUNDS})"
         );
         Ok(())
     }
@@ -883,40 +871,35 @@ impl Bench {
         let mut compile = Vec::new();
         let mut compiled = None;
         for _ in 0..5 {
-            let started = Instant::now();
-            compiled = Some(Component::new(&engine, COMPONENT).map_err(to_anyhow)?);
-            compile.push(started.elapsed().as_nanos() as u64);
+            compiled = Some(
+                timed(&mut compile, || Component::new(&engine, COMPONENT))
+                    .map_err(wasmtime_error)?,
+            );
         }
         let serialized = compiled
             .expect("compiled at least once")
             .serialize()
-            .map_err(to_anyhow)?;
+            .map_err(wasmtime_error)?;
         let mut deserialize = Vec::new();
         for _ in 0..20 {
-            let started = Instant::now();
             // SAFETY: these bytes were serialized just above by an engine of this
             // configuration, in this process.
-            unsafe { Component::deserialize(&engine, &serialized) }.map_err(to_anyhow)?;
-            deserialize.push(started.elapsed().as_nanos() as u64);
+            timed(&mut deserialize, || unsafe {
+                Component::deserialize(&engine, &serialized)
+            })
+            .map_err(wasmtime_error)?;
         }
         let dir = tempfile::tempdir()?;
         let cache = ComponentCache::new(dir.path().join("cache"));
         cache.load_or_compile(&engine, COMPONENT)?;
         let mut cached = Vec::new();
         for _ in 0..20 {
-            let started = Instant::now();
-            let (_, outcome) = cache.load_or_compile(&engine, COMPONENT)?;
-            cached.push(started.elapsed().as_nanos() as u64);
+            let (_, outcome) = timed(&mut cached, || cache.load_or_compile(&engine, COMPONENT))?;
             ensure!(outcome == CacheOutcome::Hit, "cache load: {outcome:?}");
         }
         let mut runtime_cached = Vec::new();
         for _ in 0..20 {
-            let started = Instant::now();
-            let (runtime, outcome) = Runtime::builder()
-                .component(COMPONENT)
-                .cache(&cache)
-                .build_reporting_cache()?;
-            runtime_cached.push(started.elapsed().as_nanos() as u64);
+            let (runtime, outcome) = timed(&mut runtime_cached, || load_cached(&cache))?;
             ensure!(outcome == CacheOutcome::Hit, "cache load: {outcome:?}");
             drop(runtime);
         }
@@ -942,21 +925,13 @@ impl Bench {
     fn instantiation(&self) -> anyhow::Result<()> {
         let runtime = Runtime::builder().build()?;
         let tokio = current_thread()?;
-        let probe = Probe::new(&runtime);
         let (instantiate, with_store, open) = tokio.block_on(async {
-            let policy = NetworkPolicy::resolve(&Endpoint::from_url(&self.url)?).await?;
+            let probe = InstanceProbe::new(&runtime, &self.url).await?;
             let (mut instantiate, mut with_store) = (Vec::new(), Vec::new());
             for _ in 0..200 {
-                let started = Instant::now();
-                let mut store = probe.store(&policy);
-                let before = Instant::now();
-                runtime
-                    .pre()
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(to_anyhow)?;
-                instantiate.push(before.elapsed().as_nanos() as u64);
-                with_store.push(started.elapsed().as_nanos() as u64);
+                let time = probe.instantiate().await?;
+                instantiate.push(time.instantiate.as_nanos() as u64);
+                with_store.push(time.with_store.as_nanos() as u64);
             }
             let mut open = Vec::new();
             for _ in 0..50 {
@@ -1043,32 +1018,24 @@ impl Bench {
         let (mut load, mut open, mut first_get, mut native_total) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..20 {
-            let started = Instant::now();
-            let (runtime, outcome) = Runtime::builder()
-                .component(COMPONENT)
-                .cache(&cache)
-                .build_reporting_cache()?;
-            load.push(started.elapsed().as_nanos() as u64);
+            let (runtime, outcome) = timed(&mut load, || load_cached(&cache))?;
             ensure!(outcome == CacheOutcome::Hit, "warm cache: {outcome:?}");
-            let started = Instant::now();
-            let mut store = TaskStore::open(&runtime, Options::new(&self.url))?;
-            open.push(started.elapsed().as_nanos() as u64);
-            let started = Instant::now();
-            store.get(id)?;
-            first_get.push(started.elapsed().as_nanos() as u64);
+            let mut store = timed(&mut open, || {
+                TaskStore::open(&runtime, Options::new(&self.url))
+            })?;
+            timed(&mut first_get, || store.get(id))?;
             store.close();
 
-            let started = Instant::now();
-            let mut native = NativeStore::open(&StoreOptions::new(&self.url), StdConnector)?;
-            native.get(id)?;
-            native_total.push(started.elapsed().as_nanos() as u64);
+            let _native = timed(&mut native_total, || {
+                let mut native = NativeStore::open(&StoreOptions::new(&self.url), StdConnector)?;
+                native.get(id)?;
+                anyhow::Ok(native)
+            })?;
         }
+        let [load, open, first_get, native_total] =
+            [load, open, first_get, native_total].map(|nanos| ms(median(&nanos)));
         println!(
-            "cli:in-process warm load (engine, cache file, link) {:.2} ms; open (tokio, instantiate, connect) {:.2} ms; first get {:.3} ms; native open + get {:.3} ms (medians of 20)",
-            ms(median(&load)),
-            ms(median(&open)),
-            ms(median(&first_get)),
-            ms(median(&native_total)),
+            "cli:in-process warm load (engine, cache file, link) {load:.2} ms; open (tokio, instantiate, connect) {open:.2} ms; first get {first_get:.3} ms; native open + get {native_total:.3} ms (medians of 20)"
         );
         Ok(())
     }
@@ -1077,15 +1044,14 @@ impl Bench {
     fn memory(&self, report: &mut Report) -> anyhow::Result<()> {
         let runtime = Runtime::builder().build()?;
         let tokio = current_thread()?;
-        let probe = Probe::new(&runtime);
         let (linear, rss) = tokio.block_on(async {
-            let policy = NetworkPolicy::resolve(&Endpoint::from_url(&self.url)?).await?;
-            let mut probes = Vec::new();
+            let probe = InstanceProbe::new(&runtime, &self.url).await?;
+            let mut idle = Vec::new();
             for _ in 0..IDLE_STORES {
-                probes.push(probe.open(&policy, &self.url).await?);
+                idle.push(probe.open_idle().await?);
             }
-            let linear: usize = probes.iter().map(|s| s.data().memory_grown()).sum();
-            drop(probes);
+            let linear: usize = idle.iter().map(|i| i.linear_memory_bytes()).sum();
+            drop(idle);
 
             // Warm the allocator and the runtime's shared state before the baseline.
             runtime
@@ -1135,6 +1101,22 @@ fn native_client(clients: &mut [(Kind, Client)]) -> &mut Client {
     client
 }
 
+/// The embedded component's runtime, loaded through `cache`.
+fn load_cached(cache: &ComponentCache) -> anyhow::Result<(Runtime, CacheOutcome)> {
+    Runtime::builder()
+        .component(COMPONENT)
+        .cache(cache)
+        .build_reporting_cache()
+}
+
+/// Runs `step`, adding the nanoseconds it took to `nanos`.
+fn timed<T>(nanos: &mut Vec<u64>, step: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = step();
+    nanos.push(started.elapsed().as_nanos() as u64);
+    result
+}
+
 fn merge(into: &mut Samples, from: Samples) {
     into.nanos.extend(from.nanos);
     into.tasks += from.tasks;
@@ -1146,6 +1128,11 @@ fn ms(nanos: u64) -> f64 {
 
 fn us(nanos: u64) -> f64 {
     nanos as f64 / 1e3
+}
+
+/// wasmtime's own error as `anyhow`, its causes kept.
+fn wasmtime_error(error: wasmtime::Error) -> anyhow::Error {
+    anyhow::Error::from_boxed(error.into_boxed_dyn_error())
 }
 
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -1168,59 +1155,6 @@ fn rss_bytes() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
-}
-
-/// Instances of a runtime's component in stores like an [`AsyncTaskStore`]'s (the same
-/// factory, limits and sandbox), without the store's call handling around them.
-struct Probe {
-    runtime: Runtime,
-}
-
-impl Probe {
-    fn new(runtime: &Runtime) -> Probe {
-        Probe {
-            runtime: runtime.clone(),
-        }
-    }
-
-    fn store(&self, policy: &NetworkPolicy) -> Store<InstanceState> {
-        self.runtime
-            .new_store(policy, &GuestOutput::new(1024), Duration::from_secs(60))
-    }
-
-    /// An instance with an open guest store, as [`AsyncTaskStore`] keeps it between calls.
-    async fn open(
-        &self,
-        policy: &NetworkPolicy,
-        url: &str,
-    ) -> anyhow::Result<Store<InstanceState>> {
-        let mut store = self.store(policy);
-        let guest = self
-            .runtime
-            .pre()
-            .instantiate_async(&mut store)
-            .await
-            .map_err(to_anyhow)?;
-        let options = wit::Options {
-            url: url.to_owned(),
-            key_prefix: None,
-            default_ttl_seconds: None,
-            timeout_ms: None,
-            max_document_bytes: None,
-            tls_ca_certificates: None,
-            danger_accept_invalid_certificates: None,
-        };
-        let handle = guest
-            .taskstore_storage_task_storage()
-            .store()
-            .call_open(&mut store, &options)
-            .await
-            .map_err(to_anyhow)?
-            .map_err(|e| anyhow::anyhow!("open failed: {}", crate::error::from_guest(e)))?;
-        // The handle stays open (its connection too) until the store is dropped.
-        let _ = handle;
-        Ok(store)
-    }
 }
 
 /// Refuses a Redis that is not on this machine: the benchmark floods it and deletes keys.

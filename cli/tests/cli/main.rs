@@ -3,7 +3,7 @@
 //! per test.
 //!
 //! One test binary rather than one per file, to link (and store) the test harness once.
-//! Select a group by module path, e.g. `cargo test -p taskstore-host --test cli serve::`.
+//! Select a group by module path, e.g. `cargo test -p taskstore-cli --test cli serve::`.
 
 mod commands;
 mod reliability;
