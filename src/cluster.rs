@@ -493,13 +493,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn endpoint(host: &str, port: u16) -> Endpoint {
-        Endpoint {
-            host: host.into(),
-            port,
-        }
-    }
-
     #[test]
     fn key_slots_match_redis() {
         // Values from `redis-cli CLUSTER KEYSLOT`.
@@ -535,7 +528,7 @@ mod tests {
             Some(Redirect {
                 kind: RedirectKind::Moved,
                 slot: 3999,
-                target: endpoint("127.0.0.1", 6381)
+                target: Endpoint::new("127.0.0.1", 6381)
             })
         );
         assert_eq!(
@@ -543,12 +536,12 @@ mod tests {
             Some(Redirect {
                 kind: RedirectKind::Ask,
                 slot: 16383,
-                target: endpoint("::1", 7000)
+                target: Endpoint::new("::1", 7000)
             })
         );
         assert_eq!(
             parse_redirect("MOVED 1 :7002", "10.0.0.5").unwrap().target,
-            endpoint("10.0.0.5", 7002)
+            Endpoint::new("10.0.0.5", 7002)
         );
     }
 
@@ -605,12 +598,12 @@ mod tests {
                 SlotRange {
                     first: 0,
                     last: 5460,
-                    master: endpoint("127.0.0.1", 30001)
+                    master: Endpoint::new("127.0.0.1", 30001)
                 },
                 SlotRange {
                     first: 5461,
                     last: 10922,
-                    master: endpoint("seed.local", 30002)
+                    master: Endpoint::new("seed.local", 30002)
                 },
             ]
         );
@@ -644,7 +637,7 @@ mod tests {
         ListCursor {
             position: None,
             node_scan: Some(NodeScan {
-                node: endpoint("::1", 7000),
+                node: Endpoint::new("::1", 7000),
                 position: 17,
                 owned_before,
             }),
@@ -783,7 +776,7 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 6000 [5000->-0
             let text = format!("ASK {slot} {host}:{port}");
             let parsed = parse_redirect(&text, "h").unwrap();
             prop_assert_eq!(parsed.slot, slot);
-            prop_assert_eq!(parsed.target, endpoint(&host, port));
+            prop_assert_eq!(parsed.target, Endpoint::new(&host, port));
         }
 
         #[test]
@@ -801,7 +794,7 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 6000 [5000->-0
             let cursor = if cluster {
                 ListCursor {
                     position: None,
-                    node_scan: Some(NodeScan { node: endpoint("n1.local", 7000), position, owned_before: covered.clone() }),
+                    node_scan: Some(NodeScan { node: Endpoint::new("n1.local", 7000), position, owned_before: covered.clone() }),
                     covered,
                     node_scans,
                     pending,

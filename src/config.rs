@@ -16,13 +16,10 @@ use std::time::Duration;
 use crate::text::excerpt;
 use crate::transport::Endpoint;
 
-pub const DEFAULT_KEY_PREFIX: &str = "research_task:";
-/// 7 days, as the original service's `SETEX` used.
-pub const DEFAULT_TTL_SECONDS: u64 = 604_800;
-pub const MAX_TTL_SECONDS: u64 = 3_153_600_000;
-pub const DEFAULT_TIMEOUT_MS: u32 = 5_000;
-pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
-pub use taskstore_model::document::{DEFAULT_MAX_DOCUMENT_BYTES, MAX_DOCUMENT_BYTES_LIMIT};
+pub use taskstore_model::limits::{
+    DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TTL_SECONDS,
+    MAX_DOCUMENT_BYTES_LIMIT, MAX_TIMEOUT_MS, MAX_TTL_SECONDS, MIN_DOCUMENT_BYTES_LIMIT,
+};
 pub const DEFAULT_PORT: u16 = 6379;
 
 /// Declares a struct with the fields of the WIT `options` record, any further fields given,
@@ -165,9 +162,9 @@ impl StoreSettings {
         let max_document_bytes = options
             .max_document_bytes
             .unwrap_or(DEFAULT_MAX_DOCUMENT_BYTES);
-        if !(2..=MAX_DOCUMENT_BYTES_LIMIT).contains(&max_document_bytes) {
+        if !(MIN_DOCUMENT_BYTES_LIMIT..=MAX_DOCUMENT_BYTES_LIMIT).contains(&max_document_bytes) {
             return Err(ConfigError(format!(
-                "maximum document size of {max_document_bytes} bytes is out of range: it must be between 2 and {MAX_DOCUMENT_BYTES_LIMIT}"
+                "maximum document size of {max_document_bytes} bytes is out of range: it must be between {MIN_DOCUMENT_BYTES_LIMIT} and {MAX_DOCUMENT_BYTES_LIMIT}"
             )));
         }
         let tls = if redis.tls {
@@ -628,17 +625,10 @@ pub fn text_showing_password(url: &str, password: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn endpoint(host: &str, port: u16) -> Endpoint {
-        Endpoint {
-            host: host.into(),
-            port,
-        }
-    }
-
     #[test]
     fn parses_plain_host_with_default_port_and_database() {
         let url = RedisUrl::parse("redis://localhost").unwrap();
-        assert_eq!(url.endpoint, endpoint("localhost", 6379));
+        assert_eq!(url.endpoint, Endpoint::new("localhost", 6379));
         assert_eq!(url.credentials, None);
         assert_eq!(url.database, 0);
     }
@@ -646,7 +636,7 @@ mod tests {
     #[test]
     fn parses_password_only_userinfo_as_requirepass() {
         let url = RedisUrl::parse("redis://:s3cr%40t@127.0.0.1:7000/2").unwrap();
-        assert_eq!(url.endpoint, endpoint("127.0.0.1", 7000));
+        assert_eq!(url.endpoint, Endpoint::new("127.0.0.1", 7000));
         let credentials = url.credentials.unwrap();
         assert_eq!(credentials.username, None);
         assert_eq!(credentials.password.expose(), "s3cr@t");
@@ -659,14 +649,14 @@ mod tests {
         let credentials = url.credentials.unwrap();
         assert_eq!(credentials.username.as_deref(), Some("worker"));
         assert_eq!(credentials.password.expose(), "p:w");
-        assert_eq!(url.endpoint, endpoint("redis.internal", 6380));
+        assert_eq!(url.endpoint, Endpoint::new("redis.internal", 6380));
     }
 
     #[test]
     fn rediss_scheme_asks_for_tls_and_redis_does_not() {
         let url = RedisUrl::parse("rediss://:pw@cache.example:6380/1").unwrap();
         assert!(url.tls);
-        assert_eq!(url.endpoint, endpoint("cache.example", 6380));
+        assert_eq!(url.endpoint, Endpoint::new("cache.example", 6380));
         assert_eq!(url.database, 1);
         assert!(RedisUrl::parse("REDISS://h").unwrap().tls);
         assert!(!RedisUrl::parse("redis://h").unwrap().tls);
@@ -698,9 +688,9 @@ mod tests {
     fn parses_bracketed_ipv6() {
         assert_eq!(
             RedisUrl::parse("redis://[::1]:6390").unwrap().endpoint,
-            endpoint("::1", 6390)
+            Endpoint::new("::1", 6390)
         );
-        assert_eq!(endpoint("::1", 6390).to_string(), "[::1]:6390");
+        assert_eq!(Endpoint::new("::1", 6390).to_string(), "[::1]:6390");
     }
 
     #[test]
@@ -781,7 +771,7 @@ mod tests {
                     parsed.credentials.as_ref().unwrap().password.expose(),
                     password
                 );
-                assert_eq!(parsed.endpoint, endpoint(host, port));
+                assert_eq!(parsed.endpoint, Endpoint::new(host, port));
             }
         }
         let parsed =
@@ -833,22 +823,22 @@ mod tests {
         assert_eq!(
             url.cluster_seeds,
             vec![
-                endpoint("10.0.0.1", 7000),
-                endpoint("::1", 7001),
-                endpoint("node-c", 6379)
+                Endpoint::new("10.0.0.1", 7000),
+                Endpoint::new("::1", 7001),
+                Endpoint::new("node-c", 6379)
             ]
         );
-        assert_eq!(url.endpoint, endpoint("10.0.0.1", 7000));
+        assert_eq!(url.endpoint, Endpoint::new("10.0.0.1", 7000));
         assert_eq!(url.credentials.as_ref().unwrap().password.expose(), "p!");
-        let node = url.for_node(endpoint("127.0.0.1", 7005));
-        assert_eq!(node.endpoint, endpoint("127.0.0.1", 7005));
+        let node = url.for_node(Endpoint::new("127.0.0.1", 7005));
+        assert_eq!(node.endpoint, Endpoint::new("127.0.0.1", 7005));
         assert!(!node.is_cluster());
         assert_eq!(node.credentials, url.credentials);
         assert_eq!(
             RedisUrl::parse("REDIS+CLUSTER://h/0")
                 .unwrap()
                 .cluster_seeds,
-            vec![endpoint("h", 6379)]
+            vec![Endpoint::new("h", 6379)]
         );
     }
 
@@ -858,9 +848,9 @@ mod tests {
         assert!(url.is_cluster() && url.tls);
         assert_eq!(
             url.cluster_seeds,
-            vec![endpoint("a", 7000), endpoint("b", 7001)]
+            vec![Endpoint::new("a", 7000), Endpoint::new("b", 7001)]
         );
-        let node = url.for_node(endpoint("c", 7002));
+        let node = url.for_node(Endpoint::new("c", 7002));
         assert!(node.tls, "a discovered node is dialled over TLS too");
         assert!(!RedisUrl::parse("redis+cluster://a:7000").unwrap().tls);
 

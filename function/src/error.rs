@@ -135,7 +135,9 @@ impl ApiError {
                     .logged(log)
             }
             // A deployment mistake: retrying cannot help, so not 503.
-            SettingsError::Missing(_) | SettingsError::Invalid { .. } => {
+            SettingsError::Missing(_)
+            | SettingsError::Invalid { .. }
+            | SettingsError::OutOfRange { .. } => {
                 let message = err.to_string();
                 ApiError::new(500, "configuration", message.clone()).logged(message)
             }

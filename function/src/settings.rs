@@ -4,8 +4,11 @@
 
 use std::fmt;
 
+use taskstore_model::limits;
+
 /// `max-document-bytes` when the key is unset: the largest request body read and the largest
-/// document created (1 MiB). Lower than the store's own default (16 MiB) because this function
+/// document created (1 MiB). Lower than the store's own default
+/// ([`limits::DEFAULT_MAX_DOCUMENT_BYTES`], 16 MiB) because this function
 /// runs in a small instance (64 MiB under `taskstore serve`) that holds several copies of a
 /// document while serving it; see [`Settings::min_memory_bytes`].
 pub const DEFAULT_MAX_DOCUMENT_BYTES: u32 = 1024 * 1024;
@@ -16,7 +19,7 @@ pub const DEFAULT_MAX_DOCUMENT_BYTES: u32 = 1024 * 1024;
 /// stack, allocator slack). Measured: a 1 MiB document of 60,000 members needs 10 MiB to be
 /// created, read, patched and listed (8 MiB fails in the patch); 8 copies + 4 MiB = 12 MiB
 /// leaves a fifth to spare. Checked by `serve::a_document_of_the_largest_size_fits_the_
-/// smallest_allowed_memory` (host CLI tests).
+/// smallest_allowed_memory` (the CLI tests, `cli/tests/cli/serve.rs`).
 const DOCUMENT_COPIES_IN_MEMORY: usize = 8;
 const BASE_MEMORY_BYTES: usize = 4 * 1024 * 1024;
 
@@ -75,6 +78,12 @@ pub enum SettingsError {
         key: &'static str,
         expected: &'static str,
     },
+    /// A numeric key is not plain decimal digits, or is outside the store's documented range.
+    OutOfRange {
+        key: &'static str,
+        min: u64,
+        max: u64,
+    },
     /// The config source itself failed; `message` is the host's and is for logs only.
     Unavailable { key: &'static str, message: String },
 }
@@ -85,6 +94,12 @@ impl fmt::Display for SettingsError {
             SettingsError::Missing(key) => write!(f, "config key `{key}` is not set"),
             SettingsError::Invalid { key, expected } => {
                 write!(f, "config key `{key}` must be {expected}")
+            }
+            SettingsError::OutOfRange { key, min, max } => {
+                write!(
+                    f,
+                    "config key `{key}` must be an integer from {min} to {max}"
+                )
             }
             SettingsError::Unavailable { key, .. } => {
                 write!(f, "the config source failed to read `{key}`")
@@ -114,22 +129,19 @@ impl Settings {
             TIMEOUT_MS,
             get(TIMEOUT_MS)?,
             1,
-            3_600_000,
-            "an integer from 1 to 3600000",
+            u64::from(limits::MAX_TIMEOUT_MS),
         )?;
         let default_ttl_seconds = parse_in_range(
             DEFAULT_TTL_SECONDS,
             get(DEFAULT_TTL_SECONDS)?,
             1,
-            3_153_600_000,
-            "an integer from 1 to 3153600000",
+            limits::MAX_TTL_SECONDS,
         )?;
         let max_document_bytes = parse_in_range(
             MAX_DOCUMENT_BYTES,
             get(MAX_DOCUMENT_BYTES)?,
-            2,
-            536_870_912,
-            "an integer from 2 to 536870912",
+            u64::from(limits::MIN_DOCUMENT_BYTES_LIMIT),
+            u64::from(limits::MAX_DOCUMENT_BYTES_LIMIT),
         )?;
         let tls_ca_certificates = get(TLS_CA_CERTIFICATES)?;
         let danger_accept_invalid_certificates =
@@ -182,12 +194,11 @@ fn parse_in_range(
     value: Option<String>,
     min: u64,
     max: u64,
-    expected: &'static str,
 ) -> Result<Option<u64>, SettingsError> {
     let Some(value) = value else {
         return Ok(None);
     };
-    let invalid = SettingsError::Invalid { key, expected };
+    let invalid = SettingsError::OutOfRange { key, min, max };
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid);
     }
@@ -277,11 +288,16 @@ mod tests {
         ] {
             let err = load(&[(REDIS_URL, "redis://h"), (key, bad)]).unwrap_err();
             assert!(
-                matches!(err, SettingsError::Invalid { key: k, .. } if k == key),
+                matches!(err, SettingsError::OutOfRange { key: k, .. } if k == key),
                 "{key}={bad:?} gave {err:?}"
             );
             assert!(err.to_string().contains(key), "{err}");
         }
+        let err = load(&[(REDIS_URL, "redis://h"), (MAX_DOCUMENT_BYTES, "1")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `max-document-bytes` must be an integer from 2 to 536870912"
+        );
     }
 
     #[test]

@@ -35,12 +35,6 @@ impl fmt::Display for DocumentError {
     }
 }
 
-/// The store's `max-document-bytes` when the options leave it unset (16 MiB).
-pub const DEFAULT_MAX_DOCUMENT_BYTES: u32 = 16 * 1024 * 1024;
-/// The largest `max-document-bytes` any caller may choose: Redis's own `proto-max-bulk-len`
-/// default, beyond which Redis would refuse the value anyway.
-pub const MAX_DOCUMENT_BYTES_LIMIT: u32 = 512 * 1024 * 1024;
-
 /// Most levels of nested objects and arrays a document or patch written through the store
 /// may have; the top-level object is level 1. serde_json's default recursion limit (128) and
 /// the WIT document the same bound, so documents that common parsers read are accepted.
@@ -426,13 +420,6 @@ fn merge_objects<'a>(target: Option<Vec<Member<'a>>>, patch: Vec<Member<'a>>, ou
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn the_size_defaults_are_the_documented_ones() {
-        // The WIT documents 16777216 as the default; Redis's `proto-max-bulk-len` is 512 MiB.
-        assert_eq!(DEFAULT_MAX_DOCUMENT_BYTES, 16_777_216);
-        assert_eq!(MAX_DOCUMENT_BYTES_LIMIT, 536_870_912);
-    }
 
     #[test]
     fn the_size_limit_is_inclusive_and_the_error_says_both_sizes() {

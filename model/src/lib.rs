@@ -7,12 +7,14 @@
 //!   `is_retryable()` / `may_have_applied()`; [`RedisErrorCode`], Redis's error replies
 //!   classified once.
 //! - [`id`]: the task id rule.
+//! - [`limits`]: the store options' defaults and bounds.
 //! - [`document`]: JSON document validation, top-level status, order-preserving merge patch.
 //! - [`redact`]: the one redactor of secrets in messages and logs.
 
 pub mod document;
 pub mod error;
 pub mod id;
+pub mod limits;
 pub mod redact;
 
 pub use error::{ErrorKind, RedisErrorCode, TaskError};

@@ -5,6 +5,19 @@
 //! multiplied link time and disk (a cold `cargo test --workspace` needed ~9 GB), and each
 //! compiled the component again. Select a group by module path, e.g.
 //! `cargo test -p taskstore-tests --test integration faults::`.
+//!
+//! # Layout
+//! - `support`: the shared runtime, a private server per test, a plain `redis` client.
+//! - `storage`, `lifecycle`: every operation and the task lifecycle on one server.
+//! - `bad_input`: invalid input, operation by operation; nothing reaches Redis.
+//! - `listing`: listing while the data changes never misses a task.
+//! - `races`: another client's write at an exact point of an operation (fault proxy).
+//! - `faults`: unreachable, restarted, hanging and misbehaving servers; host limits.
+//! - `durability`: what the store acknowledged across Redis restarts and crashes.
+//! - `security`: authentication, secrets never shown, least privilege.
+//! - `tls`: `rediss://` with a private CA.
+//! - `cluster`, `cluster_policy`: a real 3-master cluster; where its answers may lead.
+//! - `python_compat`: the original Python service's own code reads and writes our tasks.
 
 mod support;
 
