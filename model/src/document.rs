@@ -225,6 +225,9 @@ fn skip_value(bytes: &[u8], pos: usize) -> Option<usize> {
                 .iter()
                 .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
                 .map_or(bytes.len(), |offset| pos + offset);
+            // Validated JSON never has an empty scalar here (`end == pos` would need a
+            // delimiter where a value starts), so `>=` would behave the same: an equivalent
+            // mutant that cargo-mutants reports as missed.
             (end > pos).then_some(end)
         }
     }
@@ -426,6 +429,28 @@ mod tests {
         assert!(validate_document("{}", 2).is_ok());
         let err = validate_document("{ }", 2).unwrap_err();
         assert_eq!(err.to_string(), "document is 3 bytes; the limit is 2");
+    }
+
+    #[test]
+    fn the_patch_size_limit_is_inclusive() {
+        assert!(validate_patch("{}", 2).is_ok());
+        let err = validate_patch("{ }", 2).unwrap_err();
+        assert_eq!(err.to_string(), "patch is 3 bytes; the limit is 2");
+    }
+
+    #[test]
+    fn closing_brackets_inside_nested_strings_do_not_end_a_value() {
+        // The member scanner skips nested values by counting brackets: one inside a string
+        // literal must not count, or `"b"` would be taken for part of `"a"`'s value.
+        let document = r#"{"a":{"s":"}]","t":["]}"]},"b":1}"#;
+        assert_eq!(
+            merge_patch(document, r#"{"b":2}"#).unwrap(),
+            r#"{"a": {"s":"}]","t":["]}"]}, "b": 2}"#
+        );
+        assert_eq!(
+            top_level_status(r#"{"x":{"y":"}"},"status":"done"}"#).as_deref(),
+            Some("done")
+        );
     }
 
     #[test]

@@ -413,6 +413,66 @@ mod tests {
     }
 
     #[test]
+    fn every_code_is_read_and_each_question_names_exactly_its_codes() {
+        use RedisErrorCode::*;
+        let table = [
+            ("MOVED 1 h:1", Moved),
+            ("ASK 1 h:1", Ask),
+            (
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+                TryAgain,
+            ),
+            ("CLUSTERDOWN The cluster is down", ClusterDown),
+            ("LOADING Redis is loading the dataset in memory", Loading),
+            ("BUSY Redis is busy running a script", Busy),
+            ("MASTERDOWN Link with MASTER is down", MasterDown),
+            (
+                "READONLY You can't write against a read only replica.",
+                ReadOnly,
+            ),
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                OutOfMemory,
+            ),
+            ("NOAUTH Authentication required.", NoAuth),
+            ("WRONGPASS invalid username-password pair", WrongPass),
+            ("NOPERM this user has no permissions", NoPerm),
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                WrongType,
+            ),
+            (
+                "EXECABORT Transaction discarded because of previous errors.",
+                ExecAbort,
+            ),
+            ("ERR unknown command", Other),
+        ];
+        for (text, code) in table {
+            assert_eq!(RedisErrorCode::of(text), code, "{text}");
+            assert_eq!(code.is_redirect(), matches!(code, Moved | Ask), "{code:?}");
+            assert_eq!(
+                code.is_authentication(),
+                matches!(code, NoAuth | WrongPass | NoPerm),
+                "{code:?}"
+            );
+            assert_eq!(
+                code.is_transient(),
+                matches!(
+                    code,
+                    TryAgain | ClusterDown | Loading | Busy | MasterDown | ReadOnly | OutOfMemory
+                ),
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kind_displays_as_its_wit_name_and_the_message_can_be_taken() {
+        assert_eq!(ErrorKind::InvalidInput.to_string(), "invalid-input");
+        assert_eq!(TaskError::protocol("bad reply").into_message(), "bad reply");
+    }
+
+    #[test]
     fn retry_and_applied_questions_follow_the_kind() {
         assert!(TaskError::timeout("t").is_retryable());
         assert!(TaskError::timeout("t").may_have_applied());
