@@ -18,6 +18,7 @@ if ! cargo mutants --version 2>/dev/null | grep -qF "$version"; then
     cargo install --locked cargo-mutants --version "$version"
 fi
 
+mkdir -p target/mutants
 status=0
 timeout "${MUTANTS_TIME_LIMIT:-5400}" cargo mutants \
     --package taskstore --package taskstore-model \
