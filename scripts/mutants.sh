@@ -9,7 +9,8 @@
 # seconds (default 5400) and reports what it reached.
 #
 #   scripts/mutants.sh                      # everything (results in target/mutants/mutants.out)
-#   scripts/mutants.sh --file src/resp.rs   # one file; any further cargo-mutants options
+#   scripts/mutants.sh --file src/resp.rs   # only these files (the config's list is then
+#                                           # not read); any further cargo-mutants options
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,12 +20,20 @@ if ! cargo mutants --version 2>/dev/null | grep -qF "$version"; then
 fi
 
 mkdir -p target/mutants
+# `--file` on the command line adds to the config's list rather than narrowing it.
+narrow=()
+for arg in "$@"; do
+    if [ "$arg" = --file ] || [ "$arg" = -f ]; then
+        narrow=(--no-config --test-workspace=false)
+    fi
+done
+
 status=0
 timeout "${MUTANTS_TIME_LIMIT:-5400}" cargo mutants \
     --package taskstore --package taskstore-model \
     --jobs "${MUTANTS_JOBS:-1}" \
     --output target/mutants \
-    "$@" || status=$?
+    "${narrow[@]}" "$@" || status=$?
 
 out=target/mutants/mutants.out
 for outcome in caught missed timeout unviable; do
