@@ -62,6 +62,8 @@ impl std::error::Error for ProtocolError {}
 /// `*<argc>\r\n` then, per argument, `$<len>\r\n<bytes>\r\n`. Arguments are never split or
 /// joined, so values containing spaces, quotes or CRLF travel verbatim.
 pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    // A capacity hint only (headers are at most 16 bytes): a different figure changes
+    // allocations, never the bytes written, so cargo-mutants' `+`→`*` here are equivalent.
     let payload: usize = args.iter().map(|arg| arg.len() + 16).sum();
     out.reserve(payload + 16);
     push_header(out, b'*', args.len());
@@ -196,6 +198,8 @@ impl ReplyScan {
                                 limits.max_bulk_bytes
                             )));
                         }
+                        // `>=` here is an equivalent mutant: a bulk ending exactly at the
+                        // budget still has its CRLF to come, which the check below refuses.
                         if pos as u64 + len > limits.max_reply_bytes as u64 {
                             return Err(over_budget(limits));
                         }
@@ -214,6 +218,7 @@ impl ReplyScan {
                 },
                 b'*' => match parse_integer(line) {
                     Some(-1) | Some(0) => {}
+                    // (`len >= 0` would be an equivalent mutant: 0 is matched just above.)
                     Some(len) if len > 0 => {
                         if len as u64 > limits.max_array_len as u64 {
                             return Err(ProtocolError(format!(
@@ -291,6 +296,76 @@ mod tests {
 
     fn decode(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
         decode_reply(buf, &LIMITS)
+    }
+
+    fn budget(max_reply_bytes: usize) -> ReplyLimits {
+        ReplyLimits {
+            max_reply_bytes,
+            ..LIMITS
+        }
+    }
+
+    #[test]
+    fn error_replies_are_classified_and_nothing_else_is() {
+        assert_eq!(
+            error_code(&Reply::Error("MOVED 1 127.0.0.1:7000".into())),
+            Some(RedisErrorCode::Moved)
+        );
+        assert_eq!(
+            error_code(&Reply::Error("ERR unknown".into())),
+            Some(RedisErrorCode::Other)
+        );
+        assert_eq!(error_code(&Reply::SimpleString("MOVED".into())), None);
+        assert_eq!(ProtocolError("bad".into()).to_string(), "bad");
+    }
+
+    #[test]
+    fn an_empty_command_is_an_empty_array() {
+        let mut out = Vec::new();
+        encode_command(&mut out, &[]);
+        assert_eq!(out, b"*0\r\n");
+    }
+
+    #[test]
+    fn a_line_may_grow_to_exactly_the_line_limit_while_it_arrives() {
+        let mut line = vec![b'+'];
+        line.resize(ReplyLimits::MAX_LINE_BYTES, b'a');
+        assert_eq!(check_reply(&line, &LIMITS), Ok(false));
+        line.push(b'a');
+        let err = check_reply(&line, &LIMITS).unwrap_err();
+        assert_eq!(err.0, "reply line longer than 65536 bytes");
+    }
+
+    #[test]
+    fn the_reply_budget_is_inclusive_and_counts_only_this_reply() {
+        // 9 bytes: accepted with a budget of 9, refused with 8.
+        assert_eq!(check_reply(b"$3\r\nabc\r\n", &budget(9)), Ok(true));
+        assert!(check_reply(b"$3\r\nabc\r\n", &budget(8)).is_err());
+        assert_eq!(check_reply(b"+OK\r\n", &budget(5)), Ok(true));
+        // An incomplete reply may fill the budget exactly, not more.
+        assert_eq!(check_reply(b"*2\r\n+abc\r", &budget(9)), Ok(false));
+        assert!(check_reply(b"*2\r\n+abc\r\n", &budget(9)).is_err());
+        // Bytes after a complete reply (the next pipelined reply) are not this reply's.
+        assert_eq!(check_reply(b"+OK\r\n+NEXT\r\n", &budget(5)), Ok(true));
+    }
+
+    #[test]
+    fn negative_lengths_other_than_minus_one_are_bad_headers() {
+        let err = check_reply(b"$-2\r\n", &LIMITS).unwrap_err();
+        assert!(err.0.contains("bulk length"), "{err}");
+        let err = check_reply(b"*-2\r\n", &LIMITS).unwrap_err();
+        assert!(err.0.contains("array length"), "{err}");
+    }
+
+    #[test]
+    fn an_array_may_have_exactly_the_element_limit() {
+        let mut reply = format!("*{}\r\n", LIMITS.max_array_len).into_bytes();
+        for _ in 0..LIMITS.max_array_len {
+            reply.extend_from_slice(b":1\r\n");
+        }
+        assert_eq!(check_reply(&reply, &LIMITS), Ok(true));
+        let over = format!("*{}\r\n", LIMITS.max_array_len + 1);
+        assert!(check_reply(over.as_bytes(), &LIMITS).is_err());
     }
 
     fn decode_whole(buf: &[u8]) -> Reply {
