@@ -407,6 +407,9 @@ impl ListCursor {
     /// (`p` repeated), canonical numbers, lowercase hex, nothing else. `None` if malformed.
     /// Pending ids are returned as text; the caller checks them as ids.
     pub fn parse(text: &str, cluster: bool) -> Option<ListCursor> {
+        // A cheap guard before any work; a text it lets through is refused by the checks
+        // below anyway (no valid cursor is empty or longer), so cargo-mutants' `&&`/`>=`
+        // here survive as equivalent mutants.
         if text.is_empty() || text.len() > MAX_CURSOR_BYTES {
             return None;
         }
@@ -484,6 +487,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
     };
     text.as_bytes()
         .chunks_exact(2)
+        // `^` for `|` is an equivalent mutant: the two nibbles never share a bit.
         .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
         .collect()
 }
@@ -752,16 +756,89 @@ mod tests {
     }
 
     #[test]
+    fn slot_sets_touch_exactly_the_slot_named_and_ignore_slots_out_of_range() {
+        let mut set = SlotSet::default();
+        set.insert_range(0, 200);
+        set.remove(64);
+        set.remove(130);
+        assert_eq!(set.ranges(), vec![(0, 63), (65, 129), (131, 200)]);
+        assert!(!set.contains(64) && set.contains(63) && set.contains(65));
+        // 16384 is one past the last slot: ignored, never a panic.
+        set.insert(SLOT_COUNT as u16);
+        set.remove(SLOT_COUNT as u16);
+        assert!(!set.contains(SLOT_COUNT as u16));
+        let mut last = SlotSet::default();
+        last.insert(SLOT_COUNT as u16 - 1);
+        assert_eq!(last.ranges(), vec![(16383, 16383)]);
+    }
+
+    #[test]
+    fn add_intersection_adds_the_common_slots_and_keeps_the_rest() {
+        let (mut a, mut b, mut into) = (SlotSet::default(), SlotSet::default(), SlotSet::default());
+        a.insert_range(0, 99);
+        b.insert_range(50, 149);
+        into.insert(1000);
+        into.add_intersection(&a, &b);
+        assert_eq!(into.ranges(), vec![(50, 99), (1000, 1000)]);
+    }
+
+    #[test]
+    fn range_text_that_reaches_the_limit_exactly_is_not_cut_short() {
+        // 817 four-digit singletons and two five-digit ones make "r1000_1002_…_10002": exactly
+        // MAX_TEXT_BYTES (1 + 817 × 5 + 2 × 6 = 4097). Two more ranges follow, so the text
+        // form must switch to the bitmap rather than stop at the limit.
+        let mut set = SlotSet::default();
+        for i in 0..817 {
+            set.insert(1000 + 2 * i);
+        }
+        for slot in [10000, 10002, 10004, 10006] {
+            set.insert(slot);
+        }
+        let text = set.to_text();
+        assert!(text.starts_with('b'), "{}", &text[..20]);
+        assert!(text.len() <= SlotSet::MAX_TEXT_BYTES);
+        assert_eq!(SlotSet::parse(&text), Some(set));
+    }
+
+    #[test]
+    fn pending_ids_may_fill_the_cursor_budget_exactly() {
+        assert_eq!(
+            ListCursor::pending_text_bytes(&["ab".into(), "c".into()]),
+            6 + 4
+        );
+        // One id of 4095 bytes takes `.p` + 8190 hex digits = 8192 bytes: the whole budget.
+        let cursor = |len: usize| ListCursor {
+            pending: vec!["x".repeat(len)],
+            ..ListCursor::start()
+        };
+        let fits = cursor(4095).format(false);
+        assert_eq!(ListCursor::parse(&fits, false), Some(cursor(4095)));
+        let over = cursor(4096).format(false);
+        assert_eq!(ListCursor::parse(&over, false), None);
+    }
+
+    #[test]
+    fn a_single_slot_range_is_a_valid_cluster_slots_entry() {
+        let reply = Reply::Array(vec![Reply::Array(vec![
+            Reply::Integer(7),
+            Reply::Integer(7),
+            node("127.0.0.1", 7000),
+        ])]);
+        let ranges = parse_cluster_slots(&reply, "seed").unwrap();
+        assert_eq!((ranges[0].first, ranges[0].last), (7, 7));
+    }
+
+    #[test]
     fn stable_own_slots_leave_out_migrating_and_importing_slots() {
         let nodes = "\
 07c3 127.0.0.1:30004@40004 master - 0 1 4 connected 5461-10922
 e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 6000 [5000->-07c3] [7000-<-07c3]
 ";
-        let mut expected = SlotSet::default();
-        expected.insert_range(0, 5460);
-        expected.remove(5000);
-        expected.insert(6000);
-        assert_eq!(stable_own_slots(nodes), Ok(expected));
+        // The expected set is written as ranges, not built with the code under test.
+        let stable = stable_own_slots(nodes).unwrap();
+        assert_eq!(stable.ranges(), vec![(0, 4999), (5001, 5460), (6000, 6000)]);
+        let out_of_range = "e7d1 h:1@2 myself,master - 0 0 1 connected 0-5 [16384->-07c3]";
+        assert!(stable_own_slots(out_of_range).is_err());
         assert!(stable_own_slots("e7d1 h:1@2 master - 0 0 1 connected 0-5460").is_err());
         assert!(stable_own_slots("e7d1 h:1@2 myself,master - 0 0 1 connected 9-x").is_err());
         assert!(stable_own_slots("e7d1 h:1@2 myself,master - 0 0 1 connected 0-16384").is_err());

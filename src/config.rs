@@ -626,6 +626,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_and_display_show_what_they_should_and_no_secret() {
+        let options = StoreOptions::new("redis://:hunter2@cache.local:6380/2");
+        let shown = format!("{options:?}");
+        assert!(shown.starts_with("StoreOptions {"), "{shown}");
+        assert!(
+            shown.contains("cache.local:6380/2") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
+        assert_eq!(ConfigError("bad URL".into()).to_string(), "bad URL");
+    }
+
+    #[test]
+    fn a_cluster_url_may_name_exactly_the_seed_limit() {
+        let seeds = |n: u16| -> String {
+            (0..n)
+                .map(|i| format!("127.0.0.1:{}", 7000 + i))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let at_limit = format!("redis+cluster://{}", seeds(MAX_CLUSTER_SEEDS as u16));
+        assert_eq!(
+            RedisUrl::parse(&at_limit).unwrap().cluster_seeds.len(),
+            MAX_CLUSTER_SEEDS
+        );
+        let over = format!("redis+cluster://{}", seeds(MAX_CLUSTER_SEEDS as u16 + 1));
+        assert!(RedisUrl::parse(&over).is_err());
+    }
+
+    #[test]
+    fn percent_encoding_keeps_exactly_the_unreserved_bytes() {
+        assert_eq!(percent_encode("aZ9-._~"), "aZ9-._~");
+        assert_eq!(percent_encode("a b/@:é"), "a%20b%2F%40%3A%C3%A9");
+    }
+
+    #[test]
+    fn a_bracketed_ipv6_host_takes_a_port_or_nothing_else() {
+        let url = RedisUrl::parse("redis://[::1]").unwrap();
+        assert_eq!(url.endpoint, Endpoint::new("::1", DEFAULT_PORT));
+        assert!(RedisUrl::parse("redis://[::1]x").is_err());
+        assert!(RedisUrl::parse("redis://[::1]x:6379").is_err());
+    }
+
+    #[test]
+    fn a_url_without_userinfo_is_shown_unchanged() {
+        assert_eq!(
+            redact_url("redis://cache.local:6380/2"),
+            "redis://cache.local:6380/2"
+        );
+        assert_eq!(redact_url("redis://u:p@h"), "redis://***@h");
+    }
+
+    #[test]
     fn parses_plain_host_with_default_port_and_database() {
         let url = RedisUrl::parse("redis://localhost").unwrap();
         assert_eq!(url.endpoint, Endpoint::new("localhost", 6379));
