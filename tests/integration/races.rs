@@ -476,3 +476,117 @@ fn updates_from_several_writers_while_their_slot_moves_are_never_lost() {
         "the writers barely worked: {acknowledged} updates in {steps} steps"
     );
 }
+
+#[test]
+fn a_key_migrated_between_get_and_exec_makes_update_follow_it_and_keep_every_write() {
+    let cluster = RedisCluster::start(3).expect("a 3-master redis cluster starts");
+    let (slot, ids) = ids_in_one_slot(&cluster, 0, 1);
+    let (source, target) = (0, 1);
+    let (source_id, target_id) = (
+        cluster.node_id(source).unwrap(),
+        cluster.node_id(target).unwrap(),
+    );
+    // Node 0 tells clients it is at the proxy's port, so the store reaches it through the
+    // proxy (and the other masters directly): the proxy can act between the steps of an
+    // update on the node that holds the key.
+    let proxy = FaultProxy::start(cluster.nodes()[source].addr());
+    let proxy_port = proxy.addr().port().to_string();
+    assert_ok(
+        &cluster
+            .command(
+                source,
+                &[
+                    b"CONFIG",
+                    b"SET",
+                    b"cluster-announce-port",
+                    proxy_port.as_bytes(),
+                ],
+            )
+            .unwrap(),
+    );
+    let announced = eventually(PLAIN_TIMEOUT, || {
+        let slots = cluster.command(source, &[b"CLUSTER", b"SLOTS"]).unwrap();
+        slots
+            .windows(proxy_port.len())
+            .any(|w| w == proxy_port.as_bytes())
+    });
+    assert!(announced, "node 0 never announced the proxy's port");
+    let mut store = open_with(Options::new(format!("redis+cluster://{}", proxy.addr()))).unwrap();
+    let id = &ids[0];
+    store.set(id, DOC, None).unwrap();
+
+    let slot = slot.to_string();
+    assert_ok(
+        &cluster
+            .command(
+                target,
+                &[
+                    b"CLUSTER",
+                    b"SETSLOT",
+                    slot.as_bytes(),
+                    b"IMPORTING",
+                    source_id.as_bytes(),
+                ],
+            )
+            .unwrap(),
+    );
+    assert_ok(
+        &cluster
+            .command(
+                source,
+                &[
+                    b"CLUSTER",
+                    b"SETSLOT",
+                    slot.as_bytes(),
+                    b"MIGRATING",
+                    target_id.as_bytes(),
+                ],
+            )
+            .unwrap(),
+    );
+    // First attempt, after its WATCH + GET on the source: another client writes the task,
+    // so Redis aborts the EXEC. Second attempt, same place: the key leaves for the target,
+    // so the source refuses the queued SET with ASK. (One fault per batch: the MULTI's
+    // fault fires in the first attempt's MULTI/SET/EXEC batch, the EXEC's in the second.)
+    let target_port = cluster.nodes()[target].port().to_string();
+    proxy.arm("MULTI", injected_write(id), 1);
+    proxy.arm(
+        "EXEC",
+        Fault::WriteFirst(vec![
+            b"MIGRATE".to_vec(),
+            b"127.0.0.1".to_vec(),
+            target_port.into_bytes(),
+            key(id).into_bytes(),
+            b"0".to_vec(),
+            b"5000".to_vec(),
+        ]),
+        1,
+    );
+
+    let updated = store
+        .update(id, r#"{"progress":50}"#, &UpdateOptions::default())
+        .expect("the update follows the key")
+        .expect("the task exists");
+
+    // Two attempts on the source, both stopped short of writing; the third ran whole on
+    // the target (following the ASK, not through the proxy), from the other client's
+    // version, with nothing surfacing to the caller.
+    assert_eq!(proxy.seen("WATCH"), 2);
+    assert_eq!(proxy.seen("EXEC"), 2);
+    let mut on_target = plain_url(&format!("redis://{}", cluster.nodes()[target].addr()));
+    let () = redis::cmd("ASKING").query(&mut on_target).unwrap();
+    let stored: Value = serde_json::from_slice(
+        &plain_get(&mut on_target, &key(id)).expect("the task is on the target"),
+    )
+    .unwrap();
+    assert_eq!(
+        stored,
+        serde_json::json!({
+            "status": "pending",
+            "progress": 50,
+            "note": "written by another client",
+        }),
+        "neither the other client's write nor the patch may be lost"
+    );
+    assert_eq!(serde_json::from_str::<Value>(&updated).unwrap(), stored);
+}
