@@ -444,6 +444,17 @@ fn single_operations_scrub_a_password_the_server_echoes() {
                 .update("t1", r#"{"progress": 1}"#, &UpdateOptions::default())
                 .unwrap_err(),
         ));
+        // ... or the GET succeeds and Redis refuses the SET queued in MULTI/SET/EXEC.
+        let mut queued = b"+OK\r\n".to_vec();
+        queued.extend_from_slice(&echo);
+        queued.extend_from_slice(b"-EXECABORT Transaction discarded\r\n");
+        proxy.arm("MULTI", Fault::Reply(queued), 1);
+        errors.push((
+            "update's SET",
+            store
+                .update("t1", r#"{"progress": 1}"#, &UpdateOptions::default())
+                .unwrap_err(),
+        ));
         proxy.arm("DEL", Fault::Reply(echo.clone()), 1);
         errors.push(("delete", store.delete("t1").unwrap_err()));
         proxy.arm("TTL", Fault::Reply(echo.clone()), 1);
