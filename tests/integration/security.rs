@@ -2,7 +2,10 @@
 //!
 //! Credentials come from the URL (`redis://:password@host` for `requirepass`,
 //! `redis://user:password@host` for an ACL user) and are checked when the store opens. The
-//! password must never show in an error, in `Debug` output, or in a trap report. The
+//! password must never show in an error, in `Debug` output, or in a trap report — not even
+//! when the server itself quotes it: every path that passes on server text (each single
+//! operation, `set-many`'s per-item errors, the batches, `AUTH` at open and on reconnect)
+//! is checked against an echoing server, for passwords of 1, 2, 3 and 16 characters. The
 //! component gets TCP to the Redis address and nothing else; `host/src/sandbox.rs` checks
 //! that on the WASI context itself, the test here from outside.
 
