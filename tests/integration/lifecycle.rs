@@ -144,17 +144,12 @@ fn concurrent_patches_from_instances_and_a_plain_client_are_all_kept() {
                 start.wait();
                 for patch in 0..PATCHES {
                     let patch = format!(r#"{{"w{worker}_{patch}": true}}"#);
-                    let mut attempts = 0;
-                    // `contended` means nothing was written and a retry may succeed.
-                    loop {
-                        attempts += 1;
-                        match store.update("shared", &patch, &UpdateOptions::default()) {
-                            Ok(Some(_)) => break,
-                            Err(error) if error.kind() == ErrorKind::Contended && attempts < 10 => {
-                                continue
-                            }
-                            other => panic!("worker {worker}, {patch}: {other:?}"),
-                        }
+                    // No retry here: the component retries a contended update itself (up
+                    // to 100 times), and five writers never exhaust that; a `contended`
+                    // surfacing here means its own retry loop stopped working.
+                    match store.update("shared", &patch, &UpdateOptions::default()) {
+                        Ok(Some(_)) => {}
+                        other => panic!("worker {worker}, {patch}: {other:?}"),
                     }
                 }
             })

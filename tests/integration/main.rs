@@ -14,6 +14,7 @@
 //! - `races`: another client's write at an exact point of an operation (fault proxy).
 //! - `faults`: unreachable, restarted, hanging and misbehaving servers; host limits.
 //! - `durability`: what the store acknowledged across Redis restarts and crashes.
+//! - `real_failures`: `READONLY` from a real replica, `LOADING` from a server loading.
 //! - `security`: authentication, secrets never shown, least privilege.
 //! - `tls`: `rediss://` with a private CA.
 //! - `cluster`, `cluster_policy`: a real 3-master cluster; where its answers may lead.
@@ -30,6 +31,7 @@ mod lifecycle;
 mod listing;
 mod python_compat;
 mod races;
+mod real_failures;
 mod security;
 mod storage;
 mod tls;

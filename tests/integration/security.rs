@@ -2,7 +2,10 @@
 //!
 //! Credentials come from the URL (`redis://:password@host` for `requirepass`,
 //! `redis://user:password@host` for an ACL user) and are checked when the store opens. The
-//! password must never show in an error, in `Debug` output, or in a trap report. The
+//! password must never show in an error, in `Debug` output, or in a trap report — not even
+//! when the server itself quotes it: every path that passes on server text (each single
+//! operation, `set-many`'s per-item errors, the batches, `AUTH` at open and on reconnect)
+//! is checked against an echoing server, for passwords of 1, 2, 3 and 16 characters. The
 //! component gets TCP to the Redis address and nothing else; `host/src/sandbox.rs` checks
 //! that on the WASI context itself, the test here from outside.
 
@@ -374,4 +377,164 @@ fn password_changed_under_an_open_store_is_an_authentication_error_on_reconnect(
 
     let message = assert_authentication(store.get("t1"));
     assert!(!message.contains("old-password"), "{message}");
+}
+
+// --- a server that echoes the password, on every path that carries its text -------------
+
+/// Passwords of every length the redactor must handle, 1, 2, 3 and 16 characters, made of
+/// characters that occur in no message template, address or document here: any of them
+/// left in a message is the password leaking.
+const ECHOED_PASSWORDS: [&str; 4] = ["§", "§¤", "§¤¶", "§¤¶µ¦¬°±²³·¸¹º¼½"];
+
+/// `password` percent-encoded for a URL's userinfo (UTF-8 bytes as `%XX`).
+fn percent_encoded(password: &str) -> String {
+    password.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// A Redis error reply that quotes `password`, as a server (or a proxy) might.
+fn echoing(password: &str) -> Vec<u8> {
+    format!("-ERR echoed {password} back\r\n").into_bytes()
+}
+
+/// `error` is a `kind` error that passes on the server's echoing text, password redacted.
+#[track_caller]
+fn assert_scrubbed(what: &str, password: &str, error: &TaskError, kind: ErrorKind) {
+    let shown = shown(error);
+    assert_eq!(error.kind(), kind, "{what}: {shown}");
+    for c in password.chars() {
+        assert!(
+            !shown.contains(c),
+            "{what}: {c:?} of the password in {shown}"
+        );
+    }
+    // The server's text did come through (so the check above looked at it), scrubbed.
+    assert!(
+        error.message().contains("echoed *** back"),
+        "{what}: {shown}"
+    );
+}
+
+/// A server requiring `password`, a fault proxy in front of it, and a store opened through
+/// the proxy with the password in its URL.
+fn echoing_setup(password: &str) -> (RedisServer, FaultProxy, taskstore_host::TaskStore) {
+    let server = requirepass(password);
+    let proxy = FaultProxy::start(server.addr());
+    let url = format!("redis://:{}@{}", percent_encoded(password), proxy.addr());
+    let store = open_with(Options::new(url)).expect("the store opens with the password");
+    (server, proxy, store)
+}
+
+#[test]
+fn single_operations_scrub_a_password_the_server_echoes() {
+    for password in ECHOED_PASSWORDS {
+        let (_server, proxy, mut store) = echoing_setup(password);
+        store.set("t1", DOC, None).unwrap();
+        let echo = echoing(password);
+        let mut errors = Vec::new();
+        proxy.arm("GET", Fault::Reply(echo.clone()), 1);
+        errors.push(("get", store.get("t1").unwrap_err()));
+        proxy.arm("SETEX", Fault::Reply(echo.clone()), 1);
+        errors.push(("set", store.set("t1", DOC, None).unwrap_err()));
+        proxy.arm("SET", Fault::Reply(echo.clone()), 1);
+        errors.push(("create", store.create("t2", DOC, None).unwrap_err()));
+        // `update` pipelines WATCH with its GET: WATCH succeeds, the GET is refused.
+        let mut watched = b"+OK\r\n".to_vec();
+        watched.extend_from_slice(&echo);
+        proxy.arm("GET", Fault::Reply(watched), 1);
+        errors.push((
+            "update",
+            store
+                .update("t1", r#"{"progress": 1}"#, &UpdateOptions::default())
+                .unwrap_err(),
+        ));
+        // ... or the GET succeeds and Redis refuses the SET queued in MULTI/SET/EXEC.
+        let mut queued = b"+OK\r\n".to_vec();
+        queued.extend_from_slice(&echo);
+        queued.extend_from_slice(b"-EXECABORT Transaction discarded\r\n");
+        proxy.arm("MULTI", Fault::Reply(queued), 1);
+        errors.push((
+            "update's SET",
+            store
+                .update("t1", r#"{"progress": 1}"#, &UpdateOptions::default())
+                .unwrap_err(),
+        ));
+        proxy.arm("DEL", Fault::Reply(echo.clone()), 1);
+        errors.push(("delete", store.delete("t1").unwrap_err()));
+        proxy.arm("TTL", Fault::Reply(echo.clone()), 1);
+        errors.push(("ttl", store.ttl("t1").unwrap_err()));
+        proxy.arm("EXPIRE", Fault::Reply(echo.clone()), 1);
+        errors.push(("expire", store.expire("t1", 100).unwrap_err()));
+        proxy.arm("EXISTS", Fault::Reply(echo.clone()), 1);
+        errors.push(("exists", store.exists("t1").unwrap_err()));
+        proxy.arm("SCAN", Fault::Reply(echo.clone()), 1);
+        errors.push(("list", store.list(&ListOptions::default()).unwrap_err()));
+        proxy.arm("MGET", Fault::Reply(echo.clone()), 1);
+        errors.push(("get-many", store.get_many(&["t1".to_owned()]).unwrap_err()));
+        for (what, error) in &errors {
+            assert_scrubbed(what, password, error, ErrorKind::Server);
+        }
+        // Nothing was changed by any refused call: the task is as first written.
+        assert_eq!(store.get("t1").unwrap().as_deref(), Some(DOC), "{password}");
+    }
+}
+
+#[test]
+fn batch_per_item_errors_scrub_a_password_the_server_echoes() {
+    let tasks: Vec<taskstore_host::Task> = ["t1", "t2", "t3"]
+        .into_iter()
+        .map(|id| taskstore_host::Task {
+            id: id.to_owned(),
+            document: DOC.to_owned(),
+        })
+        .collect();
+    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    for password in ECHOED_PASSWORDS {
+        let (_server, proxy, mut store) = echoing_setup(password);
+        // `set-many` pipelines one SETEX per task: the second is refused, the others
+        // succeed, so the refusal is a per-item error of an otherwise good batch.
+        let mut replies = b"+OK\r\n".to_vec();
+        replies.extend_from_slice(&echoing(password));
+        replies.extend_from_slice(b"+OK\r\n");
+        proxy.arm("SETEX", Fault::Reply(replies), 1);
+        let results = store.set_many(&tasks, None).expect("the batch ran");
+        assert_eq!(results.len(), 3, "{password}");
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        let per_item = results[1].as_ref().unwrap_err();
+        assert_scrubbed("set-many item", password, per_item, ErrorKind::Server);
+
+        // `delete-many` pipelines one DEL per id; one refused fails the call.
+        let mut replies = b":1\r\n".to_vec();
+        replies.extend_from_slice(&echoing(password));
+        replies.extend_from_slice(b":0\r\n");
+        proxy.arm("DEL", Fault::Reply(replies), 1);
+        let error = store.delete_many(&ids).unwrap_err();
+        assert_scrubbed("delete-many", password, &error, ErrorKind::Server);
+
+        // `get-many` is one MGET: refused as a whole.
+        proxy.arm("MGET", Fault::Reply(echoing(password)), 1);
+        let error = store.get_many(&ids).unwrap_err();
+        assert_scrubbed("get-many", password, &error, ErrorKind::Server);
+    }
+}
+
+#[test]
+fn open_and_reconnect_scrub_a_password_the_server_echoes_in_auth_errors() {
+    for password in ECHOED_PASSWORDS {
+        let server = requirepass(password);
+        let proxy = FaultProxy::start(server.addr());
+        let url = format!("redis://:{}@{}", percent_encoded(password), proxy.addr());
+        let wrongpass = format!("-WRONGPASS echoed {password} back\r\n").into_bytes();
+        // At open.
+        proxy.arm("AUTH", Fault::Reply(wrongpass.clone()), 1);
+        let error = open_with(Options::new(url.as_str())).unwrap_err();
+        assert_scrubbed("open", password, &error, ErrorKind::Authentication);
+        // On the reconnect after a dropped connection.
+        let mut store = open_with(Options::new(url.as_str())).unwrap();
+        store.set("t1", DOC, None).unwrap();
+        proxy.arm("AUTH", Fault::Reply(wrongpass), 1);
+        proxy.arm("GET", Fault::Close, 1);
+        let error = store.get("t1").unwrap_err();
+        assert_scrubbed("reconnect", password, &error, ErrorKind::Authentication);
+        assert_eq!(store.get("t1").unwrap().as_deref(), Some(DOC));
+    }
 }
