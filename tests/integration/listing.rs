@@ -353,5 +353,8 @@ fn a_cluster_listing_interleaved_with_slot_migrations_misses_no_task() {
         .iter()
         .filter(|id| !stored.contains(id.as_str()))
         .collect();
-    assert!(strangers.is_empty(), "listed, never stored: {strangers:.10?}");
+    assert!(
+        strangers.is_empty(),
+        "listed, never stored: {strangers:.10?}"
+    );
 }
