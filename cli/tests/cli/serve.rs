@@ -853,15 +853,32 @@ fn connections_that_never_send_a_whole_head_are_closed() {
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 }
 
-/// A connection that sends a POST head announcing 1000 body bytes, then only one.
+/// A connection that sends a POST head announcing 1000 body bytes, then only one; returned
+/// once the server is reading the body. The head asks for `100 Continue`, which the server
+/// sends when it starts reading the body: the sign that the request is in the server.
 fn start_trickling_a_post(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .write_all(
             b"POST /research/tasks HTTP/1.1\r\nHost: localhost\r\n\
-              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\
+              Expect: 100-continue\r\n\r\n{",
         )
         .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // Byte by byte, so that nothing after the interim response is consumed.
+    let mut interim = Vec::new();
+    let mut byte = [0_u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        let n = stream
+            .read(&mut byte)
+            .expect("the server reads the body (100 Continue) within 20 s");
+        assert_eq!(n, 1, "closed before 100 Continue: {interim:?}");
+        interim.push(byte[0]);
+    }
+    assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     stream
 }
 
@@ -882,8 +899,6 @@ fn trickled_bodies_take_no_request_slot() {
     );
     let mut tricklers: Vec<TcpStream> =
         (0..3).map(|_| start_trickling_a_post(serve.addr)).collect();
-    // Let the tricklers' heads reach the server first.
-    thread::sleep(Duration::from_millis(300));
     let patient_enough: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -949,9 +964,8 @@ fn over_the_cap_the_longest_waiting_connection_makes_room() {
 fn when_every_connection_is_in_a_request_new_ones_get_503() {
     let redis = RedisServer::start().unwrap();
     let mut serve = Serve::start(&redis.url(), &["--max-connections", "2"]);
+    // Both in requests once the server reads their bodies.
     let _tricklers: Vec<TcpStream> = (0..2).map(|_| start_trickling_a_post(serve.addr)).collect();
-    // Let their heads reach the server, so that both are in requests.
-    thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
         let mut refused = TcpStream::connect(serve.addr).unwrap();
         let answer = read_until_closed(&mut refused, Duration::from_secs(20));
