@@ -676,14 +676,15 @@ mod tests {
         0x0a, 0x09, 0x01, 0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop br 0 end
     ];
 
-    /// Calls `run` of `module` in a store whose deadline is `ticks` epochs away.
+    /// Calls `run` of `module` in a store whose deadline is `ticks` epochs away from the
+    /// call (compiling the module comes first: it may take ticks on a loaded machine).
     fn run(engine: &Engine, module: &[u8], ticks: u64) -> wasmtime::Result<()> {
         let mut store = wasmtime::Store::new(engine, ());
-        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         let module = wasmtime::Module::new(engine, module)?;
         let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
         let run = instance.get_typed_func::<(), ()>(&mut store, "run")?;
+        store.set_epoch_deadline(ticks);
         run.call(&mut store, ())
     }
 
@@ -691,7 +692,14 @@ mod tests {
     fn guest_code_that_never_returns_traps_at_its_deadline() {
         let engine = Engine::new(&engine_config()).unwrap();
         let _ticker = EpochTicker::start(&engine).unwrap();
-        run(&engine, RETURN_AT_ONCE, 1).unwrap();
+        // Under a deadline it does not reach, the module runs (a second, not one 10 ms tick:
+        // a thread of a loaded machine can be descheduled for longer).
+        run(
+            &engine,
+            RETURN_AT_ONCE,
+            deadline_ticks(Duration::from_secs(1)),
+        )
+        .unwrap();
 
         let started = std::time::Instant::now();
         let error = run(

@@ -737,11 +737,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn cluster_that_cannot_be_asked_allows_only_the_seeds() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let refusing = taskstore_testing::redis_server::RefusingPort::bind().unwrap();
+        let port = refusing.port();
         let url = format!("redis+cluster://127.0.0.1:{port}");
         let p = NetworkPolicy::for_url(&url, &TlsSettings::default(), Duration::from_secs(1))
             .await

@@ -141,9 +141,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_store_that_does_not_open_is_an_error() {
         let runtime = Runtime::builder().build().unwrap();
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("redis://127.0.0.1:{}", closed.local_addr().unwrap().port());
-        drop(closed);
+        let refusing = taskstore_testing::redis_server::RefusingPort::bind().unwrap();
+        let url = format!("redis://127.0.0.1:{}", refusing.port());
         let probe = InstanceProbe::new(&runtime, &url).await.unwrap();
         let error = probe
             .open_idle()

@@ -559,6 +559,78 @@ fn log_tail(dir: &Path, lines: usize) -> String {
     out
 }
 
+/// A loopback port where every connection is refused, for as long as this guard lives.
+///
+/// A port bound and released at once ("closed") can be taken by another test's server or
+/// connection before it is used. This guard keeps a socket bound to the port and never
+/// listening: Linux answers a connect to it with a reset (connection refused), and since the
+/// socket has no `SO_REUSEADDR`, no other socket can bind the port, nor get it as an
+/// ephemeral port, until the guard is dropped.
+#[derive(Debug)]
+pub struct RefusingPort {
+    /// Held, never read: the port stays bound until this closes.
+    _socket: std::os::fd::OwnedFd,
+    port: u16,
+}
+
+impl RefusingPort {
+    /// Binds a fresh loopback port without listening on it.
+    ///
+    /// # Errors
+    /// Creating or binding the socket fails.
+    pub fn bind() -> anyhow::Result<RefusingPort> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: `socket` takes no pointers; a valid descriptor is owned from here on.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error()).context("socket");
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero is a valid `sockaddr_in` (port 0: the kernel picks one).
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `addr` is a `sockaddr_in` of `len` bytes, alive for the call.
+        let bound = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                (&raw const addr).cast::<libc::sockaddr>(),
+                len,
+            )
+        };
+        if bound != 0 {
+            return Err(io::Error::last_os_error()).context("bind 127.0.0.1:0");
+        }
+        // SAFETY: `addr` has room for `len` bytes, and `len` is updated by the call.
+        let named = unsafe {
+            libc::getsockname(
+                socket.as_raw_fd(),
+                (&raw mut addr).cast::<libc::sockaddr>(),
+                &mut len,
+            )
+        };
+        if named != 0 {
+            return Err(io::Error::last_os_error()).context("getsockname");
+        }
+        Ok(RefusingPort {
+            _socket: socket,
+            port: u16::from_be(addr.sin_port),
+        })
+    }
+
+    /// The refusing port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,5 +811,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("scripts/setup.sh"), "{message}");
+    }
+
+    #[test]
+    fn a_refusing_port_refuses_and_cannot_be_taken_while_held() {
+        let refusing = RefusingPort::bind().unwrap();
+        for _ in 0..3 {
+            let error = TcpStream::connect(refusing.addr()).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused, "{error}");
+        }
+        let taken = TcpListener::bind(refusing.addr()).unwrap_err();
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse, "{taken}");
     }
 }

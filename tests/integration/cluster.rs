@@ -498,10 +498,11 @@ fn resharding_while_a_client_works_fails_no_operation_and_loses_nothing() {
     for (id, document) in all.iter().zip(got) {
         assert_eq!(document.as_ref(), expected.get(id), "{id}");
     }
-    let listed: BTreeMap<String, String> = list_all(&mut store, None, 250)
-        .into_iter()
-        .map(|t| (t.id, t.document))
-        .collect();
+    let listed = list_all(&mut store, None, 250);
+    let times_listed = listed.len();
+    let listed: BTreeMap<String, String> = listed.into_iter().map(|t| (t.id, t.document)).collect();
+    // The slots have stopped moving: each task is listed exactly once.
+    assert_eq!(times_listed, listed.len(), "a task was listed twice");
     assert_eq!(listed, expected);
     eprintln!("{operations} operations, {during} rounds during the reshard");
 }

@@ -2,7 +2,7 @@
 //! least once, whatever is deleted, added or expires between pages — on one server and on a
 //! cluster whose slots move mid-listing — and pages stay within their byte budget.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,12 +34,12 @@ fn page(store: &mut TaskStore, limit: u32, cursor: Option<String>) -> Page {
 }
 
 /// Lists page by page, calling `between(page_number, tasks listed so far)` after each page,
-/// and returns every id listed.
+/// and returns every id listed, in order, as often as it was listed.
 fn list_changing(
     store: &mut TaskStore,
     limit: u32,
     mut between: impl FnMut(usize, &[Task]),
-) -> BTreeSet<String> {
+) -> Vec<String> {
     let mut listed = Vec::new();
     let mut cursor = None;
     for number in 0..MAX_PAGES {
@@ -52,6 +52,35 @@ fn list_changing(
         between(number, &listed);
     }
     panic!("the listing did not end within {MAX_PAGES} pages");
+}
+
+/// How many times each id was listed.
+fn times_listed(listed: &[String]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for id in listed {
+        *counts.entry(id.as_str()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The ids listed more than once, with how many times.
+fn listed_repeatedly(listed: &[String]) -> BTreeMap<&str, usize> {
+    times_listed(listed)
+        .into_iter()
+        .filter(|&(_, times)| times > 1)
+        .collect()
+}
+
+/// Where Redis only deletes or expires keys (its table keeps its size: too few go to shrink
+/// it), the contract promises each task at most once: duplicates come only from rehashing
+/// or moving slots.
+#[track_caller]
+fn assert_listed_at_most_once(listed: &[String]) {
+    let repeated = listed_repeatedly(listed);
+    assert!(
+        repeated.is_empty(),
+        "listed more than once: {repeated:.10?}"
+    );
 }
 
 fn store_tasks(store: &mut TaskStore, ids: &[String]) {
@@ -69,8 +98,9 @@ fn store_tasks(store: &mut TaskStore, ids: &[String]) {
     }
 }
 
-fn assert_all_listed(listed: &BTreeSet<String>, survivors: &BTreeSet<String>) {
-    let missed: Vec<&String> = survivors.difference(listed).collect();
+fn assert_all_listed(listed: &[String], survivors: &BTreeSet<String>) {
+    let listed: BTreeSet<String> = listed.iter().cloned().collect();
+    let missed: Vec<&String> = survivors.difference(&listed).collect();
     assert!(
         missed.is_empty(),
         "{} of {} tasks that existed throughout were never listed: {missed:.10?}",
@@ -104,6 +134,7 @@ fn deleting_listed_tasks_between_pages_misses_no_other_task() {
     assert!(deleted.len() >= 10, "{} deleted", deleted.len());
     let survivors: BTreeSet<String> = ids.into_iter().filter(|id| !deleted.contains(id)).collect();
     assert_all_listed(&listed, &survivors);
+    assert_listed_at_most_once(&listed);
 }
 
 #[test]
@@ -126,6 +157,13 @@ fn inserting_many_tasks_between_pages_misses_no_existing_task() {
         }
     });
     assert_eq!(added, 15_750);
+    // Redis rehashed mid-listing: the contract allows a task twice, never more.
+    let repeated = listed_repeatedly(&listed);
+    assert!(
+        repeated.values().all(|&times| times == 2),
+        "listed more than twice: {repeated:.10?}"
+    );
+    eprintln!("{} tasks listed twice", repeated.len());
     assert_all_listed(&listed, &ids.into_iter().collect());
 }
 
@@ -177,6 +215,7 @@ fn tasks_expiring_between_pages_make_no_other_task_missed() {
     assert!(expired.len() >= 20, "{} expired", expired.len());
     let survivors: BTreeSet<String> = ids.into_iter().filter(|id| !expired.contains(id)).collect();
     assert_all_listed(&listed, &survivors);
+    assert_listed_at_most_once(&listed);
 }
 
 #[test]
@@ -200,7 +239,7 @@ fn pages_end_early_at_the_byte_budget_and_the_listing_goes_on() {
         "y".repeat(5_000_000)
     );
     store.set("huge", &huge, None).unwrap();
-    let mut listed = BTreeSet::new();
+    let mut listed = Vec::new();
     let mut cursor = None;
     let mut pages = 0;
     for _ in 0..100 {
@@ -227,8 +266,11 @@ fn pages_end_early_at_the_byte_budget_and_the_listing_goes_on() {
         }
     }
     assert!(cursor.is_none(), "the listing did not end");
-    let mut expected: BTreeSet<String> = ids.into_iter().collect();
-    expected.insert("huge".into());
+    // Nothing changed during the listing: each task exactly once.
+    let mut expected: Vec<String> = ids;
+    expected.push("huge".into());
+    expected.sort();
+    listed.sort();
     assert_eq!(listed, expected);
     assert!(pages >= 4, "{pages} pages");
 }
@@ -291,5 +333,28 @@ fn a_cluster_listing_interleaved_with_slot_migrations_misses_no_task() {
         .count();
     assert!(moved >= 200, "only {moved} slots moved");
     eprintln!("{moved} slots moved; {pages_during_the_moves} pages listed while they moved");
-    assert_all_listed(&listed, &ids.into_iter().collect());
+    assert_all_listed(&listed, &ids.iter().cloned().collect());
+    // Slots moved mid-listing, so masters were scanned again, every task of theirs with
+    // them: a task may be listed more than once, but only once per scan of a master, and a
+    // listing scans at most 4 masters per master of the slot map (then fails instead).
+    let most = 4 * cluster.nodes().len();
+    let repeated = listed_repeatedly(&listed);
+    eprintln!(
+        "{} tasks listed more than once, at most {} times",
+        repeated.len(),
+        repeated.values().max().unwrap_or(&1)
+    );
+    assert!(
+        repeated.values().all(|&times| times <= most),
+        "listed more than {most} times: {repeated:.10?}"
+    );
+    let stored: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let strangers: Vec<&String> = listed
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .collect();
+    assert!(
+        strangers.is_empty(),
+        "listed, never stored: {strangers:.10?}"
+    );
 }

@@ -4,14 +4,28 @@
 //! what the other wrote.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use crate::support::*;
 use serde_json::Value;
 use taskstore_host::{TimeToLive, UpdateOptions};
 
+/// What one run of the original service's storage code came to.
+#[derive(Debug, PartialEq)]
+enum Python {
+    /// Exit 0, with what it printed.
+    Done(String),
+    /// `load` or `delete` found no task: it printed `ABSENT` and exited 3.
+    Absent,
+}
+
+/// The exit code and stdout marker `original_service.py` gives for "no such task"; any other
+/// failure (a traceback exits 1) fails the test.
+const ABSENT_EXIT_CODE: i32 = 3;
+const ABSENT_MARKER: &str = "ABSENT\n";
+
 /// Runs the original service's storage code; `scripts/setup.sh` installs redis-py.
-fn python(server: &RedisServer, args: &[&str]) -> Output {
+fn python(server: &RedisServer, args: &[&str]) -> Python {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/original_service.py");
     let output = Command::new("python3")
         .arg(script)
@@ -19,12 +33,24 @@ fn python(server: &RedisServer, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("python3 runs (scripts/setup.sh installs python3 and redis-py)");
-    assert!(
-        output.status.code().is_some_and(|code| code <= 1),
-        "original service failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    let stdout = String::from_utf8(output.stdout).expect("python printed UTF-8");
+    match output.status.code() {
+        Some(0) => Python::Done(stdout),
+        Some(ABSENT_EXIT_CODE) if stdout == ABSENT_MARKER => Python::Absent,
+        _ => panic!(
+            "original service {args:?} failed ({}): {stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// The JSON `load` printed for `id`; the test fails if the task is absent.
+fn python_load(server: &RedisServer, id: &str) -> Value {
+    match python(server, &["load", id]) {
+        Python::Done(stdout) => serde_json::from_str(&stdout).expect("python printed JSON"),
+        Python::Absent => panic!("the python service finds no task {id:?}"),
+    }
 }
 
 fn research_task(id: &str) -> String {
@@ -39,7 +65,10 @@ fn research_task(id: &str) -> String {
 #[test]
 fn task_saved_by_the_python_service_reads_back_byte_for_byte() {
     let server = server();
-    python(&server, &["save", &research_task("py-1")]);
+    assert_eq!(
+        python(&server, &["save", &research_task("py-1")]),
+        Python::Done(String::new())
+    );
     let mut plain = plain(&server);
     let stored = plain_get(&mut plain, "research_task:py-1").expect("python wrote the key");
 
@@ -65,9 +94,7 @@ fn task_stored_by_the_component_loads_in_the_python_service() {
     let document = research_task("wasm-1");
     open(&server).set("wasm-1", &document, None).unwrap();
 
-    let output = python(&server, &["load", "wasm-1"]);
-    assert!(output.status.success(), "python finds the component's task");
-    let loaded: Value = serde_json::from_slice(&output.stdout).expect("python printed JSON");
+    let loaded = python_load(&server, "wasm-1");
     let written: Value = serde_json::from_str(&document).unwrap();
     assert_eq!(loaded, written);
 }
@@ -75,7 +102,10 @@ fn task_stored_by_the_component_loads_in_the_python_service() {
 #[test]
 fn component_update_of_a_python_task_keeps_it_loadable_and_its_ttl() {
     let server = server();
-    python(&server, &["save", &research_task("py-2")]);
+    assert_eq!(
+        python(&server, &["save", &research_task("py-2")]),
+        Python::Done(String::new())
+    );
     let mut store = open(&server);
     let options = UpdateOptions {
         expect_status: Some("pending".into()),
@@ -86,8 +116,7 @@ fn component_update_of_a_python_task_keeps_it_loadable_and_its_ttl() {
         .unwrap()
         .expect("the task exists");
 
-    let output = python(&server, &["load", "py-2"]);
-    let loaded: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let loaded = python_load(&server, "py-2");
     assert_eq!(loaded["status"], "running");
     assert_eq!(loaded["progress"], 40);
     assert_eq!(loaded["sources"][0]["relevance"], 0.93);
@@ -99,10 +128,17 @@ fn deletes_are_seen_by_the_other_side() {
     let server = server();
     let mut store = open(&server);
     store.set("a", &research_task("a"), None).unwrap();
-    python(&server, &["save", &research_task("b")]);
+    assert_eq!(
+        python(&server, &["save", &research_task("b")]),
+        Python::Done(String::new())
+    );
 
-    assert!(python(&server, &["delete", "a"]).status.success());
+    assert_eq!(
+        python(&server, &["delete", "a"]),
+        Python::Done(String::new())
+    );
     assert_eq!(store.get("a").unwrap(), None);
+    assert_eq!(python(&server, &["delete", "a"]), Python::Absent);
     assert!(store.delete("b").unwrap());
-    assert_eq!(python(&server, &["load", "b"]).status.code(), Some(1));
+    assert_eq!(python(&server, &["load", "b"]), Python::Absent);
 }

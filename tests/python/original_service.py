@@ -5,7 +5,9 @@ real thing: key `research_task:<id>`, value `json.dumps(task)`, `SETEX` with a 7
 `GET` + `json.loads`, `DEL`.
 
 Usage: original_service.py URL save JSON | load ID | delete ID
-`load` prints `json.dumps(task)` of what it read (exit 1 when absent).
+`load` prints `json.dumps(task)` of what it read. When `load` or `delete` finds no task, it
+prints `ABSENT` and exits 3: an outcome of its own, so that a crash (a Python traceback exits
+1) can never pass for "absent".
 """
 
 import asyncio
@@ -15,6 +17,7 @@ import sys
 import redis.asyncio as redis
 
 TASK_TTL_SECONDS = 7 * 24 * 60 * 60
+ABSENT_EXIT_CODE = 3
 
 
 class RedisTaskStorage:
@@ -38,6 +41,11 @@ class RedisTaskStorage:
         await self.redis.aclose()
 
 
+def absent():
+    print("ABSENT")
+    return ABSENT_EXIT_CODE
+
+
 async def main(url, command, argument):
     storage = RedisTaskStorage(url)
     try:
@@ -47,11 +55,11 @@ async def main(url, command, argument):
         if command == "load":
             task = await storage.load(argument)
             if task is None:
-                return 1
+                return absent()
             print(json.dumps(task))
             return 0
         if command == "delete":
-            return 0 if await storage.delete(argument) else 1
+            return 0 if await storage.delete(argument) else absent()
         print(f"unknown command {command!r}", file=sys.stderr)
         return 2
     finally:

@@ -3,11 +3,11 @@
 //! Exit codes: 0 success, 1 not found, 2 usage error or invalid input, 3 any other failure.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::run::{taskstore, Run};
-use taskstore_testing::redis_server::RedisServer;
+use crate::run::{cache_dir, taskstore, Run};
+use taskstore_testing::redis_server::{RedisServer, RefusingPort};
 
 const DOC: &str = r#"{"id": "t1", "status": "pending", "query": "a b\r\nc", "progress": 0}"#;
 
@@ -67,9 +67,13 @@ fn bulk(value: &str) -> Vec<u8> {
     format!("${}\r\n{value}\r\n", value.len()).into_bytes()
 }
 
+/// A loopback port that refuses connections for the rest of this test process: its guard is
+/// leaked, so no other test can take the port meanwhile (a port bound and released could be).
 fn closed_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    listener.local_addr().unwrap().port()
+    let refusing = RefusingPort::bind().expect("bind 127.0.0.1:0 without listening");
+    let port = refusing.port();
+    std::mem::forget(refusing);
+    port
 }
 
 fn assert_one_error_line(run: &Run) {
@@ -109,6 +113,25 @@ fn set_get_ttl_exists_delete_round_trip_with_exit_codes() {
     let delete = on(&server, &["delete", "t1"]);
     assert_eq!(delete.code, 0, "{delete:?}");
     assert_eq!(raw(&server, &[b"EXISTS", b"research_task:t1"]), b":0\r\n");
+}
+
+/// The binary these tests run compiles through a cache of this test process's own, never
+/// the user's `~/.cache/taskstore` (which other test runs and builds share).
+#[test]
+fn test_runs_fill_their_own_component_cache() {
+    let server = RedisServer::start().unwrap();
+    let run = on(&server, &["exists", "t1"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let cached: Vec<_> = std::fs::read_dir(cache_dir())
+        .expect("the test cache dir exists")
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .any(|name| name.to_string_lossy().ends_with(".cwasm")),
+        "{cached:?}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::run::Run;
-use taskstore_testing::redis_server::RedisServer;
+use taskstore_testing::redis_server::{RedisServer, RefusingPort};
 
 const SECRET: &str = "hunter2-S3CRET";
 const DOC: &str = r#"{"id": "t1", "status": "pending"}"#;
@@ -49,10 +49,8 @@ fn password_never_shows_in_cli_output_whatever_fails() {
     let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let silent_port = silent.local_addr().unwrap().port();
     let garbage_port = garbage_server();
-    let closed_port = {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let refusing = RefusingPort::bind().unwrap();
+    let closed_port = refusing.port();
     let port = server.port();
     // (URL, expected exit code): 2 for a URL the component rejects, 3 for the rest.
     let cases = [

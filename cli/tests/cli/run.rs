@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,33 @@ impl std::fmt::Debug for Run {
     }
 }
 
+/// This test process's own component cache (`TASKSTORE_CACHE_DIR`), removed at exit.
+static CACHE_DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+
+/// The component cache every `taskstore` this test process runs uses: its own, so that no
+/// test reads or fills the user's `~/.cache/taskstore`, or another test run's files.
+pub fn cache_dir() -> &'static Path {
+    CACHE_DIR
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("a temp dir for the component cache");
+            // Statics are never dropped; the dir goes when the process exits.
+            // SAFETY: registers a plain `extern "C"` function that touches only the static.
+            let registered = unsafe { libc::atexit(remove_cache_dir) };
+            assert_eq!(registered, 0, "atexit");
+            dir
+        })
+        .path()
+}
+
+extern "C" fn remove_cache_dir() {
+    if let Some(dir) = CACHE_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+}
+
 /// Runs `taskstore` with `args`, `stdin` as input and `env` on top of this process's
 /// environment minus `REDIS_URL`, `REDIS_PASSWORD` and `TASKSTORE_TLS_CA_FILE` (so a developer's settings
-/// cannot leak in). `RUST_BACKTRACE=1` unless `env` says otherwise: a panic would print as
+/// cannot leak in), with this process's own component cache ([`cache_dir`]). `RUST_BACKTRACE=1` unless `env` says otherwise: a panic would print as
 /// much as it can, which the secret-scrubbing tests want to see.
 pub fn taskstore(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
     let out = tempfile::tempdir().expect("temp dir for the binary's output");
@@ -38,6 +63,7 @@ pub fn taskstore(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
         .env_remove("TASKSTORE_TLS_CA_FILE")
         .env_remove("REDIS_PASSWORD")
         .env("RUST_BACKTRACE", "1")
+        .env("TASKSTORE_CACHE_DIR", cache_dir())
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         // Files, not pipes: a full pipe cannot stall the child while we wait for it.

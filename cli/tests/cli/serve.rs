@@ -6,14 +6,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
 use serde_json::{json, Value};
 use taskstore_testing::redis_cluster::{start_node_announcing, RedisCluster};
-use taskstore_testing::redis_server::RedisServer;
+use taskstore_testing::redis_server::{RedisServer, RefusingPort};
 
 /// Starting the server (compiling the component in a debug build) ends within this.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -420,11 +420,15 @@ fn list_pages_with_limit_and_cursor() {
         seen.extend(tasks.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
-            None => break,
+            None => {
+                cursor = None;
+                break;
+            }
         }
     }
+    assert_eq!(cursor, None, "the listing did not end within 50 pages");
+    // Nothing changed during the listing: each task is listed exactly once.
     seen.sort();
-    seen.dedup();
     assert_eq!(seen, made);
 }
 
@@ -546,6 +550,7 @@ fn tasks_are_shared_with_the_cli_and_plain_redis_clients() {
     let cli = Command::new(env!("CARGO_BIN_EXE_taskstore"))
         .args(["--redis", &redis_server.url(), "get", &id])
         .env_remove("REDIS_URL")
+        .env("TASKSTORE_CACHE_DIR", crate::run::cache_dir())
         .output()
         .expect("run the CLI");
     assert!(cli.status.success(), "{cli:?}");
@@ -565,6 +570,7 @@ fn tasks_are_shared_with_the_cli_and_plain_redis_clients() {
         .args(["--redis", &redis_server.url(), "set", "cli-1"])
         .arg(r#"{"id": "cli-1", "status": "pending", "query": "from the cli"}"#)
         .env_remove("REDIS_URL")
+        .env("TASKSTORE_CACHE_DIR", crate::run::cache_dir())
         .output()
         .expect("run the CLI");
     assert!(cli.status.success(), "{cli:?}");
@@ -847,15 +853,32 @@ fn connections_that_never_send_a_whole_head_are_closed() {
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 }
 
-/// A connection that sends a POST head announcing 1000 body bytes, then only one.
+/// A connection that sends a POST head announcing 1000 body bytes, then only one; returned
+/// once the server is reading the body. The head asks for `100 Continue`, which the server
+/// sends when it starts reading the body: the sign that the request is in the server.
 fn start_trickling_a_post(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .write_all(
             b"POST /research/tasks HTTP/1.1\r\nHost: localhost\r\n\
-              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\
+              Expect: 100-continue\r\n\r\n{",
         )
         .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // Byte by byte, so that nothing after the interim response is consumed.
+    let mut interim = Vec::new();
+    let mut byte = [0_u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        let n = stream
+            .read(&mut byte)
+            .expect("the server reads the body (100 Continue) within 20 s");
+        assert_eq!(n, 1, "closed before 100 Continue: {interim:?}");
+        interim.push(byte[0]);
+    }
+    assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     stream
 }
 
@@ -876,8 +899,6 @@ fn trickled_bodies_take_no_request_slot() {
     );
     let mut tricklers: Vec<TcpStream> =
         (0..3).map(|_| start_trickling_a_post(serve.addr)).collect();
-    // Let the tricklers' heads reach the server first.
-    thread::sleep(Duration::from_millis(300));
     let patient_enough: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -943,9 +964,8 @@ fn over_the_cap_the_longest_waiting_connection_makes_room() {
 fn when_every_connection_is_in_a_request_new_ones_get_503() {
     let redis = RedisServer::start().unwrap();
     let mut serve = Serve::start(&redis.url(), &["--max-connections", "2"]);
+    // Both in requests once the server reads their bodies.
     let _tricklers: Vec<TcpStream> = (0..2).map(|_| start_trickling_a_post(serve.addr)).collect();
-    // Let their heads reach the server, so that both are in requests.
-    thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
         let mut refused = TcpStream::connect(serve.addr).unwrap();
         let answer = read_until_closed(&mut refused, Duration::from_secs(20));
@@ -1076,11 +1096,8 @@ fn a_deadline_hit_inside_the_function_is_a_503_timeout() {
 /// The function's own reason for a 5xx reaches the server's log, one line.
 #[test]
 fn the_function_s_reasons_for_errors_reach_the_server_log() {
-    let closed_port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let refusing = RefusingPort::bind().unwrap();
+    let closed_port = refusing.port();
     let mut serve = Serve::start(&format!("redis://127.0.0.1:{closed_port}"), &[]);
     let listed = get(&agent(), &serve.url("/research/tasks"));
     assert_eq!(listed.status, 503, "{listed:?}");
@@ -1200,31 +1217,79 @@ fn bodies_without_a_json_content_type_create_nothing() {
     assert!(keys.is_empty(), "{keys:?}");
 }
 
-/// A TCP server that accepts connections and never answers: a hung Redis.
-fn silent_server() -> (SocketAddr, Arc<AtomicBool>) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_flag = Arc::clone(&stop);
-    listener.set_nonblocking(true).unwrap();
-    thread::spawn(move || {
-        let mut held = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !stop_flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Ok((socket, _)) = listener.accept() {
-                held.push(socket);
+/// A TCP server that accepts connections and never answers: a hung Redis. It keeps what
+/// its clients send, so a test can tell when a request has reached it.
+struct SilentRedis {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl SilentRedis {
+    fn start() -> SilentRedis {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (stop_flag, sink) = (Arc::clone(&stop), Arc::clone(&received));
+        listener.set_nonblocking(true).unwrap();
+        thread::spawn(move || {
+            let mut held: Vec<TcpStream> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut buf = [0_u8; 4096];
+            while !stop_flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok((socket, _)) = listener.accept() {
+                    socket.set_nonblocking(true).unwrap();
+                    held.push(socket);
+                }
+                for socket in &mut held {
+                    if let Ok(n) = socket.read(&mut buf) {
+                        sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
             }
+        });
+        SilentRedis {
+            addr,
+            stop,
+            received,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Waits until some client has sent `needle`, for at most `limit`; whether it has.
+    fn wait_for(&self, needle: &[u8], limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let received = self.received.lock().unwrap();
+            if received
+                .windows(needle.len())
+                .any(|window| window == needle)
+            {
+                return true;
+            }
+            drop(received);
             thread::sleep(Duration::from_millis(5));
         }
-    });
-    (addr, stop)
+        false
+    }
+}
+
+impl Drop for SilentRedis {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 #[test]
 fn request_deadline_cuts_off_a_hung_redis_with_503() {
-    let (addr, stop) = silent_server();
+    let silent = SilentRedis::start();
     let serve = Serve::start(
-        &format!("redis://{addr}"),
+        &silent.url(),
         &["--timeout-ms", "10000", "--request-timeout-ms", "700"],
     );
     let agent = agent();
@@ -1234,7 +1299,6 @@ fn request_deadline_cuts_off_a_hung_redis_with_503() {
     assert_eq!(reply.status, 503, "{reply:?}");
     assert_eq!(reply.error_code(), "timeout");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-    stop.store(true, Ordering::Relaxed);
 }
 
 #[test]
@@ -1287,15 +1351,20 @@ fn a_request_cut_off_at_its_deadline_does_not_affect_others() {
 
 #[test]
 fn ctrl_c_finishes_the_request_in_flight_then_exits_cleanly() {
-    let (addr, stop) = silent_server();
+    let silent = SilentRedis::start();
     let mut serve = Serve::start(
-        &format!("redis://{addr}"),
+        &silent.url(),
         &["--timeout-ms", "800", "--request-timeout-ms", "10000"],
     );
     let url = serve.url("/research/tasks/t1");
     // A request that takes ~1 s (the storage's Redis timeout against a hung server).
     let in_flight = thread::spawn(move || get(&agent(), &url));
-    thread::sleep(Duration::from_millis(300));
+    // In flight for sure once its store's connection handshake reached the silent Redis
+    // (nothing else connects to it): it now waits 800 ms for the answer.
+    assert!(
+        silent.wait_for(b"*1\r\n$4\r\nPING\r\n", Duration::from_secs(20)),
+        "the request never reached Redis"
+    );
     let (status, stderr) = serve.signal_and_wait(libc::SIGINT);
     let reply = in_flight.join().expect("request thread");
     assert_eq!(reply.status, 503, "{reply:?}");
@@ -1305,7 +1374,6 @@ fn ctrl_c_finishes_the_request_in_flight_then_exits_cleanly() {
         std::net::TcpStream::connect_timeout(&serve.addr, Duration::from_secs(1)).is_err(),
         "still listening after shutdown"
     );
-    stop.store(true, Ordering::Relaxed);
 }
 
 #[test]
@@ -1414,9 +1482,14 @@ fn function_works_on_cluster(cluster: &RedisCluster, extra: &[&str]) {
         );
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
-            None => break,
+            None => {
+                cursor = None;
+                break;
+            }
         }
     }
+    assert_eq!(cursor, None, "the listing did not end within 100 pages");
+    // No slot moved during the listing: each task is listed exactly once.
     seen.sort();
     let mut expected = ids.clone();
     expected.sort();

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use taskstore_host::{ErrorKind, Options, Runtime, TaskError, TaskStore};
-pub use taskstore_testing::redis_server::RedisServer;
+pub use taskstore_testing::redis_server::{RedisServer, RefusingPort};
 
 /// The key prefix the component uses when none is configured.
 pub const DEFAULT_PREFIX: &str = "research_task:";
@@ -89,10 +89,14 @@ pub fn dbsize(con: &mut redis::Connection) -> i64 {
     redis::cmd("DBSIZE").query(con).expect("plain DBSIZE")
 }
 
-/// A loopback port where nothing listens: bound a moment ago, then released.
+/// A loopback port that refuses connections for the rest of this test process: its
+/// [`RefusingPort`] guard is leaked, so no other test can take the port meanwhile (a port
+/// bound and released could be).
 pub fn closed_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
+    let refusing = RefusingPort::bind().expect("bind 127.0.0.1:0 without listening");
+    let port = refusing.port();
+    std::mem::forget(refusing);
+    port
 }
 
 /// Calls `probe` until it returns `true` or `limit` has passed; returns its last answer.
