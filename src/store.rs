@@ -91,6 +91,16 @@ const MAX_KEYS_PER_CALL: u32 = 1000;
 const MAX_SCAN_ROUNDS: u32 = 4;
 
 /// A page being filled, and what sizes its next `SCAN` and `MGET`.
+/// Where a page stood before one of its SCAN calls (see [`PageFill::mark`]).
+struct PageMark {
+    cursor: ListCursor,
+    tasks: usize,
+    bytes: usize,
+    read: usize,
+    /// The call's `COUNT`.
+    count: u32,
+}
+
 struct PageFill<'a> {
     tasks: Vec<Task>,
     limit: usize,
@@ -115,6 +125,24 @@ impl<'a> PageFill<'a> {
     /// Keys to ask `SCAN` for, or to read in one `MGET`: what the page still has room for,
     /// scaled by how many keys it took per listed task so far (a status filter), so that
     /// few keys are left over for the cursor to carry.
+    /// The page's state and the cursor before a SCAN call of `count` keys.
+    fn mark(&self, cursor: &ListCursor, count: u32) -> PageMark {
+        PageMark {
+            cursor: cursor.clone(),
+            tasks: self.tasks.len(),
+            bytes: self.bytes,
+            read: self.read,
+            count,
+        }
+    }
+
+    /// Takes off the tasks listed since `mark`.
+    fn rewind(&mut self, mark: &PageMark) {
+        self.tasks.truncate(mark.tasks);
+        self.bytes = mark.bytes;
+        self.read = mark.read;
+    }
+
     fn keys_per_call(&self) -> u32 {
         let room = self.limit - self.tasks.len();
         let per_task = (self.read + 1) / (self.tasks.len() + 1);
@@ -381,36 +409,60 @@ impl<C: Connector + Clone> Store<C> {
         };
         let pattern = glob_escape(&self.key_prefix);
         let mut page = PageFill::new(limit as usize, options.status.as_deref());
-        // The cursor as it was before the last SCAN call: resumed from instead should that
-        // call's keys be too many to carry in the cursor (never when a page ends by bytes).
-        let mut before_last_scan: Option<ListCursor> = None;
+        let start = cursor.clone();
+        // The `COUNT` of this page's SCAN calls is at most this; halved when one call's
+        // leftover keys are too many to carry and going back would make no progress.
+        let mut count_cap = MAX_KEYS_PER_CALL;
         let mut scans = 0;
-        loop {
-            if !cursor.pending.is_empty() {
-                if self.read_pending(&mut cursor.pending, &mut page)? {
+        let next = loop {
+            // Where the page stood before its last SCAN call, to go back to should that
+            // call's leftover keys be too many to carry in the cursor.
+            let mut before_last_scan: Option<PageMark> = None;
+            loop {
+                if !cursor.pending.is_empty() {
+                    if self.read_pending(&mut cursor.pending, &mut page)? {
+                        break;
+                    }
+                    continue;
+                }
+                if scans == MAX_SCANS_PER_PAGE || page.tasks.len() == page.limit {
                     break;
                 }
+                let count = page.keys_per_call().min(count_cap);
+                before_last_scan = Some(page.mark(&cursor, count));
+                scans += 1;
+                if !self.scan_step(&mut cursor, &pattern, count)? {
+                    return Ok(Page {
+                        tasks: page.tasks,
+                        cursor: None,
+                    });
+                }
+            }
+            let overflow =
+                ListCursor::pending_text_bytes(&cursor.pending) > MAX_PENDING_CURSOR_BYTES;
+            let Some(mark) = before_last_scan.filter(|_| overflow) else {
+                break cursor;
+            };
+            // Going back to before the last SCAN call, with the tasks it listed taken off
+            // the page, lets the next page make that call again and list each of them once
+            // (Redis answers the same cursor with the same keys while nothing changes).
+            let progress = mark.tasks > 0 || mark.cursor != start;
+            if progress {
+                page.rewind(&mark);
+                break mark.cursor;
+            }
+            // Nothing listed before that call: going back would hand out the same cursor
+            // again. Make the call again, asking for fewer keys, while calls are left.
+            if mark.count > 1 && scans < MAX_SCANS_PER_PAGE {
+                page.rewind(&mark);
+                cursor = mark.cursor;
+                count_cap = mark.count / 2;
                 continue;
             }
-            if scans == MAX_SCANS_PER_PAGE || page.tasks.len() == page.limit {
-                break;
-            }
-            before_last_scan = Some(cursor.clone());
-            scans += 1;
-            if !self.scan_step(&mut cursor, &pattern, page.keys_per_call())? {
-                return Ok(Page {
-                    tasks: page.tasks,
-                    cursor: None,
-                });
-            }
-        }
-        let next = match before_last_scan {
-            Some(before)
-                if ListCursor::pending_text_bytes(&cursor.pending) > MAX_PENDING_CURSOR_BYTES =>
-            {
-                before
-            }
-            _ => cursor,
+            // A single bucket of Redis's table holding more keys than a cursor carries
+            // (hundreds of long ids): the page keeps what it listed and the next one starts
+            // before that call, so a few tasks may come twice rather than be missed.
+            break mark.cursor;
         };
         // A full page that used up the last keys of a single server's scan is the last page.
         let finished = !cluster && next.position.is_none() && next.pending.is_empty();
