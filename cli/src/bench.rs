@@ -1612,6 +1612,35 @@ mod tests {
     }
 
     #[test]
+    fn the_redis_crate_client_updates_as_the_store_does() {
+        let server = RedisServer::start().unwrap();
+        let mut client = RedisCrateClient::open(&server.url(), "bench-test:").unwrap();
+        let mut native_options = StoreOptions::new(server.url());
+        native_options.key_prefix = Some("bench-test:".to_owned());
+        let mut native = NativeStore::open(&native_options, StdConnector).unwrap();
+        let document = r#"{"id": "t", "status": "pending", "progress": 0, "tags": ["a"]}"#;
+        let patch = r#"{"status":"running","progress":7,"tags":null}"#;
+        client.set("r1", document).unwrap();
+        native.set("n1", document, Some(TTL_SECONDS)).unwrap();
+
+        let updated = client.update("r1", patch).unwrap();
+        let expected = native.update("n1", patch, &Default::default()).unwrap();
+        assert!(expected.is_some());
+        assert_eq!(updated, expected);
+        assert_eq!(client.get("r1").unwrap(), expected, "the merge was written");
+        let ttl: i64 = redis::cmd("TTL")
+            .arg("bench-test:r1")
+            .query(&mut client.connection)
+            .unwrap();
+        assert!(ttl > 0 && ttl <= TTL_SECONDS as i64, "TTL kept: {ttl}");
+
+        assert_eq!(client.update("absent", patch).unwrap(), None);
+        assert_eq!(client.get("absent").unwrap(), None);
+        assert!(client.delete("r1").unwrap());
+        assert!(!client.delete("r1").unwrap());
+    }
+
+    #[test]
     fn instantiation_and_memory_measurements_complete() {
         let server = RedisServer::start().unwrap();
         let bench = Bench {
