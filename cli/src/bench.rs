@@ -350,7 +350,9 @@ impl Report {
     fn workload_table(&self, bench: &Bench) -> String {
         let mut out = String::new();
         let _ = writeln!(
- out,"# <client>:<op> <ops_per_s> <p50_us> <p99_us>  (set-many, get-many, list: tasks/s, latency per call)");
+            out,
+            "# <client>:<op> <ops_per_s> <p50_us> <p99_us>  (set-many, get-many, list: tasks/s, latency per call)"
+        );
         for op in WORKLOAD.into_iter().filter(|op| bench.has(*op)) {
             for kind in KINDS {
                 if let Some(s) = self.samples.get(&(kind, op)) {
@@ -367,7 +369,7 @@ impl Report {
             }
         }
         let _ = writeln!(
- out,
+            out,
             "# ratios: <op> p50 <component/native> <component/redis-crate> <native/redis-crate> ops/s <same three>"
         );
         for op in WORKLOAD.into_iter().filter(|op| bench.has(*op)) {
@@ -469,7 +471,7 @@ impl Report {
             let rss = self.idle_rss_bytes.unwrap_or(0);
             let worst = (bytes as i64).max(rss) as f64 / (1024.0 * 1024.0);
             let _ = writeln!(
- out,
+                out,
                 "target:idle-store {worst:.2} MiB (larger of linear memory and RSS per store) <= 2 MiB: {}",
                 verdict(worst <= 2.0)
             );
