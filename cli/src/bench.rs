@@ -1,13 +1,15 @@
-//! `taskstore bench`: one workload through the component in this host and through a native
-//! build of the same client and store code (`taskstore::store::Store<StdConnector>`),
-//! side by side, so that the ratio between them is what the WebAssembly layer costs.
+//! `taskstore bench`: one workload through the component in this host, through a native
+//! build of the same client and store code (`taskstore::store::Store<StdConnector>`), and
+//! through the `redis` crate (the client Rust programs use), side by side: the ratio
+//! component/native is what the WebAssembly layer costs, and the ratios against the `redis`
+//! crate what the whole store costs over the commands it sends.
 //!
 //! # Workload
 //! One connection per client, sequential calls, `--n` distinct ids per repetition after a
 //! warm-up: `set` (7-day TTL), `get`, `lifecycle` (`update` with a merge patch setting
 //! `status` and `progress`), `delete`; then `set-many` and `get-many` in batches of 100;
 //! then `list`: every page (100 tasks each) of a filtered listing (`status = "running"`,
-//! a quarter of them) over `--list-tasks` tasks. Repetitions alternate which client goes
+//! a quarter of them) over `--list-tasks` tasks. Each repetition rotates which client goes
 //! first. Each line reads `<client>:<op> <ops_per_s> <p50_us> <p99_us>`; for batches and
 //! `list`, ops/s counts tasks and the latencies are per call. `big-document` times `update`
 //! and a status-filtered `list` of one 1.2 MB task of 80,000 members (document work must
@@ -17,11 +19,18 @@
 //! repetition inside one `block_on` on the thread that drives it (no thread hop per socket
 //! operation). The blocking [`TaskStore`] is the same with one `block_on` per call.
 //!
+//! The `redis` crate client sends what the store sends, on one synchronous connection, one
+//! round trip per call: `SETEX` with the same TTL; `GET`; for `update`, `WATCH` + `GET`
+//! pipelined, the same merge code, then `MULTI` / `SET … KEEPTTL` / `EXEC` pipelined; `DEL`;
+//! batches as one pipeline of `SETEX`s or `DEL`s, or one `MGET`; `list` as `SCAN … MATCH
+//! TYPE string`, pipelined `STRLEN`s and `MGET` per chunk, filtered by the same status code.
+//! It does not validate documents or ids, which the store does on every write.
+//!
 //! It also reports the component's size, compile and cache-load times, instantiation from
 //! `InstancePre`, cold and warm CLI starts (separate processes), and memory per idle store.
 //!
 //! Timings on a shared 2-core machine vary: unpinned, cross-core wake-ups can triple every
-//! latency. Compare the two clients within one run; `--pin` puts this process and a private
+//! latency. Compare the clients within one run; `--pin` puts this process and a private
 //! `redis-server` on one CPU.
 
 use std::collections::HashMap;
@@ -35,6 +44,7 @@ use anyhow::{bail, ensure, Context as _};
 use serde_json::Value;
 use taskstore::config::{RedisUrl, StoreOptions};
 use taskstore::std_tcp::StdConnector;
+use taskstore::store::PAGE_BYTE_BUDGET;
 use taskstore_host::cache::{new_engine, CacheOutcome, ComponentCache, CACHE_DIR_ENV};
 use taskstore_host::probe::InstanceProbe;
 use taskstore_host::{
@@ -66,6 +76,9 @@ const IDLE_STORES: usize = 100;
 /// Every CLI process the benchmark starts gets this timeout, so none can hang.
 const CLI_TIMEOUT_MS: &str = "5000";
 
+/// The clients of the workload, in the order of the first repetition.
+const KINDS: [Kind; 3] = [Kind::Component, Kind::Native, Kind::RedisCrate];
+
 /// Arguments of `taskstore bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -78,7 +91,7 @@ pub struct BenchArgs {
     /// JSON object to store [default: the embedded 1 KiB research task]
     #[arg(long, value_name = "FILE")]
     pub doc: Option<PathBuf>,
-    /// Repetitions; the two clients alternate within each
+    /// Repetitions; each rotates which client goes first
     #[arg(long, value_name = "R", default_value_t = 3)]
     pub reps: usize,
     /// What to run, comma-separated [default: all]
@@ -151,6 +164,8 @@ impl Section {
 enum Kind {
     Component,
     Native,
+    /// The `redis` crate, sending the store's commands itself.
+    RedisCrate,
 }
 
 impl Kind {
@@ -158,14 +173,16 @@ impl Kind {
         match self {
             Kind::Component => "component",
             Kind::Native => "native",
+            Kind::RedisCrate => "redis-crate",
         }
     }
 
-    /// First letter of this client's ids: both write ids of the same length.
+    /// First letter of this client's ids: all write ids of the same length.
     fn tag(self) -> char {
         match self {
             Kind::Component => 'c',
             Kind::Native => 'n',
+            Kind::RedisCrate => 'r',
         }
     }
 }
@@ -246,7 +263,7 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
     let mut report = Report::default();
     if WORKLOAD.iter().any(|op| bench.has(*op)) {
         bench.workload(&mut report)?;
-        report.print_workload(&bench);
+        print!("{}", report.workload_table(&bench));
     }
     if bench.has(Section::BigDocument) {
         bench.big_document()?;
@@ -257,7 +274,7 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
     if bench.has(Section::Memory) {
         bench.memory(&mut report)?;
     }
-    report.print_targets();
+    print!("{}", report.targets());
     drop(server);
     Ok(())
 }
@@ -329,12 +346,18 @@ impl Report {
         self.samples.entry((kind, op)).or_default()
     }
 
-    fn print_workload(&self, bench: &Bench) {
-        println!("# <client>:<op> <ops_per_s> <p50_us> <p99_us>  (set-many, get-many, list: tasks/s, latency per call)");
+    /// The workload's table: a line per client and op, then the ratios per op.
+    fn workload_table(&self, bench: &Bench) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# <client>:<op> <ops_per_s> <p50_us> <p99_us>  (set-many, get-many, list: tasks/s, latency per call)"
+        );
         for op in WORKLOAD.into_iter().filter(|op| bench.has(*op)) {
-            for kind in [Kind::Component, Kind::Native] {
+            for kind in KINDS {
                 if let Some(s) = self.samples.get(&(kind, op)) {
-                    println!(
+                    let _ = writeln!(
+                        out,
                         "{}:{} {:.0} {:.1} {:.1}",
                         kind.name(),
                         op.name(),
@@ -345,35 +368,63 @@ impl Report {
                 }
             }
         }
-        println!("# ratio component/native: <op> p50 <x> ops/s <y>");
+        let _ = writeln!(
+            out,
+            "# ratios: <op> p50 <component/native> <component/redis-crate> <native/redis-crate> ops/s <same three>"
+        );
         for op in WORKLOAD.into_iter().filter(|op| bench.has(*op)) {
-            if let Some((c, n)) = self.pair(op) {
-                println!(
-                    "ratio:{} p50 {:.2} ops/s {:.2}",
-                    op.name(),
-                    c.percentile_us(0.5) / n.percentile_us(0.5),
-                    c.per_second() / n.per_second()
-                );
-            }
+            let (Some(c), Some(n), Some(r)) = (
+                self.samples.get(&(Kind::Component, op)),
+                self.samples.get(&(Kind::Native, op)),
+                self.samples.get(&(Kind::RedisCrate, op)),
+            ) else {
+                continue;
+            };
+            let p50 = |a: &Samples, b: &Samples| a.percentile_us(0.5) / b.percentile_us(0.5);
+            let rate = |a: &Samples, b: &Samples| a.per_second() / b.per_second();
+            let _ = writeln!(
+                out,
+                "ratio:{} p50 {:.2} {:.2} {:.2} ops/s {:.2} {:.2} {:.2}",
+                op.name(),
+                p50(c, n),
+                p50(c, r),
+                p50(n, r),
+                rate(c, n),
+                rate(c, r),
+                rate(n, r)
+            );
         }
+        out
     }
 
-    fn pair(&self, op: Section) -> Option<(&Samples, &Samples)> {
+    fn pair(&self, op: Section, other: Kind) -> Option<(&Samples, &Samples)> {
         Some((
             self.samples.get(&(Kind::Component, op))?,
-            self.samples.get(&(Kind::Native, op))?,
+            self.samples.get(&(other, op))?,
         ))
     }
 
-    fn print_targets(&self) {
-        println!("# targets");
+    /// Each measured figure against its target.
+    fn targets(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# targets");
         for op in SEQUENTIAL {
-            if let Some((c, n)) = self.pair(op) {
+            if let Some((c, n)) = self.pair(op, Kind::Native) {
                 let ratio = c.percentile_us(0.5) / n.percentile_us(0.5);
-                println!(
+                let _ = writeln!(
+                    out,
                     "target:{} p50 component/native {ratio:.2} <= 1.25: {}",
                     op.name(),
                     verdict(ratio <= 1.25)
+                );
+            }
+            if let Some((c, r)) = self.pair(op, Kind::RedisCrate) {
+                let ratio = c.percentile_us(0.5) / r.percentile_us(0.5);
+                let _ = writeln!(
+                    out,
+                    "target:{} p50 component/redis-crate {ratio:.2} <= 1.00: {}",
+                    op.name(),
+                    verdict(ratio <= 1.0)
                 );
             }
         }
@@ -381,7 +432,7 @@ impl Report {
             (Section::SetMany, Section::Set),
             (Section::GetMany, Section::Get),
         ] {
-            for kind in [Kind::Component, Kind::Native] {
+            for kind in KINDS {
                 let (Some(b), Some(s)) = (
                     self.samples.get(&(kind, batch)),
                     self.samples.get(&(kind, single)),
@@ -389,7 +440,8 @@ impl Report {
                     continue;
                 };
                 let ratio = b.per_second() / s.per_second();
-                println!(
+                let _ = writeln!(
+                    out,
                     "target:{}:{} {:.0} tasks/s = {ratio:.1} x {} {:.0}/s >= 5: {}",
                     kind.name(),
                     batch.name(),
@@ -402,13 +454,15 @@ impl Report {
         }
         if self.component_bytes > 0 {
             let kib = self.component_bytes as f64 / 1024.0;
-            println!(
+            let _ = writeln!(
+                out,
                 "target:component-size {kib:.1} KiB <= 160 KiB: {}",
                 verdict(kib <= 160.0)
             );
         }
         if let Some(ms) = self.warm_cli_overhead_ms {
-            println!(
+            let _ = writeln!(
+                out,
                 "target:warm-cli host time beyond the native process {ms:.2} ms < 5 ms: {}",
                 verdict(ms < 5.0)
             );
@@ -416,11 +470,13 @@ impl Report {
         if let Some(bytes) = self.idle_linear_bytes {
             let rss = self.idle_rss_bytes.unwrap_or(0);
             let worst = (bytes as i64).max(rss) as f64 / (1024.0 * 1024.0);
-            println!(
+            let _ = writeln!(
+                out,
                 "target:idle-store {worst:.2} MiB (larger of linear memory and RSS per store) <= 2 MiB: {}",
                 verdict(worst <= 2.0)
             );
         }
+        out
     }
 }
 
@@ -432,11 +488,12 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
-/// The two clients behind one interface. Native calls are synchronous; running them inside
-/// the same async code costs a poll of a ready future.
+/// The three clients behind one interface. Native and `redis` crate calls are synchronous;
+/// running them inside the same async code costs a poll of a ready future.
 enum Client {
     Component(Box<AsyncTaskStore>),
     Native(Box<NativeStore>),
+    RedisCrate(Box<RedisCrateClient>),
 }
 
 /// Ids and documents of one batch, built for both clients before the clock starts.
@@ -489,6 +546,7 @@ impl Client {
                 };
                 Client::Native(Box::new(NativeStore::open(&options, StdConnector)?))
             }
+            Kind::RedisCrate => Client::RedisCrate(Box::new(RedisCrateClient::open(url, prefix)?)),
         })
     }
 
@@ -496,6 +554,7 @@ impl Client {
         match self {
             Client::Component(s) => s.set(id, document, Some(TTL_SECONDS)).await?,
             Client::Native(s) => s.set(id, document, Some(TTL_SECONDS))?,
+            Client::RedisCrate(c) => c.set(id, document)?,
         }
         Ok(())
     }
@@ -504,6 +563,7 @@ impl Client {
         Ok(match self {
             Client::Component(s) => s.get(id).await?,
             Client::Native(s) => s.get(id)?,
+            Client::RedisCrate(c) => c.get(id)?,
         })
     }
 
@@ -511,6 +571,7 @@ impl Client {
         Ok(match self {
             Client::Component(s) => s.update(id, patch, &UpdateOptions::default()).await?,
             Client::Native(s) => s.update(id, patch, &Default::default())?,
+            Client::RedisCrate(c) => c.update(id, patch)?,
         })
     }
 
@@ -518,6 +579,7 @@ impl Client {
         Ok(match self {
             Client::Component(s) => s.delete(id).await?,
             Client::Native(s) => s.delete(id)?,
+            Client::RedisCrate(c) => c.delete(id)?,
         })
     }
 
@@ -534,6 +596,11 @@ impl Client {
                 .into_iter()
                 .filter(Result::is_err)
                 .count(),
+            // The pipeline fails as a whole on any error reply.
+            Client::RedisCrate(c) => {
+                c.set_many(&batch.host)?;
+                0
+            }
         };
         ensure!(failed == 0, "{failed} writes of a set-many failed");
         Ok(())
@@ -543,6 +610,7 @@ impl Client {
         let found = match self {
             Client::Component(s) => s.get_many(ids).await?,
             Client::Native(s) => s.get_many(ids)?,
+            Client::RedisCrate(c) => c.get_many(ids)?,
         };
         Ok(found.iter().filter(|d| d.is_some()).count())
     }
@@ -555,6 +623,7 @@ impl Client {
             Client::Native(s) => {
                 s.delete_many(ids)?;
             }
+            Client::RedisCrate(c) => c.delete_many(ids)?,
         }
         Ok(())
     }
@@ -583,6 +652,7 @@ impl Client {
                 let page = s.list(&options)?;
                 (page.tasks.len(), page.cursor)
             }
+            Client::RedisCrate(c) => c.list_page(cursor.is_none())?,
         })
     }
 
@@ -590,6 +660,240 @@ impl Client {
         if let Client::Component(s) = self {
             s.close().await;
         }
+    }
+}
+
+/// The `redis` crate on one synchronous connection, sending for each call the commands the
+/// store sends (see the module's documentation), with `update`'s merge done by the same code.
+struct RedisCrateClient {
+    connection: redis::Connection,
+    prefix: String,
+    /// `<prefix>*`, the prefix's glob characters taken literally.
+    pattern: Vec<u8>,
+    /// The listing in progress: where its `SCAN` goes on (`None` once it is over), and keys
+    /// scanned but not read yet. Kept here rather than in a cursor text: this client lists
+    /// within one process.
+    scan_position: Option<u64>,
+    pending: Vec<Vec<u8>>,
+}
+
+impl RedisCrateClient {
+    fn open(url: &str, prefix: &str) -> anyhow::Result<RedisCrateClient> {
+        // The URL stays out of the message: it may hold a password.
+        let connection = redis::Client::open(url)
+            .and_then(|client| client.get_connection())
+            .map_err(|e| anyhow::anyhow!("the redis crate cannot connect: {e}"))?;
+        let mut pattern = Vec::with_capacity(prefix.len() + 1);
+        for &byte in prefix.as_bytes() {
+            if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\') {
+                pattern.push(b'\\');
+            }
+            pattern.push(byte);
+        }
+        pattern.push(b'*');
+        Ok(RedisCrateClient {
+            connection,
+            prefix: prefix.to_owned(),
+            pattern,
+            scan_position: None,
+            pending: Vec::new(),
+        })
+    }
+
+    fn key(&self, id: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.prefix.len() + id.len());
+        key.extend_from_slice(self.prefix.as_bytes());
+        key.extend_from_slice(id.as_bytes());
+        key
+    }
+
+    fn set(&mut self, id: &str, document: &str) -> redis::RedisResult<()> {
+        redis::cmd("SETEX")
+            .arg(self.key(id))
+            .arg(TTL_SECONDS)
+            .arg(document)
+            .query(&mut self.connection)
+    }
+
+    fn get(&mut self, id: &str) -> redis::RedisResult<Option<String>> {
+        redis::cmd("GET")
+            .arg(self.key(id))
+            .query(&mut self.connection)
+    }
+
+    /// The store's optimistic transaction: `WATCH` + `GET` in one round trip, the merge,
+    /// then `MULTI` / `SET … KEEPTTL` / `EXEC` in another, again if someone wrote in between.
+    fn update(&mut self, id: &str, patch: &str) -> anyhow::Result<Option<String>> {
+        let key = self.key(id);
+        for _ in 0..100 {
+            let (_, current): (redis::Value, Option<String>) = redis::pipe()
+                .cmd("WATCH")
+                .arg(&key)
+                .cmd("GET")
+                .arg(&key)
+                .query(&mut self.connection)?;
+            let Some(current) = current else {
+                redis::cmd("UNWATCH").query::<()>(&mut self.connection)?;
+                return Ok(None);
+            };
+            let merged = taskstore::document::merge_patch(&current, patch)
+                .map_err(|e| anyhow::anyhow!("update {id}: {}", e.0))?;
+            let written: Option<Vec<redis::Value>> = redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&merged)
+                .arg("KEEPTTL")
+                .query(&mut self.connection)?;
+            if written.is_some() {
+                return Ok(Some(merged));
+            }
+        }
+        bail!("update {id}: gave up after 100 concurrent modifications")
+    }
+
+    fn delete(&mut self, id: &str) -> redis::RedisResult<bool> {
+        let removed: i64 = redis::cmd("DEL")
+            .arg(self.key(id))
+            .query(&mut self.connection)?;
+        Ok(removed > 0)
+    }
+
+    fn set_many(&mut self, tasks: &[Task]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for task in tasks {
+            pipe.cmd("SETEX")
+                .arg(self.key(&task.id))
+                .arg(TTL_SECONDS)
+                .arg(&task.document);
+        }
+        pipe.query(&mut self.connection)
+    }
+
+    fn get_many(&mut self, ids: &[String]) -> redis::RedisResult<Vec<Option<String>>> {
+        let mut mget = redis::cmd("MGET");
+        for id in ids {
+            mget.arg(self.key(id));
+        }
+        mget.query(&mut self.connection)
+    }
+
+    fn delete_many(&mut self, ids: &[String]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("DEL").arg(self.key(id));
+        }
+        pipe.query(&mut self.connection)
+    }
+
+    /// One page of the filtered listing as the store fills it on one server: `SCAN`s sized
+    /// by what the page has room for, pipelined `STRLEN`s and one `MGET` per chunk of
+    /// scanned keys (within the store's byte budget), at most 64 `SCAN`s per page. How many
+    /// tasks it held, and a cursor while the listing goes on.
+    fn list_page(&mut self, start: bool) -> anyhow::Result<(usize, Option<String>)> {
+        if start {
+            self.scan_position = Some(0);
+            self.pending.clear();
+        }
+        let mut page = PageFill::default();
+        let mut scans = 0;
+        loop {
+            if !self.pending.is_empty() {
+                if self.read_pending(&mut page)? {
+                    break;
+                }
+                continue;
+            }
+            if scans == 64 || page.listed == LIST_PAGE as usize {
+                break;
+            }
+            let Some(position) = self.scan_position else {
+                return Ok((page.listed, None));
+            };
+            scans += 1;
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(position)
+                .arg("MATCH")
+                .arg(&self.pattern)
+                .arg("COUNT")
+                .arg(page.keys_per_call())
+                .arg("TYPE")
+                .arg("string")
+                .query(&mut self.connection)?;
+            self.scan_position = (next != 0).then_some(next);
+            self.pending.extend(keys);
+        }
+        let finished = self.scan_position.is_none() && self.pending.is_empty();
+        Ok((page.listed, (!finished).then(String::new)))
+    }
+
+    /// Reads pending keys into `page` until none is pending (`false`) or the page is full
+    /// (`true`).
+    fn read_pending(&mut self, page: &mut PageFill) -> anyhow::Result<bool> {
+        while !self.pending.is_empty() {
+            if page.listed == LIST_PAGE as usize {
+                return Ok(true);
+            }
+            let chunk = page.keys_per_call().min(self.pending.len());
+            let mut strlen = redis::pipe();
+            for key in &self.pending[..chunk] {
+                strlen.cmd("STRLEN").arg(key);
+            }
+            let lengths: Vec<usize> = strlen.query(&mut self.connection)?;
+            let (mut take, mut planned) = (0, page.bytes);
+            for length in lengths {
+                if (page.listed > 0 || take > 0) && planned + length > PAGE_BYTE_BUDGET {
+                    break;
+                }
+                planned += length;
+                take += 1;
+            }
+            let take = take.max(1);
+            let mut mget = redis::cmd("MGET");
+            for key in &self.pending[..take] {
+                mget.arg(key);
+            }
+            let values: Vec<Option<String>> = mget.query(&mut self.connection)?;
+            let mut consumed = 0;
+            for value in values {
+                if page.listed == LIST_PAGE as usize {
+                    break;
+                }
+                consumed += 1;
+                page.read += 1;
+                let Some(document) = value else { continue };
+                if taskstore::document::top_level_status(&document).as_deref() == Some(LIST_FILTER)
+                {
+                    page.listed += 1;
+                    page.bytes += document.len();
+                }
+            }
+            self.pending.drain(..consumed);
+            if take < chunk {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// A page the `redis` crate client is filling: what sizes its next `SCAN` and `MGET`, as in
+/// the store.
+#[derive(Default)]
+struct PageFill {
+    listed: usize,
+    /// Bytes of the listed documents.
+    bytes: usize,
+    /// Keys read so far, listed or not.
+    read: usize,
+}
+
+impl PageFill {
+    /// What the page still has room for, scaled by the keys it took per listed task so far.
+    fn keys_per_call(&self) -> usize {
+        let room = LIST_PAGE as usize - self.listed;
+        let per_task = (self.read + 1) / (self.listed + 1);
+        (room.max(1) * per_task.clamp(1, 16)).min(1000)
     }
 }
 
@@ -618,7 +922,7 @@ impl Bench {
 
         tokio.block_on(async {
             let mut clients = Vec::new();
-            for kind in [Kind::Component, Kind::Native] {
+            for kind in KINDS {
                 clients.push((
                     kind,
                     Client::open(kind, &runtime, &self.url, &self.prefix).await?,
@@ -640,16 +944,12 @@ impl Bench {
                 self.warm_up(*kind, client).await?;
             }
             for rep in 0..self.reps {
-                if rep % 2 == 1 {
-                    clients.reverse();
-                }
                 for (kind, client) in &mut clients {
                     eprintln!("# rep {}/{}: {}", rep + 1, self.reps, kind.name());
                     self.repetition(*kind, client, rep, report).await?;
                 }
-                if rep % 2 == 1 {
-                    clients.reverse();
-                }
+                // Each client goes first, second and last in turn.
+                clients.rotate_left(1);
             }
             if list_set.is_some() {
                 for chunk in list_ids.chunks(BATCH) {
@@ -1249,6 +1549,97 @@ mod tests {
             native_get: None,
         };
         run(&args, None, None).unwrap();
+    }
+
+    #[test]
+    fn every_client_runs_every_op_and_the_table_compares_all_three() {
+        let server = RedisServer::start().unwrap();
+        let (n, reps, list_tasks) = (20, 3, 250);
+        let bench = Bench {
+            url: server.url(),
+            prefix: "bench-test:".to_owned(),
+            document: DEFAULT_DOCUMENT.trim_end().to_owned(),
+            n,
+            reps,
+            list_tasks,
+            sections: WORKLOAD.to_vec(),
+        };
+        let mut report = Report::default();
+        bench.workload(&mut report).unwrap();
+
+        // Not timings: how many tasks each client's calls covered, over every repetition.
+        let listed = (0..list_tasks)
+            .filter(|i| LIST_STATUSES[i % 4] == LIST_FILTER)
+            .count();
+        for kind in KINDS {
+            for op in WORKLOAD {
+                let per_rep = if op == Section::List { listed } else { n };
+                let samples = &report.samples[&(kind, op)];
+                assert_eq!(
+                    samples.tasks,
+                    (per_rep * reps) as u64,
+                    "{}:{}",
+                    kind.name(),
+                    op.name()
+                );
+            }
+        }
+        let mut redis = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let left: i64 = redis::cmd("DBSIZE").query(&mut redis).unwrap();
+        assert_eq!(left, 0, "the workload leaves no task behind");
+
+        let output = report.workload_table(&bench) + &report.targets();
+        for op in WORKLOAD {
+            assert!(
+                output.contains(&format!("\nredis-crate:{} ", op.name())),
+                "{output}"
+            );
+            let ratio = format!("ratio:{} p50 ", op.name());
+            let line = output.lines().find(|line| line.starts_with(&ratio));
+            // The op, "p50", three ratios, "ops/s", three ratios.
+            assert_eq!(
+                line.map(|line| line.split_whitespace().count()),
+                Some(9),
+                "{output}"
+            );
+        }
+        for op in SEQUENTIAL {
+            let target = format!("target:{} p50 component/redis-crate ", op.name());
+            assert!(output.contains(&target), "{output}");
+        }
+        assert!(!output.to_lowercase().contains("issue"), "{output}");
+    }
+
+    #[test]
+    fn the_redis_crate_client_updates_as_the_store_does() {
+        let server = RedisServer::start().unwrap();
+        let mut client = RedisCrateClient::open(&server.url(), "bench-test:").unwrap();
+        let mut native_options = StoreOptions::new(server.url());
+        native_options.key_prefix = Some("bench-test:".to_owned());
+        let mut native = NativeStore::open(&native_options, StdConnector).unwrap();
+        let document = r#"{"id": "t", "status": "pending", "progress": 0, "tags": ["a"]}"#;
+        let patch = r#"{"status":"running","progress":7,"tags":null}"#;
+        client.set("r1", document).unwrap();
+        native.set("n1", document, Some(TTL_SECONDS)).unwrap();
+
+        let updated = client.update("r1", patch).unwrap();
+        let expected = native.update("n1", patch, &Default::default()).unwrap();
+        assert!(expected.is_some());
+        assert_eq!(updated, expected);
+        assert_eq!(client.get("r1").unwrap(), expected, "the merge was written");
+        let ttl: i64 = redis::cmd("TTL")
+            .arg("bench-test:r1")
+            .query(&mut client.connection)
+            .unwrap();
+        assert!(ttl > 0 && ttl <= TTL_SECONDS as i64, "TTL kept: {ttl}");
+
+        assert_eq!(client.update("absent", patch).unwrap(), None);
+        assert_eq!(client.get("absent").unwrap(), None);
+        assert!(client.delete("r1").unwrap());
+        assert!(!client.delete("r1").unwrap());
     }
 
     #[test]
