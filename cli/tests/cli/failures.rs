@@ -3,10 +3,6 @@
 //! `Retry-After`; and a server that echoes the password in its error text never gets it
 //! into the CLI's stderr, `serve`'s HTTP bodies or `serve`'s log.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,9 +11,8 @@ use taskstore_testing::fault::{Fault, FaultProxy};
 use taskstore_testing::redis_server::RedisServer;
 
 use crate::run::taskstore;
+use crate::serve::Serve;
 
-/// Starting `serve` (compiling the component in a debug build) ends within this.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Any one HTTP exchange ends within this.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keys `DEBUG POPULATE` adds, and the `key-load-delay` per key (µs): a load of ~4 s.
@@ -26,86 +21,6 @@ const KEY_LOAD_DELAY_MICROS: u64 = 1000;
 /// Passwords of 1, 2, 3 and 16 characters, of characters no message, address or document
 /// here holds: any of them in an output is the password leaking.
 const ECHOED_PASSWORDS: [&str; 4] = ["§", "§¤", "§¤¶", "§¤¶µ¦¬°±²³·¸¹º¼½"];
-
-/// A running `taskstore serve`, killed and reaped on drop.
-struct Serve {
-    child: Option<Child>,
-    addr: SocketAddr,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Serve {
-    /// `taskstore serve --listen 127.0.0.1:0 --redis URL`, once it listens, with the
-    /// component cache in `cache`.
-    fn start(redis_url: &str, cache: &std::path::Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--redis", redis_url])
-            .env_remove("REDIS_URL")
-            .env_remove("REDIS_PASSWORD")
-            .env_remove("TASKSTORE_API_KEY")
-            .env("TASKSTORE_CACHE_DIR", cache)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run taskstore serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (line_tx, line_rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (err_tx, err_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut text);
-            let _ = err_tx.send(text);
-        });
-        let mut serve = Serve {
-            child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stderr: err_rx,
-        };
-        let first = match line_rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => panic!("taskstore serve did not start: {}", serve.kill()),
-        };
-        let addr = first
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        serve.addr = addr.parse().expect("a socket address");
-        serve
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Kills the server and returns everything it wrote to stderr.
-    fn kill(&mut self) -> String {
-        let Some(mut child) = self.child.take() else {
-            return String::new();
-        };
-        let _ = child.kill();
-        let _ = child.wait();
-        self.stderr
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// An HTTP reply: status, `Retry-After`, body.
 #[derive(Debug)]
@@ -216,8 +131,7 @@ fn a_post_to_a_real_replica_is_a_503_with_retry_after() {
             .contains("master_link_status:up")),
         "the replica did not sync"
     );
-    let cache = tempfile::tempdir().unwrap();
-    let serve = Serve::start(&replica.url(), cache.path());
+    let serve = Serve::start(&replica.url(), &[]);
     let agent = agent();
 
     // Reads are served; the write is refused by the replica (READONLY): come back later.
@@ -234,8 +148,7 @@ fn a_get_while_a_real_server_loads_its_dataset_is_a_503_with_retry_after() {
         .args(["--enable-debug-command", "local"])
         .start()
         .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let serve = Serve::start(&server.url(), cache.path());
+    let serve = Serve::start(&server.url(), &[]);
     let agent = agent();
     let created = post(&agent, &serve.url("/research/tasks"), r#"{"query": "q"}"#);
     assert_eq!(created.status, 201, "{created:?}");
@@ -364,12 +277,11 @@ fn the_cli_never_prints_a_password_the_server_echoes() {
 
 #[test]
 fn serve_never_answers_or_logs_a_password_the_server_echoes() {
-    let cache = tempfile::tempdir().unwrap();
     for password in ECHOED_PASSWORDS {
         let server = requirepass(password);
         let proxy = FaultProxy::start(server.addr());
         let url = format!("redis://:{}@{}", percent_encoded(password), proxy.addr());
-        let mut serve = Serve::start(&url, cache.path());
+        let mut serve = Serve::start(&url, &[]);
         let agent = agent();
         let created = post(&agent, &serve.url("/research/tasks"), r#"{"query": "q"}"#);
         assert_eq!(created.status, 201, "{password:?}: {created:?}");
@@ -385,7 +297,7 @@ fn serve_never_answers_or_logs_a_password_the_server_echoes() {
         assert_eq!(refused.error_code(), "storage_server");
         assert_no_password("HTTP body", password, &refused.body);
 
-        let stderr = serve.kill();
+        let (_, stderr) = serve.kill();
         assert_no_password("serve's log", password, &stderr);
         // The log does carry the server's text, scrubbed: the check above saw it.
         assert!(stderr.contains("echoed *** back"), "{password:?}: {stderr}");

@@ -21,30 +21,30 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 const TASK_TTL_SECONDS: i64 = 7 * 24 * 60 * 60;
 
-/// A running `taskstore serve`, killed and reaped on drop.
-struct Serve {
+/// A running `taskstore serve`, killed and reaped on drop. Its component cache is this test
+/// process's own ([`crate::run::cache_dir`]), so the component is compiled once per run.
+pub(crate) struct Serve {
     child: Option<Child>,
     addr: SocketAddr,
     stderr: mpsc::Receiver<String>,
-    _cache: tempfile::TempDir,
 }
 
 impl Serve {
     /// `taskstore serve --listen 127.0.0.1:0 --redis URL <extra>`, once it listens.
-    fn start(redis_url: &str, extra: &[&str]) -> Serve {
+    pub(crate) fn start(redis_url: &str, extra: &[&str]) -> Serve {
         Serve::start_with_env(redis_url, extra, &[])
     }
 
     /// As [`Serve::start`], with `env` added to the server's environment.
     fn start_with_env(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
-        let cache = tempfile::tempdir().expect("cache dir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
             .args(["serve", "--listen", "127.0.0.1:0", "--redis", redis_url])
             .args(extra)
             .env_remove("REDIS_URL")
+            .env_remove("REDIS_PASSWORD")
             .env_remove("TASKSTORE_API_KEY")
             .envs(env.iter().copied())
-            .env("TASKSTORE_CACHE_DIR", cache.path())
+            .env("TASKSTORE_CACHE_DIR", crate::run::cache_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -70,7 +70,6 @@ impl Serve {
             child: Some(child),
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             stderr: err_rx,
-            _cache: cache,
         };
         let first = match line_rx.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
@@ -86,7 +85,7 @@ impl Serve {
         serve
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
@@ -119,7 +118,8 @@ impl Serve {
         (status, stderr)
     }
 
-    fn kill(&mut self) -> (Option<ExitStatus>, String) {
+    /// Kills the server; its exit status and everything it wrote to stderr.
+    pub(crate) fn kill(&mut self) -> (Option<ExitStatus>, String) {
         let Some(mut child) = self.child.take() else {
             return (None, String::new());
         };
