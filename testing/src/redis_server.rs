@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::PLAIN_TIMEOUT;
 use anyhow::{anyhow, bail, Context as _};
 
 /// How long a started server may take to answer `PING`.
@@ -177,6 +178,40 @@ impl RedisServer {
     }
 
     /// The loopback port the server listens on; it stays the same across restarts.
+    /// Makes the next load of the dataset slow, for tests of `LOADING`: adds `keys` filler
+    /// keys (`DEBUG POPULATE`) and makes loading each take `per_key` (`key-load-delay`),
+    /// answering other clients (with `-LOADING`) every KiB loaded. A `DEBUG RELOAD` then keeps
+    /// the server loading for about `keys × per_key`, whatever the machine's speed. Needs a
+    /// server started with `--enable-debug-command local`.
+    ///
+    /// # Errors
+    /// A command fails or is refused.
+    pub fn prepare_slow_reload(&self, keys: u64, per_key: Duration) -> anyhow::Result<()> {
+        let keys = keys.to_string();
+        let micros = per_key.as_micros().to_string();
+        let commands: [&[&[u8]]; 3] = [
+            &[b"DEBUG", b"POPULATE", keys.as_bytes(), b"filler"],
+            &[b"CONFIG", b"SET", b"key-load-delay", micros.as_bytes()],
+            &[
+                b"CONFIG",
+                b"SET",
+                b"loading-process-events-interval-bytes",
+                b"1024",
+            ],
+        ];
+        for args in commands {
+            let reply = command(self.addr(), args, Instant::now() + PLAIN_TIMEOUT)?;
+            if !reply.starts_with(b"+OK") {
+                bail!(
+                    "{} refused: {}",
+                    String::from_utf8_lossy(args[0]),
+                    String::from_utf8_lossy(&reply).trim_end()
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -121,24 +121,9 @@ fn requests_while_a_real_server_loads_its_dataset_are_loading_retryable_server_e
     let mut store = open(&server);
     store.set("t1", DOC, None).unwrap();
     let mut con = plain(&server);
-    let () = redis::cmd("DEBUG")
-        .arg("POPULATE")
-        .arg(FILLER_KEYS)
-        .arg("filler")
-        .query(&mut con)
+    server
+        .prepare_slow_reload(FILLER_KEYS, Duration::from_micros(KEY_LOAD_DELAY_MICROS))
         .unwrap();
-    for (name, value) in [
-        ("key-load-delay", KEY_LOAD_DELAY_MICROS),
-        // Answer other clients (with LOADING) every KiB loaded, not every 2 MiB.
-        ("loading-process-events-interval-bytes", 1024),
-    ] {
-        let () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .query(&mut con)
-            .unwrap();
-    }
 
     std::thread::scope(|scope| {
         // `DEBUG RELOAD` saves the dataset to an RDB file and loads it back, as a restart

@@ -159,24 +159,9 @@ fn a_get_while_a_real_server_loads_its_dataset_is_a_503_with_retry_after() {
     ));
     assert_eq!(get(&agent, &task).status, 200);
 
-    let mut con = plain(&server);
-    let () = redis::cmd("DEBUG")
-        .arg("POPULATE")
-        .arg(FILLER_KEYS)
-        .arg("filler")
-        .query(&mut con)
+    server
+        .prepare_slow_reload(FILLER_KEYS, Duration::from_micros(KEY_LOAD_DELAY_MICROS))
         .unwrap();
-    for (name, value) in [
-        ("key-load-delay", KEY_LOAD_DELAY_MICROS),
-        ("loading-process-events-interval-bytes", 1024),
-    ] {
-        let () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .query(&mut con)
-            .unwrap();
-    }
     thread::scope(|scope| {
         // Saves the dataset and loads it back as a restart would, LOADING meanwhile.
         let reload = scope.spawn(|| {
