@@ -128,6 +128,36 @@ impl RedisCluster {
         )
     }
 
+    /// `CLUSTER SETSLOT <slot> <state> <node id of node other>` on node `index`, for moving a
+    /// slot by hand: `IMPORTING` (on the target, `other` the source), `MIGRATING` (on the
+    /// source, `other` the target), `NODE` (on every node, `other` the new owner).
+    ///
+    /// # Errors
+    /// As [`RedisCluster::command`], or the node does not answer `+OK`.
+    pub fn set_slot(
+        &self,
+        index: usize,
+        slot: impl std::fmt::Display,
+        state: &str,
+        other: usize,
+    ) -> anyhow::Result<()> {
+        let (slot, other_id) = (slot.to_string(), self.node_id(other)?);
+        let args: [&[u8]; 5] = [
+            b"CLUSTER",
+            b"SETSLOT",
+            slot.as_bytes(),
+            state.as_bytes(),
+            other_id.as_bytes(),
+        ];
+        let reply = self.command(index, &args)?;
+        anyhow::ensure!(
+            reply.starts_with(b"+OK"),
+            "CLUSTER SETSLOT {slot} {state} on node {index}: {}",
+            String::from_utf8_lossy(&reply).trim_end()
+        );
+        Ok(())
+    }
+
     /// Node `index`'s cluster node id (`CLUSTER MYID`).
     ///
     /// # Errors

@@ -285,35 +285,13 @@ fn ask_during_a_migration_and_moved_after_it_are_followed() {
         store.set(id, &doc(id, "pending", 0), None).unwrap();
     }
     let (source, target) = (0, 1);
-    let (source_id, target_id) = (
-        cluster.node_id(source).unwrap(),
-        cluster.node_id(target).unwrap(),
-    );
     let slot_text = slot.to_string();
-    ok(cluster
-        .command(
-            target,
-            &[
-                b"CLUSTER",
-                b"SETSLOT",
-                slot_text.as_bytes(),
-                b"IMPORTING",
-                source_id.as_bytes(),
-            ],
-        )
-        .unwrap());
-    ok(cluster
-        .command(
-            source,
-            &[
-                b"CLUSTER",
-                b"SETSLOT",
-                slot_text.as_bytes(),
-                b"MIGRATING",
-                target_id.as_bytes(),
-            ],
-        )
-        .unwrap());
+    cluster
+        .set_slot(target, &slot_text, "IMPORTING", source)
+        .unwrap();
+    cluster
+        .set_slot(source, &slot_text, "MIGRATING", target)
+        .unwrap();
     // Move the first task only: the slot is now split between the two nodes.
     let moved_key = format!("{DEFAULT_PREFIX}{}", ids[0]);
     let target_port = cluster.nodes()[target].port().to_string();
@@ -382,18 +360,7 @@ fn ask_during_a_migration_and_moved_after_it_are_followed() {
             .unwrap());
     }
     for node in 0..3 {
-        ok(cluster
-            .command(
-                node,
-                &[
-                    b"CLUSTER",
-                    b"SETSLOT",
-                    slot_text.as_bytes(),
-                    b"NODE",
-                    target_id.as_bytes(),
-                ],
-            )
-            .unwrap());
+        cluster.set_slot(node, &slot_text, "NODE", target).unwrap();
     }
     assert_eq!(cluster.owner_of_slot(slot).unwrap(), target);
     let updated = store

@@ -296,42 +296,16 @@ impl Walk<'_> {
     /// does, one key per `MIGRATE`, settling after every step.
     fn migrate(&mut self, source: usize, target: usize) {
         let cluster = self.cluster;
-        let (source_id, target_id) = (
-            cluster.node_id(source).unwrap(),
-            cluster.node_id(target).unwrap(),
-        );
         let slot = self.slot.clone();
         let on_source = |_| (source, false);
         self.settle(on_source);
-        assert_ok(
-            &cluster
-                .command(
-                    target,
-                    &[
-                        b"CLUSTER",
-                        b"SETSLOT",
-                        slot.as_bytes(),
-                        b"IMPORTING",
-                        source_id.as_bytes(),
-                    ],
-                )
-                .unwrap(),
-        );
+        cluster
+            .set_slot(target, &slot, "IMPORTING", source)
+            .unwrap();
         self.settle(on_source);
-        assert_ok(
-            &cluster
-                .command(
-                    source,
-                    &[
-                        b"CLUSTER",
-                        b"SETSLOT",
-                        slot.as_bytes(),
-                        b"MIGRATING",
-                        target_id.as_bytes(),
-                    ],
-                )
-                .unwrap(),
-        );
+        cluster
+            .set_slot(source, &slot, "MIGRATING", target)
+            .unwrap();
         self.settle(on_source);
         let target_port = cluster.nodes()[target].port().to_string();
         for moved in 0..self.keys.len() {
@@ -365,20 +339,7 @@ impl Walk<'_> {
         let mut nodes: Vec<usize> = vec![target, source];
         nodes.extend((0..cluster.nodes().len()).filter(|n| ![source, target].contains(n)));
         for node in nodes {
-            assert_ok(
-                &cluster
-                    .command(
-                        node,
-                        &[
-                            b"CLUSTER",
-                            b"SETSLOT",
-                            slot.as_bytes(),
-                            b"NODE",
-                            target_id.as_bytes(),
-                        ],
-                    )
-                    .unwrap(),
-            );
+            cluster.set_slot(node, &slot, "NODE", target).unwrap();
             self.settle(|_| (target, false));
         }
     }
@@ -482,10 +443,6 @@ fn a_key_migrated_between_get_and_exec_makes_update_follow_it_and_keep_every_wri
     let cluster = RedisCluster::start(3).expect("a 3-master redis cluster starts");
     let (slot, ids) = ids_in_one_slot(&cluster, 0, 1);
     let (source, target) = (0, 1);
-    let (source_id, target_id) = (
-        cluster.node_id(source).unwrap(),
-        cluster.node_id(target).unwrap(),
-    );
     // Node 0 tells clients it is at the proxy's port, so the store reaches it through the
     // proxy (and the other masters directly): the proxy can act between the steps of an
     // update on the node that holds the key.
@@ -516,34 +473,12 @@ fn a_key_migrated_between_get_and_exec_makes_update_follow_it_and_keep_every_wri
     store.set(id, DOC, None).unwrap();
 
     let slot = slot.to_string();
-    assert_ok(
-        &cluster
-            .command(
-                target,
-                &[
-                    b"CLUSTER",
-                    b"SETSLOT",
-                    slot.as_bytes(),
-                    b"IMPORTING",
-                    source_id.as_bytes(),
-                ],
-            )
-            .unwrap(),
-    );
-    assert_ok(
-        &cluster
-            .command(
-                source,
-                &[
-                    b"CLUSTER",
-                    b"SETSLOT",
-                    slot.as_bytes(),
-                    b"MIGRATING",
-                    target_id.as_bytes(),
-                ],
-            )
-            .unwrap(),
-    );
+    cluster
+        .set_slot(target, &slot, "IMPORTING", source)
+        .unwrap();
+    cluster
+        .set_slot(source, &slot, "MIGRATING", target)
+        .unwrap();
     // First attempt, after its WATCH + GET on the source: another client writes the task,
     // so Redis aborts the EXEC. Second attempt, same place: the key leaves for the target,
     // so the source refuses the queued SET with ASK. (One fault per batch: the MULTI's
