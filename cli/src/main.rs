@@ -12,7 +12,8 @@
 //! - `main.rs`: the command line (clap), the task commands over [`TaskStore`], `demo`,
 //!   `export`, and `serve`: its flags turned into a [`ServeConfig`] for the library's
 //!   server, and the shutdown signals.
-//! - `bench`: `taskstore bench`, the component against a native build of the same client.
+//! - `bench`: `taskstore bench`, the component against a native build of the same client
+//!   and the `redis` crate.
 //!
 //! The throwaway `redis-server` of `demo`, `serve --throwaway-redis` and `bench` is the test
 //! fixture of the workspace's `taskstore-testing` crate, used as a program would use it. The
