@@ -11,10 +11,8 @@ use taskstore_testing::fault::{Fault, FaultProxy};
 use taskstore_testing::redis_server::RedisServer;
 
 use crate::run::taskstore;
-use crate::serve::Serve;
+use crate::serve::{agent, get, post, Reply, Serve};
 
-/// Any one HTTP exchange ends within this.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keys `DEBUG POPULATE` adds, and the `key-load-delay` per key (µs): a load of ~4 s.
 const FILLER_KEYS: u64 = 4000;
 const KEY_LOAD_DELAY_MICROS: u64 = 1000;
@@ -22,73 +20,18 @@ const KEY_LOAD_DELAY_MICROS: u64 = 1000;
 /// here holds: any of them in an output is the password leaking.
 const ECHOED_PASSWORDS: [&str; 4] = ["§", "§¤", "§¤¶", "§¤¶µ¦¬°±²³·¸¹º¼½"];
 
-/// An HTTP reply: status, `Retry-After`, body.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    retry_after: Option<String>,
-    body: String,
-}
-
-impl Reply {
-    /// The `error.code` of a JSON error reply.
-    fn error_code(&self) -> String {
-        let json: Value = serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body));
-        json["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error code: {json}"))
-            .to_owned()
-    }
-
-    /// A `503` that tells the client to come back: Redis was in a passing state.
-    #[track_caller]
-    fn assert_busy_retry_after(&self) {
-        assert_eq!(self.status, 503, "{self:?}");
-        assert_eq!(self.error_code(), "storage_busy", "{self:?}");
-        let seconds: u64 = self
-            .retry_after
-            .as_deref()
-            .unwrap_or_else(|| panic!("no Retry-After: {self:?}"))
-            .parse()
-            .expect("Retry-After in seconds");
-        assert!(seconds >= 1, "{self:?}");
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(HTTP_TIMEOUT))
-        .build()
-        .into()
-}
-
-fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-    let mut response = response.expect("an HTTP response");
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    Reply {
-        status: response.status().as_u16(),
-        retry_after,
-        body: response.body_mut().read_to_string().expect("read the body"),
-    }
-}
-
-fn get(agent: &ureq::Agent, url: &str) -> Reply {
-    reply(agent.get(url).call())
-}
-
-fn post(agent: &ureq::Agent, url: &str, body: &str) -> Reply {
-    reply(
-        agent
-            .post(url)
-            .header("content-type", "application/json")
-            .send(body),
-    )
+/// A `503` that tells the client to come back: Redis was in a passing state.
+#[track_caller]
+fn assert_busy_retry_after(reply: &Reply) {
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.error_code(), "storage_busy", "{reply:?}");
+    let seconds: u64 = reply
+        .retry_after
+        .as_deref()
+        .unwrap_or_else(|| panic!("no Retry-After: {reply:?}"))
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!(seconds >= 1, "{reply:?}");
 }
 
 fn plain(server: &RedisServer) -> redis::Connection {
@@ -137,7 +80,7 @@ fn a_post_to_a_real_replica_is_a_503_with_retry_after() {
     // Reads are served; the write is refused by the replica (READONLY): come back later.
     assert_eq!(get(&agent, &serve.url("/research/tasks")).status, 200);
     let created = post(&agent, &serve.url("/research/tasks"), r#"{"query": "q"}"#);
-    created.assert_busy_retry_after();
+    assert_busy_retry_after(&created);
     let keys: i64 = redis::cmd("DBSIZE").query(&mut plain(&primary)).unwrap();
     assert_eq!(keys, 0, "nothing was written");
 }
@@ -179,7 +122,7 @@ fn a_get_while_a_real_server_loads_its_dataset_is_a_503_with_retry_after() {
             eventually(Duration::from_secs(10), || loading(&mut watcher)),
             "the server never started loading"
         );
-        get(&agent, &task).assert_busy_retry_after();
+        assert_busy_retry_after(&get(&agent, &task));
         assert!(
             loading(&mut watcher),
             "the load ended before the request did; raise FILLER_KEYS"

@@ -144,11 +144,12 @@ impl Drop for Serve {
 
 /// An HTTP reply: status, headers we look at, body.
 #[derive(Debug)]
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     location: Option<String>,
     content_type: Option<String>,
-    body: String,
+    pub(crate) retry_after: Option<String>,
+    pub(crate) body: String,
 }
 
 impl Reply {
@@ -158,7 +159,7 @@ impl Reply {
     }
 
     /// The `error.code` of a JSON error reply.
-    fn error_code(&self) -> String {
+    pub(crate) fn error_code(&self) -> String {
         let json = self.json();
         let code = json["error"]["code"].as_str();
         assert!(
@@ -170,7 +171,7 @@ impl Reply {
     }
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(HTTP_TIMEOUT))
@@ -188,15 +189,17 @@ fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Rep
             .map(str::to_owned)
     };
     let (location, content_type) = (header("location"), header("content-type"));
+    let retry_after = header("retry-after");
     Reply {
         status: response.status().as_u16(),
         location,
         content_type,
+        retry_after,
         body: response.body_mut().read_to_string().expect("read the body"),
     }
 }
 
-fn get(agent: &ureq::Agent, url: &str) -> Reply {
+pub(crate) fn get(agent: &ureq::Agent, url: &str) -> Reply {
     reply(agent.get(url).call())
 }
 
@@ -204,7 +207,7 @@ fn delete(agent: &ureq::Agent, url: &str) -> Reply {
     reply(agent.delete(url).call())
 }
 
-fn post(agent: &ureq::Agent, url: &str, body: &str) -> Reply {
+pub(crate) fn post(agent: &ureq::Agent, url: &str, body: &str) -> Reply {
     reply(
         agent
             .post(url)
