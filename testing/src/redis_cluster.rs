@@ -158,6 +158,30 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// Moves `key` from node `from` to node `to` (`MIGRATE`, database 0, 5 s), as a slot
+    /// migration by hand does key by key between `set_slot` calls.
+    ///
+    /// # Errors
+    /// As [`RedisCluster::command`], or the node does not answer `+OK` (`+NOKEY` included).
+    pub fn migrate_key(&self, from: usize, to: usize, key: &str) -> anyhow::Result<()> {
+        let port = self.nodes[to].port().to_string();
+        let args: [&[u8]; 6] = [
+            b"MIGRATE",
+            b"127.0.0.1",
+            port.as_bytes(),
+            key.as_bytes(),
+            b"0",
+            b"5000",
+        ];
+        let reply = self.command(from, &args)?;
+        anyhow::ensure!(
+            reply.starts_with(b"+OK"),
+            "MIGRATE {key} from node {from} to node {to}: {}",
+            String::from_utf8_lossy(&reply).trim_end()
+        );
+        Ok(())
+    }
+
     /// Node `index`'s cluster node id (`CLUSTER MYID`).
     ///
     /// # Errors

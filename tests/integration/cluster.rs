@@ -267,14 +267,6 @@ fn plain_get_asking(con: &mut redis::Connection, key: &str) -> Option<Vec<u8>> {
     crate::support::plain_get(con, key)
 }
 
-fn ok(reply: Vec<u8>) {
-    assert!(
-        reply.starts_with(b"+OK"),
-        "{}",
-        String::from_utf8_lossy(&reply)
-    );
-}
-
 #[test]
 fn ask_during_a_migration_and_moved_after_it_are_followed() {
     let cluster = cluster();
@@ -294,20 +286,7 @@ fn ask_during_a_migration_and_moved_after_it_are_followed() {
         .unwrap();
     // Move the first task only: the slot is now split between the two nodes.
     let moved_key = format!("{DEFAULT_PREFIX}{}", ids[0]);
-    let target_port = cluster.nodes()[target].port().to_string();
-    ok(cluster
-        .command(
-            source,
-            &[
-                b"MIGRATE",
-                b"127.0.0.1",
-                target_port.as_bytes(),
-                moved_key.as_bytes(),
-                b"0",
-                b"5000",
-            ],
-        )
-        .unwrap());
+    cluster.migrate_key(source, target, &moved_key).unwrap();
 
     // The source answers ASK for the moved key; the component follows it with ASKING.
     assert_eq!(
@@ -345,19 +324,7 @@ fn ask_during_a_migration_and_moved_after_it_are_followed() {
     // Finish the migration: move the rest, hand the slot over; the source now says MOVED.
     for id in &ids[1..] {
         let key = format!("{DEFAULT_PREFIX}{id}");
-        ok(cluster
-            .command(
-                source,
-                &[
-                    b"MIGRATE",
-                    b"127.0.0.1",
-                    target_port.as_bytes(),
-                    key.as_bytes(),
-                    b"0",
-                    b"5000",
-                ],
-            )
-            .unwrap());
+        cluster.migrate_key(source, target, &key).unwrap();
     }
     for node in 0..3 {
         cluster.set_slot(node, &slot_text, "NODE", target).unwrap();

@@ -307,24 +307,9 @@ impl Walk<'_> {
             .set_slot(source, &slot, "MIGRATING", target)
             .unwrap();
         self.settle(on_source);
-        let target_port = cluster.nodes()[target].port().to_string();
         for moved in 0..self.keys.len() {
             let key = self.keys[moved].clone();
-            assert_ok(
-                &cluster
-                    .command(
-                        source,
-                        &[
-                            b"MIGRATE",
-                            b"127.0.0.1",
-                            target_port.as_bytes(),
-                            key.as_bytes(),
-                            b"0",
-                            b"5000",
-                        ],
-                    )
-                    .unwrap(),
-            );
+            cluster.migrate_key(source, target, &key).unwrap();
             // Keys up to `moved` are on the target (importing: ASKING), the rest still on
             // the source.
             self.settle(|index| {
