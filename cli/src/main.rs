@@ -116,10 +116,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the research-task HTTP API (the composed wasi:http function) until Ctrl-C
     Serve(ServeArgs),
-    /// Write the embedded components to a directory, for other hosts (`wasmtime serve`, ...)
+    /// Write the embedded components, and the HTTP API's OpenAPI document, to a directory, for
+    /// other hosts (`wasmtime serve`, ...) and client generators
     Export {
-        /// Directory to write `taskstore.wasm`, `taskstore-tls.wasm` and `research-api.wasm`
-        /// into (created if missing)
+        /// Directory to write `taskstore.wasm`, `taskstore-tls.wasm`, `research-api.wasm` and
+        /// `openapi.json` into (created if missing)
         #[arg(value_name = "DIR")]
         out_dir: std::path::PathBuf,
     },
@@ -566,6 +567,8 @@ fn export(out_dir: &std::path::Path) -> Result<(), Failure> {
         ("taskstore.wasm", taskstore_host::COMPONENT),
         ("taskstore-tls.wasm", taskstore_host::TLS_COMPONENT),
         ("research-api.wasm", taskstore_host::serve::HTTP_COMPONENT),
+        // The function's contract, as it serves it at /research/openapi.json.
+        ("openapi.json", research_api::openapi::DOCUMENT.as_bytes()),
     ] {
         let path = out_dir.join(name);
         std::fs::write(&path, bytes)

@@ -258,12 +258,10 @@ impl ApiError {
                 STORAGE_AUTHENTICATION,
                 "the task store refused this function's credentials",
             ),
-            ErrorKind::Server if RedisErrorCode::of(err.message()).is_transient() => {
-                ApiError::new(
-                    STORAGE_BUSY,
-                    "the task store is temporarily unable to serve",
-                )
-            }
+            ErrorKind::Server if RedisErrorCode::of(err.message()).is_transient() => ApiError::new(
+                STORAGE_BUSY,
+                "the task store is temporarily unable to serve",
+            ),
             ErrorKind::Server => {
                 ApiError::new(STORAGE_SERVER, "the task store answered with an error")
             }

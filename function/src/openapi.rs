@@ -64,7 +64,11 @@ pub(crate) mod tests {
         let schema = resolve(document, schema);
         let code = &schema["properties"]["error"]["properties"]["code"];
         if let Some(values) = code["enum"].as_array() {
-            codes.extend(values.iter().map(|v| v.as_str().expect("codes are strings").into()));
+            codes.extend(
+                values
+                    .iter()
+                    .map(|v| v.as_str().expect("codes are strings").into()),
+            );
         }
         if let Some(value) = code["const"].as_str() {
             codes.insert(value.into());
@@ -111,7 +115,10 @@ pub(crate) mod tests {
         assert_eq!(document["openapi"], "3.1.0");
         assert_eq!(document["info"]["version"], env!("CARGO_PKG_VERSION"));
         let bearer = &document["components"]["securitySchemes"]["bearerAuth"];
-        assert_eq!((&bearer["type"], &bearer["scheme"]), (&"http".into(), &"bearer".into()));
+        assert_eq!(
+            (&bearer["type"], &bearer["scheme"]),
+            (&"http".into(), &"bearer".into())
+        );
     }
 
     /// Both ways: each code of the error table is listed, under its own status only, by the
@@ -201,7 +208,11 @@ pub(crate) mod tests {
                     assert!(routed.is_ok(), "{method} {path}: {routed:?}");
                 } else {
                     let err = routed.expect_err(&format!("{method} {path} is not documented"));
-                    assert_eq!((err.status, err.allow), (405, Some(*allow)), "{method} {path}");
+                    assert_eq!(
+                        (err.status, err.allow),
+                        (405, Some(*allow)),
+                        "{method} {path}"
+                    );
                 }
             }
         }

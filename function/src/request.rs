@@ -71,7 +71,8 @@ impl RequestHead {
             return Ok(None);
         };
         if values.next().is_some() {
-            return Err(ApiError::new(error::INVALID_HEADER,
+            return Err(ApiError::new(
+                error::INVALID_HEADER,
                 format!("header {name} must not be repeated"),
             ));
         }
@@ -172,7 +173,10 @@ fn expect_no_query(query: &str) -> Result<(), ApiError> {
 }
 
 fn unknown_parameter(name: &str) -> ApiError {
-    ApiError::new(error::INVALID_QUERY, format!("unknown query parameter {name:?}"))
+    ApiError::new(
+        error::INVALID_QUERY,
+        format!("unknown query parameter {name:?}"),
+    )
 }
 
 /// `status`, `limit` and `cursor`, each at most once. `limit` is a positive decimal integer,
@@ -189,12 +193,14 @@ fn parse_list_query(query: &str) -> Result<ListQuery, ApiError> {
             _ => return Err(unknown_parameter(&name)),
         };
         if slot.is_some() {
-            return Err(ApiError::new(error::INVALID_QUERY,
+            return Err(ApiError::new(
+                error::INVALID_QUERY,
                 format!("query parameter {name:?} is repeated"),
             ));
         }
         if value.is_empty() {
-            return Err(ApiError::new(error::INVALID_QUERY,
+            return Err(ApiError::new(
+                error::INVALID_QUERY,
                 format!("query parameter {name:?} is empty"),
             ));
         }
@@ -231,7 +237,8 @@ fn parse_limit(text: &str) -> Result<u32, ApiError> {
 /// preflight, so accepting it would let any page a user visits create and change tasks.
 pub fn check_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
     let unsupported = || {
-        ApiError::new(error::UNSUPPORTED_MEDIA_TYPE,
+        ApiError::new(
+            error::UNSUPPORTED_MEDIA_TYPE,
             "request bodies must be sent with Content-Type: application/json",
         )
     };
@@ -269,7 +276,8 @@ pub fn check_content_length(content_length: Option<&str>, limit: usize) -> Resul
     };
     let text = text.trim();
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::new(error::INVALID_HEADER,
+        return Err(ApiError::new(
+            error::INVALID_HEADER,
             "Content-Length is not a number",
         ));
     }
@@ -280,7 +288,8 @@ pub fn check_content_length(content_length: Option<&str>, limit: usize) -> Resul
 }
 
 pub fn body_too_large(limit: usize) -> ApiError {
-    ApiError::new(error::BODY_TOO_LARGE,
+    ApiError::new(
+        error::BODY_TOO_LARGE,
         format!("the request body is larger than {limit} bytes"),
     )
 }
@@ -303,10 +312,12 @@ impl BodyError {
             BodyError::TooLarge => body_too_large(limit),
             // Too large for this deployment all the same: the client can act on a 413 (send
             // less), not on a 400 or a retry.
-            BodyError::OutOfMemory => ApiError::new(error::BODY_TOO_LARGE,
+            BodyError::OutOfMemory => ApiError::new(
+                error::BODY_TOO_LARGE,
                 "the request body is larger than this function's memory can hold",
             ),
-            BodyError::Read(message) => ApiError::new(error::BODY_UNREADABLE,
+            BodyError::Read(message) => ApiError::new(
+                error::BODY_UNREADABLE,
                 format!("the request body could not be read: {message}"),
             ),
         }

@@ -180,9 +180,9 @@ fn serve_tasks<E: Environment>(
             update(storage, &id, body, expect_status.as_deref())
         }
         Route::Delete(id) => delete(storage, &id),
-        Route::OpenApi | Route::Health | Route::Ready => {
-            Err(ApiError::internal("a route without the store reached the store"))
-        }
+        Route::OpenApi | Route::Health | Route::Ready => Err(ApiError::internal(
+            "a route without the store reached the store",
+        )),
     }
 }
 
@@ -203,7 +203,8 @@ fn connect<'a, E: Environment>(
 fn parse_expect_status(head: &RequestHead) -> Result<Option<String>, ApiError> {
     match head.header(EXPECT_STATUS_HEADER)? {
         None => Ok(None),
-        Some("") => Err(ApiError::new(error::INVALID_HEADER,
+        Some("") => Err(ApiError::new(
+            error::INVALID_HEADER,
             "X-Expect-Status must not be empty",
         )),
         Some(status) => Ok(Some(status.to_string())),
@@ -222,7 +223,8 @@ fn read_body(
 
 fn parse_members(body: &[u8]) -> Result<Members, ApiError> {
     Members::parse(body).map_err(|reason| {
-        ApiError::new(error::INVALID_JSON,
+        ApiError::new(
+            error::INVALID_JSON,
             format!("the body must be one JSON object: {reason}"),
         )
     })
@@ -238,7 +240,8 @@ fn create(
     match members.get("query").and_then(document::as_string) {
         Some(query) if !query.trim().is_empty() => {}
         _ => {
-            return Err(ApiError::new(error::INVALID_TASK,
+            return Err(ApiError::new(
+                error::INVALID_TASK,
                 "\"query\" must be a non-blank string",
             ))
         }
@@ -247,7 +250,8 @@ fn create(
         .iter()
         .find(|name| members.get(name).is_some())
     {
-        return Err(ApiError::new(error::INVALID_TASK,
+        return Err(ApiError::new(
+            error::INVALID_TASK,
             format!("{reserved:?} is set by the server"),
         ));
     }
@@ -258,7 +262,8 @@ fn create(
         let id = document::uuid_v4(env.random_bytes());
         let task = document::new_task_document(&id, &created_at, &members);
         if task.len() > limit {
-            return Err(ApiError::new(error::DOCUMENT_TOO_LARGE,
+            return Err(ApiError::new(
+                error::DOCUMENT_TOO_LARGE,
                 format!("the task would be larger than {limit} bytes"),
             ));
         }
@@ -320,7 +325,8 @@ fn get(storage: &mut impl TaskStorage, id: &str) -> Result<Response, ApiError> {
 /// what other clients wrote).
 fn document_response(id: &str, document: String) -> Result<Response, ApiError> {
     if document::as_object(&document).is_none() {
-        let mut err = ApiError::new(error::CORRUPT_DATA,
+        let mut err = ApiError::new(
+            error::CORRUPT_DATA,
             "the stored task is not a readable JSON object",
         );
         err.log = Some(format!(
@@ -376,7 +382,8 @@ fn update(
     let members = parse_members(&body)?;
     if let Some(new_id) = members.get("id") {
         if document::as_string(new_id).as_deref() != Some(id) {
-            return Err(ApiError::new(error::IMMUTABLE_FIELD,
+            return Err(ApiError::new(
+                error::IMMUTABLE_FIELD,
                 "a patch may not change or remove \"id\"",
             ));
         }

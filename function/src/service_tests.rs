@@ -117,14 +117,15 @@ fn assert_documented(head: &RequestHead, response: &Response) {
         Method::Delete => "delete",
         Method::Other(other) => other.as_str(),
     };
-    let template = request::ROUTES.iter().map(|(template, _)| *template).find(|template| {
-        match template.strip_suffix("{id}") {
+    let template = request::ROUTES
+        .iter()
+        .map(|(template, _)| *template)
+        .find(|template| match template.strip_suffix("{id}") {
             Some(prefix) => path
                 .strip_prefix(prefix)
                 .is_some_and(|id| !id.is_empty() && !id.contains('/')),
             None => path == *template,
-        }
-    });
+        });
     let code = serde_json::from_slice::<Value>(&response.body)
         .ok()
         .and_then(|body| body["error"]["code"].as_str().map(str::to_string));
@@ -153,13 +154,22 @@ fn assert_documented(head: &RequestHead, response: &Response) {
     match documented.get("content") {
         Some(content) => {
             let content_type = response.header("content-type").expect("a content type");
-            assert!(content.get(content_type).is_some(), "{method} {path}: {content_type}");
+            assert!(
+                content.get(content_type).is_some(),
+                "{method} {path}: {content_type}"
+            );
         }
-        None => assert!(response.body.is_empty(), "{method} {path}: an undocumented body"),
+        None => assert!(
+            response.body.is_empty(),
+            "{method} {path}: an undocumented body"
+        ),
     }
     for (name, header) in documented["headers"].as_object().into_iter().flatten() {
         if header["required"] == true {
-            assert!(response.header(name).is_some(), "{method} {path}: no {name}");
+            assert!(
+                response.header(name).is_some(),
+                "{method} {path}: no {name}"
+            );
         }
     }
 }
@@ -867,8 +877,14 @@ fn readyz_is_503_with_the_reason_while_redis_cannot_answer() {
     for (err, code) in [
         (TaskError::connection("refused"), "storage_unavailable"),
         (TaskError::timeout("slow"), "storage_timeout"),
-        (TaskError::server("LOADING Redis is loading"), "storage_busy"),
-        (TaskError::authentication("WRONGPASS"), "storage_authentication"),
+        (
+            TaskError::server("LOADING Redis is loading"),
+            "storage_busy",
+        ),
+        (
+            TaskError::authentication("WRONGPASS"),
+            "storage_authentication",
+        ),
     ] {
         // Failing the ping of an open store...
         let mut h = Harness::new();

@@ -6,6 +6,7 @@
 //! Select a group by module path, e.g. `cargo test -p taskstore-cli --test cli serve::`.
 
 mod commands;
+mod contract;
 mod failures;
 mod reliability;
 mod run;
