@@ -7,6 +7,7 @@
 
 mod commands;
 mod failures;
+mod operations;
 mod reliability;
 mod run;
 mod serve;
