@@ -723,3 +723,88 @@ fn a_non_loopback_metrics_address_needs_an_api_key() {
         "{stderr}"
     );
 }
+
+/// An instance cut off at the request's deadline is counted as discarded for that reason,
+/// and the host's `503 timeout` is not taken for a Redis error code.
+#[test]
+fn an_instance_cut_off_at_its_deadline_is_counted_as_discarded() {
+    // Completes connections from its backlog and never answers: Redis hung.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", hung.local_addr().unwrap());
+    let serve = Operated::start(
+        &url,
+        &["--timeout-ms", "10000", "--request-timeout-ms", "700"],
+        &[],
+    );
+    let reply = get(&agent(), &serve.url("/research/tasks"));
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.error_code(), "timeout");
+    // The handler task drops the instance just after the client's answer.
+    let settle_by = Instant::now() + Duration::from_secs(5);
+    let mut samples = serve.scrape();
+    while samples["taskstore_instances_busy"] != 0.0 && Instant::now() < settle_by {
+        thread::sleep(Duration::from_millis(20));
+        samples = serve.scrape();
+    }
+    assert_eq!(samples["taskstore_instances_busy"], 0.0);
+    assert_eq!(samples["taskstore_instances_idle"], 0.0);
+    assert_eq!(samples["taskstore_instances_created_total"], 1.0);
+    for (series, value) in family(&samples, "taskstore_instances_discarded_total") {
+        let want = if series.contains(r#"reason="deadline""#) {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(value, want, "{series}");
+    }
+    assert!(family(&samples, "taskstore_redis_errors_total")
+        .values()
+        .all(|value| *value == 0.0));
+    assert_eq!(
+        samples[&requests_series("/research/tasks", "GET", "5xx")],
+        1.0
+    );
+}
+
+/// A connection over `--max-connections` while every open one is in a request is refused,
+/// and counted (the metrics listener is not under that cap).
+#[test]
+fn connections_refused_at_the_cap_are_counted() {
+    let redis = RedisServer::start().unwrap();
+    let serve = Operated::start(&redis.url(), &["--max-connections", "1"], &[]);
+    // In a request once the host reads its body (it says `100 Continue` then), of which
+    // one byte of ten has come.
+    let mut trickler = TcpStream::connect(serve.addr).unwrap();
+    write!(
+        trickler,
+        "POST /research/tasks HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 10\r\nExpect: 100-continue\r\n\r\n{{",
+        serve.addr
+    )
+    .unwrap();
+    trickler
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut interim = [0_u8; 25];
+    trickler
+        .read_exact(&mut interim)
+        .expect("the host reads the body within 20 s");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    for _ in 0..2 {
+        // Sends nothing: the host answers at once, and nothing unread makes its close a reset.
+        let mut refused = TcpStream::connect(serve.addr).unwrap();
+        refused
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = refused.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    }
+    let samples = serve.scrape();
+    assert_eq!(
+        samples[r#"taskstore_refusals_total{reason="connection_limit"}"#],
+        2.0
+    );
+    drop(trickler);
+}
