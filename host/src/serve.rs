@@ -270,7 +270,8 @@ impl Server {
     /// `max-document-bytes` needs more than the instance memory limit; the listen address is
     /// not loopback and no API key is set; the file-descriptor limit cannot cover the
     /// connection cap; the Redis URL is malformed or its host does not resolve; the address
-    /// cannot be bound.
+    /// cannot be bound; the metrics address is not loopback and no API key is set, or cannot
+    /// be bound.
     pub async fn bind(
         config: ServeConfig,
         cache: Option<&ComponentCache>,
