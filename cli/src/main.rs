@@ -178,6 +178,22 @@ struct ServeArgs {
     /// Extra wasi:config/store variable for the function, KEY=VALUE (repeatable)
     #[arg(long = "config", value_name = "KEY=VALUE")]
     config_vars: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, on a listener of their own (a
+    /// non-loopback address needs an API key to be set, as --listen does)
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Format of the log lines on stderr, one access-log line per request among them; `off`
+    /// drops the access log (the other lines stay, as logfmt). RUST_LOG filters them
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = AccessLog::Logfmt)]
+    access_log: AccessLog,
+}
+
+/// `serve --access-log`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccessLog {
+    Logfmt,
+    Json,
+    Off,
 }
 
 /// The commands that act on one task.
@@ -460,6 +476,14 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.allowed_hosts = args.allowed_hosts.clone();
     config.cluster_allow = cli.cluster_allow.clone();
     config.api_key = api_key(args)?;
+    config.metrics_listen = args.metrics_listen;
+    config.access_log = !matches!(args.access_log, AccessLog::Off);
+    let log_format = match args.access_log {
+        AccessLog::Json => taskstore_host::serve::LogFormat::Json,
+        AccessLog::Logfmt | AccessLog::Off => taskstore_host::serve::LogFormat::Logfmt,
+    };
+    taskstore_host::serve::logging::install(log_format)
+        .map_err(|e| Failure::Other(format!("serve: {e:#}")))?;
     if let Some(prefix) = &cli.prefix {
         config
             .config_vars
@@ -511,10 +535,17 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         let addr = server
             .local_addr()
             .map_err(|e| Failure::Other(format!("serve: {e}")))?;
+        let metrics = match server
+            .metrics_addr()
+            .map_err(|e| Failure::Other(format!("serve: {e}")))?
+        {
+            Some(metrics) => format!("\nmetrics on http://{metrics}/metrics"),
+            None => String::new(),
+        };
         let mut stdout = std::io::stdout().lock();
         let banner = format!(
-            "listening on http://{addr}\nredis: {redis}{}; up to {max} concurrent requests; \
-             Ctrl-C stops",
+            "listening on http://{addr}{metrics}\nredis: {redis}{}; up to {max} concurrent \
+             requests; Ctrl-C stops",
             if throwaway.is_some() {
                 " (throwaway)"
             } else {
@@ -528,9 +559,12 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::Other(format!("serve: {e:#}")))?;
         if remaining > 0 {
-            eprintln!("taskstore serve: stopped with {remaining} connection(s) cut off");
+            tracing::warn!(
+                target: "taskstore::serve",
+                "stopped with {remaining} connection(s) cut off"
+            );
         } else {
-            eprintln!("taskstore serve: stopped");
+            tracing::info!(target: "taskstore::serve", "stopped");
         }
         Ok(())
     })

@@ -8,6 +8,7 @@
 mod commands;
 mod contract;
 mod failures;
+mod operations;
 mod reliability;
 mod run;
 mod serve;
