@@ -13,6 +13,12 @@
 //! only if it cannot have applied: nothing that writes was sent, or the failure says Redis
 //! refused it ([`TaskError::may_have_applied`]). A write that may have applied is reported
 //! as such; the next operation finds the new master.
+//!
+//! A master that was replaced while it stayed up (a forced or manual failover, a partition)
+//! keeps accepting writes until the sentinels turn it into a replica, seconds later, and
+//! those writes are then lost. So before an operation, at most once per
+//! [`RECHECK_INTERVAL`], the sentinels are asked again, and a master they no longer name is
+//! left for the one they do.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +34,8 @@ pub const MAX_ATTEMPTS: u32 = 20;
 /// the sentinels from a few hundred milliseconds to seconds.
 const FIRST_PAUSE: Duration = Duration::from_millis(25);
 const MAX_PAUSE: Duration = Duration::from_millis(400);
+/// Least time between two checks that the sentinels still name the master in use.
+pub const RECHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Largest reply taken from a sentinel: an address and a port.
 const SENTINEL_MAX_REPLY_BYTES: usize = 4096;
 
@@ -39,6 +47,8 @@ pub struct SentinelClient<C: Connector + Clone> {
     max_value_bytes: usize,
     /// The master found last; `None` until found, and after it failed.
     master: Option<Client<C>>,
+    /// When the sentinels last named `master`.
+    checked_at: Instant,
 }
 
 /// Why discovery failed, and whether trying again soon could help.
@@ -58,6 +68,7 @@ impl<C: Connector + Clone> SentinelClient<C> {
             timeout,
             max_value_bytes,
             master: None,
+            checked_at: Instant::now(),
         }
     }
 
@@ -86,6 +97,9 @@ impl<C: Connector + Clone> SentinelClient<C> {
     ) -> Result<T, TaskError> {
         let deadline = Instant::now() + self.timeout;
         let mut pause = FIRST_PAUSE;
+        if self.master.is_some() && self.checked_at.elapsed() >= RECHECK_INTERVAL {
+            self.recheck();
+        }
         for attempt in 1.. {
             let (error, may_retry) = match self.master() {
                 Ok(master) => {
@@ -118,8 +132,55 @@ impl<C: Connector + Clone> SentinelClient<C> {
         if self.master.is_none() {
             let found = self.discover()?;
             self.master = Some(found);
+            self.checked_at = Instant::now();
         }
         Ok(self.master.as_mut().expect("just found"))
+    }
+
+    /// Asks the first sentinel that answers which master it names; forgets the master in
+    /// use if that is another. A failure to ask changes nothing: the master in use is then
+    /// as good a guess as any, and its own failures lead to discovery.
+    fn recheck(&mut self) {
+        self.checked_at = Instant::now();
+        let Some(target) = &self.url.sentinel else {
+            return;
+        };
+        for sentinel in &target.sentinels {
+            match self.ask_sentinel(sentinel, &target.service) {
+                Ok(Ok(Some(named))) => {
+                    if self.master_endpoint() != Some(&named) {
+                        self.master = None;
+                    }
+                    return;
+                }
+                Ok(_) | Err(_) => continue,
+            }
+        }
+    }
+
+    /// `SENTINEL get-master-addr-by-name` on `sentinel`: its answer (`Ok(None)`: no such
+    /// service; `Err`: a malformed answer), or the failure to ask.
+    #[allow(clippy::type_complexity)]
+    fn ask_sentinel(
+        &self,
+        sentinel: &Endpoint,
+        service: &str,
+    ) -> Result<Result<Option<Endpoint>, String>, TaskError> {
+        let limits = ReplyLimits {
+            max_bulk_bytes: SENTINEL_MAX_REPLY_BYTES,
+            max_array_len: 16,
+            max_reply_bytes: SENTINEL_MAX_REPLY_BYTES,
+        };
+        let mut asking = Client::new(
+            self.connector.clone(),
+            self.url.for_sentinel(sentinel.clone()),
+            self.timeout,
+            SENTINEL_MAX_REPLY_BYTES,
+        )
+        .with_reply_limits(limits);
+        let command: [&[u8]; 3] = [b"SENTINEL", b"get-master-addr-by-name", service.as_bytes()];
+        let reply = asking.command(&command, Retry::Idempotent)?;
+        Ok(master_address(&reply))
     }
 
     /// Asks each sentinel in turn for the master and returns a client connected to the
@@ -129,27 +190,10 @@ impl<C: Connector + Clone> SentinelClient<C> {
             error: TaskError::invalid_input("not a Redis Sentinel URL"),
             is_final: true,
         })?;
-        let limits = ReplyLimits {
-            max_bulk_bytes: SENTINEL_MAX_REPLY_BYTES,
-            max_array_len: 16,
-            max_reply_bytes: SENTINEL_MAX_REPLY_BYTES,
-        };
         let mut last = TaskError::connection("the Redis Sentinel URL names no sentinel");
         let (mut answered, mut unknown) = (0, 0);
         for sentinel in &target.sentinels {
-            let mut asking = Client::new(
-                self.connector.clone(),
-                self.url.for_sentinel(sentinel.clone()),
-                self.timeout,
-                SENTINEL_MAX_REPLY_BYTES,
-            )
-            .with_reply_limits(limits);
-            let command: [&[u8]; 3] = [
-                b"SENTINEL",
-                b"get-master-addr-by-name",
-                target.service.as_bytes(),
-            ];
-            let reply = match asking.command(&command, Retry::Idempotent) {
+            let reply = match self.ask_sentinel(sentinel, &target.service) {
                 Ok(reply) => reply,
                 Err(error) if error.kind() == ErrorKind::Authentication => {
                     return Err(NotFound {
@@ -163,7 +207,7 @@ impl<C: Connector + Clone> SentinelClient<C> {
                 }
             };
             answered += 1;
-            let master = match master_address(&reply) {
+            let master = match reply {
                 Ok(Some(master)) => master,
                 Ok(None) => {
                     unknown += 1;
@@ -428,6 +472,28 @@ mod tests {
         );
         client.connect().unwrap();
         assert_eq!(client.on_key(|c| c.get(b"k")).unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn a_master_the_sentinels_no_longer_name_is_left_at_the_next_check() {
+        let (mut client, _) = sentinel_client(
+            "redis+sentinel://127.0.0.1:26379/svc",
+            vec![
+                Ok(vec![PONG, MASTER_AT_6380]),
+                Ok(vec![PONG, ROLE_MASTER, Step::Reply(b"$-1\r\n")]),
+                // The check: the sentinels name another master (the old one still answers).
+                Ok(vec![PONG, MASTER_AT_6381]),
+                Ok(vec![PONG, MASTER_AT_6381]),
+                Ok(vec![PONG, ROLE_MASTER, Step::Reply(b"$1\r\nv\r\n")]),
+            ],
+        );
+        assert_eq!(client.on_key(|c| c.get(b"k")).unwrap(), None);
+        std::thread::sleep(RECHECK_INTERVAL + Duration::from_millis(10));
+        assert_eq!(client.on_key(|c| c.get(b"k")).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            client.master_endpoint(),
+            Some(&Endpoint::new("127.0.0.1", 6381))
+        );
     }
 
     #[test]

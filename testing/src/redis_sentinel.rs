@@ -72,7 +72,9 @@ impl RedisSentinel {
     /// # Errors
     /// `redis-server` is missing or a process does not start or get ready in time.
     pub fn start_with(passwords: SentinelPasswords) -> anyhow::Result<RedisSentinel> {
-        let mut data_args: Vec<String> = Vec::new();
+        // Without the default 5 s delay before a full sync, the replica holds the data
+        // moments after it starts.
+        let mut data_args: Vec<String> = vec!["--repl-diskless-sync-delay".into(), "0".into()];
         if let Some(password) = &passwords.data {
             data_args.extend(["--requirepass".into(), password.clone()]);
             data_args.extend(["--masterauth".into(), password.clone()]);
@@ -261,9 +263,31 @@ impl RedisSentinel {
         })
     }
 
-    /// Waits until each sentinel knows one replica and two other sentinels.
+    /// Waits until the replica is in sync and each sentinel knows it and the two other
+    /// sentinels.
     fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let addr = self.nodes[1].addr();
+            let role_deadline = Instant::now() + PLAIN_TIMEOUT;
+            let reply = match &self.passwords.data {
+                Some(password) => authenticated(addr, password.as_bytes(), &[b"ROLE"], role_deadline),
+                None => command(addr, &[b"ROLE"], role_deadline),
+            }
+            .map(|reply| bulk_strings(&reply))
+            .unwrap_or_default();
+            // `slave <host> <port> connected <offset>`: the replica has synced.
+            if reply.get(2).map(String::as_str) == Some("connected") {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the replica did not sync within {READY_TIMEOUT:?} (ROLE {reply:?}): {}",
+                    self.nodes[1].log_tail()
+                );
+            }
+            thread::sleep(POLL);
+        }
         for index in 0..self.sentinels.len() {
             loop {
                 if let Some(Ok(Some(status))) =

@@ -66,7 +66,7 @@ fn write_through(
     mut is_done: impl FnMut() -> bool,
 ) -> Run {
     let mut writes = Vec::new();
-    let mut write = |store: &mut TaskStore, n: usize| {
+    let write = |writes: &mut Vec<Write>, store: &mut TaskStore, n: usize| {
         let id = format!("w-{n:05}");
         let started = Instant::now();
         let outcome = store.set(&id, &doc(&id, n), None);
@@ -80,14 +80,14 @@ fn write_through(
         });
     };
     for n in 0..WRITES_AROUND {
-        write(store, n);
+        write(&mut writes, store, n);
     }
     start();
     let limit = Instant::now() + WRITER_LIMIT;
     let mut done_at = None;
     let mut n = WRITES_AROUND;
     loop {
-        write(store, n);
+        write(&mut writes, store, n);
         n += 1;
         if done_at.is_none() && is_done() {
             done_at = Some(Instant::now());
@@ -133,11 +133,12 @@ fn assert_nothing_lost_after(run: &Run, store: &mut TaskStore, what: &str) {
     let failed = run.writes.iter().filter(|w| !w.acknowledged).count();
     println!(
         "{what}: {} writes, {} acknowledged ({} after the failover), {failed} failed \
-         (reported as such), {} acknowledged but lost in the window: {lost:?}",
+         (reported as such), {} acknowledged but lost in the window (first: {:?})",
         run.writes.len(),
         run.acknowledged().count(),
         after.len(),
-        lost.len()
+        lost.len(),
+        &lost[..lost.len().min(5)]
     );
 }
 
@@ -220,12 +221,22 @@ fn with_wait_replicas_no_acknowledged_write_is_lost_when_the_master_is_killed() 
     sentinel.node_mut(0).kill().expect("SIGKILL the master");
     sentinel.wait_for_master(1).unwrap();
     // The new master has no replica left: a write now is applied but unacknowledged, and
-    // said so.
-    let error = store
-        .set("after", &doc("after", 0), None)
-        .expect_err("no replica can acknowledge");
-    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
-    assert!(error.may_have_applied() && error.message().contains("replicas"), "{error}");
+    // said so. (The first try may instead meet the old master's dead connection, which is
+    // reported as may-have-applied too, and not run again.)
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let error = store
+            .set("after", &doc("after", 0), None)
+            .expect_err("no replica can acknowledge");
+        assert!(error.may_have_applied(), "{error}");
+        errors.push(error);
+        if errors.last().is_some_and(|e| e.kind() == ErrorKind::Timeout) {
+            break;
+        }
+    }
+    let error = errors.last().unwrap();
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{errors:?}");
+    assert!(error.message().contains("replicas"), "{error}");
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|id| store.get(id).expect("read back").is_none())
