@@ -9,5 +9,6 @@ mod commands;
 mod failures;
 mod reliability;
 mod run;
+mod sentinel;
 mod serve;
 mod tls;
