@@ -47,6 +47,8 @@ pub struct RedisSentinel {
     nodes: Vec<RedisServer>,
     sentinels: Vec<SentinelProcess>,
     passwords: SentinelPasswords,
+    /// The address the sentinels monitor the first master at.
+    master_ip: Ipv4Addr,
 }
 
 /// One `redis-server --sentinel` process.
@@ -72,6 +74,19 @@ impl RedisSentinel {
     /// # Errors
     /// `redis-server` is missing or a process does not start or get ready in time.
     pub fn start_with(passwords: SentinelPasswords) -> anyhow::Result<RedisSentinel> {
+        Self::start_monitoring(passwords, Ipv4Addr::LOCALHOST)
+    }
+
+    /// As [`RedisSentinel::start_with`], with the master also listening on `master_ip` (a
+    /// loopback address such as 127.0.0.2) and the sentinels monitoring it there, so they
+    /// report it at that address, as any sentinel may report any address.
+    ///
+    /// # Errors
+    /// As [`RedisSentinel::start_with`].
+    pub fn start_monitoring(
+        passwords: SentinelPasswords,
+        master_ip: Ipv4Addr,
+    ) -> anyhow::Result<RedisSentinel> {
         // Without the default 5 s delay before a full sync, the replica holds the data
         // moments after it starts.
         let mut data_args: Vec<String> = vec!["--repl-diskless-sync-delay".into(), "0".into()];
@@ -79,7 +94,11 @@ impl RedisSentinel {
             data_args.extend(["--requirepass".into(), password.clone()]);
             data_args.extend(["--masterauth".into(), password.clone()]);
         }
-        let master = RedisServer::builder().args(&data_args).start()?;
+        let mut master_args = data_args.clone();
+        if master_ip != Ipv4Addr::LOCALHOST {
+            master_args.extend(["--bind".into(), format!("127.0.0.1 {master_ip}")]);
+        }
+        let master = RedisServer::builder().args(&master_args).start()?;
         let replica = RedisServer::builder()
             .args(&data_args)
             .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
@@ -88,6 +107,7 @@ impl RedisSentinel {
             nodes: vec![master, replica],
             sentinels: Vec::new(),
             passwords,
+            master_ip,
         };
         for _ in 0..SENTINELS {
             let sentinel = deployment.spawn_sentinel()?;
@@ -142,6 +162,11 @@ impl RedisSentinel {
         }
     }
 
+    /// The password of the data nodes, if any.
+    pub fn data_password(&self) -> Option<&str> {
+        self.passwords.data.as_deref()
+    }
+
     /// Index of the data node that is master now, by the address sentinel 0 reports.
     ///
     /// # Errors
@@ -150,7 +175,7 @@ impl RedisSentinel {
         let addr = self.reported_master(0)?;
         self.nodes
             .iter()
-            .position(|node| node.addr() == addr)
+            .position(|node| node.port() == addr.port())
             .ok_or_else(|| anyhow!("the sentinels report {addr}, no node of this deployment"))
     }
 
@@ -227,11 +252,12 @@ impl RedisSentinel {
         let master = self.nodes[0].port();
         let mut config = format!(
             "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
-             sentinel monitor {SERVICE} 127.0.0.1 {master} 2\n\
+             sentinel monitor {SERVICE} {master_ip} {master} 2\n\
              sentinel down-after-milliseconds {SERVICE} {down}\n\
              sentinel failover-timeout {SERVICE} {failover}\n\
              sentinel parallel-syncs {SERVICE} 1\n",
             dir = dir.path().display(),
+            master_ip = self.master_ip,
             down = DOWN_AFTER.as_millis(),
             failover = FAILOVER_TIMEOUT.as_millis(),
         );

@@ -283,3 +283,60 @@ fn a_service_no_sentinel_monitors_is_a_clear_error() {
     assert!(!error.message().contains("no-such-service"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(4), "not retried until the deadline");
 }
+
+/// A deployment whose sentinels report the master at 127.0.0.2, outside the default
+/// allow-list (the sentinels' own address, 127.0.0.1, any port).
+fn master_reported_at_127_0_0_2() -> RedisSentinel {
+    RedisSentinel::start_monitoring(
+        SentinelPasswords {
+            data: Some(DATA_PASSWORD.into()),
+            sentinel: None,
+        },
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+    )
+    .expect("a sentinel deployment with its master on 127.0.0.2 starts")
+}
+
+/// Connections the master has accepted on 127.0.0.2 from anyone but the sentinels.
+fn clients_on_127_0_0_2(sentinel: &RedisSentinel) -> usize {
+    let master = &sentinel.nodes()[0];
+    let encoded = DATA_PASSWORD.replace('/', "%2F").replace('@', "%40");
+    let mut admin = plain_url(&format!("redis://:{encoded}@127.0.0.1:{}", master.port()));
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut admin)
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter(|line| line.contains(&format!("laddr=127.0.0.2:{}", master.port())))
+        .filter(|line| !line.contains(" name=sentinel-"))
+        .count()
+}
+
+#[test]
+fn a_master_reported_outside_the_allow_list_is_never_contacted() {
+    let sentinel = master_reported_at_127_0_0_2();
+    let error = open_with(Options {
+        password: Some(DATA_PASSWORD.into()),
+        ..Options::new(sentinel.url())
+    })
+    .and_then(|mut store| store.get("t1"))
+    .expect_err("the reported master is outside the allow-list");
+    assert_eq!(error.kind(), ErrorKind::Connection, "{error:?}");
+    assert!(!error.to_string().contains("Pa55"), "{error}");
+    assert_eq!(clients_on_127_0_0_2(&sentinel), 0, "contacted: {error}");
+}
+
+#[test]
+fn the_operator_can_widen_the_allow_list_to_the_reported_master() {
+    let sentinel = master_reported_at_127_0_0_2();
+    let port = sentinel.nodes()[0].port();
+    let mut store = open_with(Options {
+        password: Some(DATA_PASSWORD.into()),
+        cluster_allow: vec![format!("127.0.0.2:{port}").parse().unwrap()],
+        ..Options::new(sentinel.url())
+    })
+    .expect("the store opens");
+    store.set("t1", &doc("t1", 1), None).unwrap();
+    assert!(store.exists("t1").unwrap());
+    assert!(clients_on_127_0_0_2(&sentinel) > 0);
+}
