@@ -22,7 +22,12 @@ impl<C: Connector + Clone> Backend<C> {
     /// `redis+sentinel://`, a single-server client otherwise.
     pub fn new(connector: C, url: RedisUrl, timeout: Duration, max_value_bytes: usize) -> Self {
         if url.is_sentinel() {
-            Backend::Sentinel(SentinelClient::new(connector, url, timeout, max_value_bytes))
+            Backend::Sentinel(SentinelClient::new(
+                connector,
+                url,
+                timeout,
+                max_value_bytes,
+            ))
         } else if url.is_cluster() {
             Backend::Cluster(ClusterClient::new(connector, url, timeout, max_value_bytes))
         } else {
@@ -66,7 +71,9 @@ impl<C: Connector + Clone> Backend<C> {
         match self {
             Backend::Single(client) => client.pipeline(commands, retry),
             Backend::Cluster(cluster) => cluster.batch(keys, commands, retry),
-            Backend::Sentinel(sentinel) => sentinel.on_key(|client| client.pipeline(commands, retry)),
+            Backend::Sentinel(sentinel) => {
+                sentinel.on_key(|client| client.pipeline(commands, retry))
+            }
         }
     }
 

@@ -59,8 +59,23 @@ pub struct Client<C: Connector> {
 /// Commands that never change data: everything else counts as a write (for `WAIT`, and for
 /// whether a failed exchange may have applied). Unknown commands are writes, to be safe.
 const READ_COMMANDS: [&[u8]; 17] = [
-    b"GET", b"MGET", b"EXISTS", b"TTL", b"PTTL", b"SCAN", b"STRLEN", b"PING", b"WATCH",
-    b"UNWATCH", b"ROLE", b"INFO", b"AUTH", b"SELECT", b"ASKING", b"CLUSTER", b"SENTINEL",
+    b"GET",
+    b"MGET",
+    b"EXISTS",
+    b"TTL",
+    b"PTTL",
+    b"SCAN",
+    b"STRLEN",
+    b"PING",
+    b"WATCH",
+    b"UNWATCH",
+    b"ROLE",
+    b"INFO",
+    b"AUTH",
+    b"SELECT",
+    b"ASKING",
+    b"CLUSTER",
+    b"SENTINEL",
 ];
 
 /// Whether `command` (its name first) may change data.
@@ -280,7 +295,10 @@ impl<C: Connector> Client<C> {
             for command in commands {
                 encode_command(&mut self.write_buf, command);
             }
-            let wait = self.url.wait.filter(|_| writes && !ends_inside_multi(commands));
+            let wait = self
+                .url
+                .wait
+                .filter(|_| writes && !ends_inside_multi(commands));
             let Some(wait) = wait else {
                 return self.exchange(commands.len(), retry);
             };
@@ -942,7 +960,11 @@ pub(crate) mod tests {
         assert!(err.message().contains("only 0 of the 1 replicas"), "{err}");
         let sent = &connector.0.borrow().sent;
         let wait = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$2\r\n50\r\n".as_slice();
-        assert!(sent[1].ends_with(wait), "{:?}", String::from_utf8_lossy(&sent[1]));
+        assert!(
+            sent[1].ends_with(wait),
+            "{:?}",
+            String::from_utf8_lossy(&sent[1])
+        );
         assert!(!sent[2].ends_with(wait));
         assert!(sent[3].ends_with(wait));
     }
@@ -950,13 +972,19 @@ pub(crate) mod tests {
     #[test]
     fn no_wait_inside_an_open_multi_and_none_without_the_option() {
         assert!(ends_inside_multi(&[&[b"MULTI"], &[b"SET", b"k", b"v"]]));
-        assert!(!ends_inside_multi(&[&[b"MULTI"], &[b"SET", b"k", b"v"], &[b"exec"]]));
+        assert!(!ends_inside_multi(&[
+            &[b"MULTI"],
+            &[b"SET", b"k", b"v"],
+            &[b"exec"]
+        ]));
         assert!(is_write(&[b"setex", b"k"]) && is_write(&[b"EXEC"]) && !is_write(&[b"mget"]));
         let (mut client, connector) = client_with(
             "redis://127.0.0.1",
             vec![Ok(vec![PONG, Step::Reply(b"+OK\r\n")])],
         );
         client.set_with_ttl(b"k", 10, b"v").unwrap();
-        assert!(!connector.0.borrow().sent[1].windows(4).any(|w| w == b"WAIT"));
+        assert!(!connector.0.borrow().sent[1]
+            .windows(4)
+            .any(|w| w == b"WAIT"));
     }
 }

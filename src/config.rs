@@ -34,8 +34,10 @@ macro_rules! store_options {
         $vis struct $name {
             /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS, or for a
             /// Redis Cluster `redis+cluster://[[user]:password@]host[:port][,host[:port]…]`
-            /// (seed nodes; `rediss+cluster://…` for a cluster over TLS). A password may hold
-            /// any character, `/` and `@` included.
+            /// (seed nodes; `rediss+cluster://…` for a cluster over TLS), or for Redis Sentinel
+            /// `redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db]`
+            /// (`?sentinel-password=…&wait-replicas=N&wait-timeout-ms=T`). A password may
+            /// hold any character, `/` and `@` included.
             pub url: ::std::string::String,
             /// Prefix of every key.
             pub key_prefix: ::std::option::Option<::std::string::String>,
@@ -484,7 +486,11 @@ fn parse_query(query: &str, sentinel: bool) -> Result<UrlQuery, ConfigError> {
                         "Redis URL has an empty sentinel-password".into(),
                     ));
                 }
-                if out.sentinel_password.replace(Secret::new(password)).is_some() {
+                if out
+                    .sentinel_password
+                    .replace(Secret::new(password))
+                    .is_some()
+                {
                     return Err(twice());
                 }
             }
@@ -535,7 +541,9 @@ fn parse_sentinel_path(path: &str) -> Result<(String, u32), ConfigError> {
     let database = match database.strip_suffix('/').unwrap_or(database) {
         "" => 0,
         db => db.parse::<u32>().map_err(|_| {
-            ConfigError("Redis Sentinel URL database (after the service name) is not a number".into())
+            ConfigError(
+                "Redis Sentinel URL database (after the service name) is not a number".into(),
+            )
         })?,
     };
     Ok((service, database))
@@ -1288,7 +1296,10 @@ mod tests {
             "redis://h?sentinel-password=Zp2Secret",
         ] {
             let err = RedisUrl::parse(text).expect_err(text);
-            assert!(!err.0.contains("svc") && !err.0.contains("Zp2"), "{text}: {err}");
+            assert!(
+                !err.0.contains("svc") && !err.0.contains("Zp2"),
+                "{text}: {err}"
+            );
         }
         let many = vec!["h:1"; MAX_SENTINELS + 1].join(",");
         assert!(RedisUrl::parse(&format!("redis+sentinel://{many}/svc")).is_err());
@@ -1305,7 +1316,10 @@ mod tests {
             })
         );
         assert_eq!(url.database, 1);
-        assert_eq!(RedisUrl::parse("redis://h?wait-replicas=0").unwrap().wait, None);
+        assert_eq!(
+            RedisUrl::parse("redis://h?wait-replicas=0").unwrap().wait,
+            None
+        );
         let mut options = StoreOptions::new("redis://h?wait-replicas=1&wait-timeout-ms=5000");
         let err = StoreSettings::from_options(&options).unwrap_err();
         assert!(err.0.contains("wait-timeout-ms"), "{err}");
@@ -1320,16 +1334,28 @@ mod tests {
             redact_url(url),
             "redis+sentinel://***@h:26379/svc?wait-replicas=0&sentinel-password=***&x"
         );
-        assert_eq!(raw_sentinel_password("/svc?sentinel-password=Zp2Se"), Some("Zp2Se"));
+        assert_eq!(
+            raw_sentinel_password("/svc?sentinel-password=Zp2Se"),
+            Some("Zp2Se")
+        );
         let shown = format!("{:?}", RedisUrl::parse(&url.replace("&x", "")).unwrap());
-        assert!(!shown.contains("Zp2") && !shown.contains("Secret(\"data"), "{shown}");
+        assert!(
+            !shown.contains("Zp2") && !shown.contains("Secret(\"data"),
+            "{shown}"
+        );
 
         let with = url_with_sentinel_password("redis+sentinel://h/svc", "a&b/é").unwrap();
         let parsed = RedisUrl::parse(&with).unwrap();
         let sentinel = parsed.sentinel.unwrap().credentials.unwrap();
         assert_eq!(sentinel.password.expose(), "a&b/é");
-        let with = url_with_sentinel_password("redis+sentinel://h/svc?wait-replicas=0", "p").unwrap();
-        assert!(RedisUrl::parse(&with).unwrap().sentinel.unwrap().credentials.is_some());
+        let with =
+            url_with_sentinel_password("redis+sentinel://h/svc?wait-replicas=0", "p").unwrap();
+        assert!(RedisUrl::parse(&with)
+            .unwrap()
+            .sentinel
+            .unwrap()
+            .credentials
+            .is_some());
         for (url, password) in [
             ("redis://h", "p"),
             ("redis+sentinel://h/svc?sentinel-password=old", "new"),

@@ -377,7 +377,11 @@ mod tests {
             vec![
                 Err(IoError::Connect("connection refused".into())),
                 Ok(vec![Step::Reply(b"+OK\r\n"), MASTER_AT_6380]),
-                Ok(vec![Step::Reply(b"+OK\r\n+OK\r\n"), ROLE_MASTER, Step::Reply(b"$-1\r\n")]),
+                Ok(vec![
+                    Step::Reply(b"+OK\r\n+OK\r\n"),
+                    ROLE_MASTER,
+                    Step::Reply(b"$-1\r\n"),
+                ]),
             ],
         );
         assert_eq!(client.on_key(|c| c.get(b"k")).unwrap(), None);
@@ -386,9 +390,21 @@ mod tests {
             Some(&Endpoint::new("127.0.0.1", 6380))
         );
         let sent = sent_text(&connector);
-        assert!(sent[0].contains("AUTH\r\n$2\r\nsp\r\n"), "sentinel password: {}", sent[0]);
-        assert!(sent[1].contains("get-master-addr-by-name\r\n$3\r\nsvc"), "{}", sent[1]);
-        assert!(sent[2].contains("AUTH\r\n$4\r\ndata") && sent[2].contains("SELECT"), "{}", sent[2]);
+        assert!(
+            sent[0].contains("AUTH\r\n$2\r\nsp\r\n"),
+            "sentinel password: {}",
+            sent[0]
+        );
+        assert!(
+            sent[1].contains("get-master-addr-by-name\r\n$3\r\nsvc"),
+            "{}",
+            sent[1]
+        );
+        assert!(
+            sent[2].contains("AUTH\r\n$4\r\ndata") && sent[2].contains("SELECT"),
+            "{}",
+            sent[2]
+        );
         assert!(sent[3].contains("ROLE"));
     }
 
@@ -439,17 +455,27 @@ mod tests {
             "redis+sentinel://127.0.0.1:26379/svc",
             vec![
                 Ok(vec![PONG, MASTER_AT_6380]),
-                Ok(vec![PONG, ROLE_MASTER, Step::Fail(IoError::Broken("reset".into()))]),
+                Ok(vec![
+                    PONG,
+                    ROLE_MASTER,
+                    Step::Fail(IoError::Broken("reset".into())),
+                ]),
                 // The client's own one retry of the idempotent SETEX, to the dead master.
                 Err(IoError::Connect("connection refused".into())),
                 Ok(vec![PONG, MASTER_AT_6381]),
                 Ok(vec![PONG, ROLE_MASTER, Step::Reply(b"$1\r\nv\r\n")]),
             ],
         );
-        let err = client.on_key(|c| c.set_with_ttl(b"k", 5, b"v")).unwrap_err();
+        let err = client
+            .on_key(|c| c.set_with_ttl(b"k", 5, b"v"))
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
         assert!(err.may_have_applied());
-        assert_eq!(connector.0.borrow().connects, 3, "no rediscovery to run it again");
+        assert_eq!(
+            connector.0.borrow().connects,
+            3,
+            "no rediscovery to run it again"
+        );
         assert_eq!(client.on_key(|c| c.get(b"k")).unwrap(), Some(b"v".to_vec()));
         assert_eq!(
             client.master_endpoint(),
@@ -510,7 +536,11 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
         assert!(err.message().contains("monitors no master"), "{err}");
         assert!(!err.message().contains("nosuchsvc") && !err.message().contains("Zp2"));
-        assert_eq!(connector.0.borrow().connects, 2, "asked once, not until the deadline");
+        assert_eq!(
+            connector.0.borrow().connects,
+            2,
+            "asked once, not until the deadline"
+        );
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
@@ -537,7 +567,10 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
         assert!(err.message().contains("127.0.0.1:26379"), "{err}");
         let connects = connector.0.borrow().connects;
-        assert!((2..=MAX_ATTEMPTS as usize).contains(&connects), "{connects}");
+        assert!(
+            (2..=MAX_ATTEMPTS as usize).contains(&connects),
+            "{connects}"
+        );
         assert!(started.elapsed() < Duration::from_secs(3));
     }
 

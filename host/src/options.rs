@@ -498,13 +498,17 @@ mod tests {
 
     #[test]
     fn a_sentinel_url_names_its_sentinels_and_both_passwords_are_secrets() {
-        let url = "redis+sentinel://:d4ta@127.0.0.1:26379,10.0.0.2:26380/svc?sentinel-password=s%2Fp";
+        let url =
+            "redis+sentinel://:d4ta@127.0.0.1:26379,10.0.0.2:26380/svc?sentinel-password=s%2Fp";
         let servers = RedisAddress::all_from_url(url).unwrap();
         let shown: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
         assert_eq!(shown, ["127.0.0.1:26379", "10.0.0.2:26380"]);
         let secrets = url_secrets(url);
         for secret in ["d4ta", "s/p", "s%2Fp"] {
-            assert!(secrets.contains(&secret.to_owned()), "{secret}: {secrets:?}");
+            assert!(
+                secrets.contains(&secret.to_owned()),
+                "{secret}: {secrets:?}"
+            );
         }
 
         let options = Options {

@@ -184,8 +184,7 @@ impl RedisSentinel {
     /// # Errors
     /// The sentinel refuses (no replica known, a failover already under way).
     pub fn force_failover(&self) -> anyhow::Result<()> {
-        let reply =
-            self.sentinel_command(0, &[b"SENTINEL", b"FAILOVER", SERVICE.as_bytes()])?;
+        let reply = self.sentinel_command(0, &[b"SENTINEL", b"FAILOVER", SERVICE.as_bytes()])?;
         if !reply.starts_with(b"+OK") {
             bail!("SENTINEL FAILOVER: {}", String::from_utf8_lossy(&reply));
         }
@@ -221,9 +220,7 @@ impl RedisSentinel {
         let addr = self.nodes[index].addr();
         let deadline = Instant::now() + PLAIN_TIMEOUT;
         let reply = match &self.passwords.data {
-            Some(password) => {
-                authenticated(addr, password.as_bytes(), &[b"ROLE"], deadline)?
-            }
+            Some(password) => authenticated(addr, password.as_bytes(), &[b"ROLE"], deadline)?,
             None => command(addr, &[b"ROLE"], deadline)?,
         };
         bulk_strings(&reply)
@@ -242,8 +239,11 @@ impl RedisSentinel {
     }
 
     fn spawn_sentinel(&self) -> anyhow::Result<SentinelProcess> {
-        let program = find_program("redis-server", &std::env::var_os("PATH").unwrap_or_default())
-            .ok_or_else(|| anyhow!("redis-server not found on PATH; run scripts/setup.sh"))?;
+        let program = find_program(
+            "redis-server",
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )
+        .ok_or_else(|| anyhow!("redis-server not found on PATH; run scripts/setup.sh"))?;
         let dir = tempfile::Builder::new()
             .prefix("taskstore-sentinel-")
             .tempdir()
@@ -297,7 +297,9 @@ impl RedisSentinel {
             let addr = self.nodes[1].addr();
             let role_deadline = Instant::now() + PLAIN_TIMEOUT;
             let reply = match &self.passwords.data {
-                Some(password) => authenticated(addr, password.as_bytes(), &[b"ROLE"], role_deadline),
+                Some(password) => {
+                    authenticated(addr, password.as_bytes(), &[b"ROLE"], role_deadline)
+                }
                 None => command(addr, &[b"ROLE"], role_deadline),
             }
             .map(|reply| bulk_strings(&reply))

@@ -195,7 +195,13 @@ fn a_killed_master_is_replaced_and_the_store_recovers() {
     let sentinel = std::cell::RefCell::new(&mut sentinel);
     let run = write_through(
         &mut store,
-        || sentinel.borrow_mut().node_mut(0).kill().expect("SIGKILL the master"),
+        || {
+            sentinel
+                .borrow_mut()
+                .node_mut(0)
+                .kill()
+                .expect("SIGKILL the master")
+        },
         || {
             sentinel
                 .borrow()
@@ -215,7 +221,9 @@ fn with_wait_replicas_no_acknowledged_write_is_lost_when_the_master_is_killed() 
     let mut acknowledged = Vec::new();
     for n in 0..WRITES_AROUND {
         let id = format!("w-{n:05}");
-        store.set(&id, &doc(&id, n), None).expect("the replica acknowledges");
+        store
+            .set(&id, &doc(&id, n), None)
+            .expect("the replica acknowledges");
         acknowledged.push(id);
     }
     sentinel.node_mut(0).kill().expect("SIGKILL the master");
@@ -230,7 +238,10 @@ fn with_wait_replicas_no_acknowledged_write_is_lost_when_the_master_is_killed() 
             .expect_err("no replica can acknowledge");
         assert!(error.may_have_applied(), "{error}");
         errors.push(error);
-        if errors.last().is_some_and(|e| e.kind() == ErrorKind::Timeout) {
+        if errors
+            .last()
+            .is_some_and(|e| e.kind() == ErrorKind::Timeout)
+        {
             break;
         }
     }
@@ -266,14 +277,19 @@ fn a_wrong_sentinel_password_is_a_clear_error_without_the_secret() {
         assert_eq!(error.kind(), ErrorKind::Authentication, "{error}");
         let shown = error.to_string();
         assert!(shown.contains("sentinel password"), "{shown}");
-        assert!(!shown.contains("Zp2") && !shown.contains("Sent1nel"), "{shown}");
+        assert!(
+            !shown.contains("Zp2") && !shown.contains("Sent1nel"),
+            "{shown}"
+        );
     }
 }
 
 #[test]
 fn a_service_no_sentinel_monitors_is_a_clear_error() {
     let sentinel = deployment();
-    let url = sentinel.url().replace("/taskstore-master", "/no-such-service");
+    let url = sentinel
+        .url()
+        .replace("/taskstore-master", "/no-such-service");
     let started = Instant::now();
     let error = open_with(Options::new(url))
         .map(drop)
@@ -281,7 +297,10 @@ fn a_service_no_sentinel_monitors_is_a_clear_error() {
     assert_eq!(error.kind(), ErrorKind::Connection, "{error}");
     assert!(error.message().contains("monitors no master"), "{error}");
     assert!(!error.message().contains("no-such-service"), "{error}");
-    assert!(started.elapsed() < Duration::from_secs(4), "not retried until the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "not retried until the deadline"
+    );
 }
 
 /// A deployment whose sentinels report the master at 127.0.0.2, outside the default
