@@ -45,8 +45,9 @@ pub struct SentinelClient<C: Connector + Clone> {
     url: RedisUrl,
     timeout: Duration,
     max_value_bytes: usize,
-    /// The master found last; `None` until found, and after it failed.
-    master: Option<Client<C>>,
+    /// The master found last; `None` until found, and after it failed. Boxed: a client
+    /// holds its buffers inline, and the backend enum should not grow by one.
+    master: Option<Box<Client<C>>>,
     /// When the sentinels last named `master`.
     checked_at: Instant,
 }
@@ -131,10 +132,10 @@ impl<C: Connector + Clone> SentinelClient<C> {
     fn master(&mut self) -> Result<&mut Client<C>, NotFound> {
         if self.master.is_none() {
             let found = self.discover()?;
-            self.master = Some(found);
+            self.master = Some(Box::new(found));
             self.checked_at = Instant::now();
         }
-        Ok(self.master.as_mut().expect("just found"))
+        Ok(self.master.as_deref_mut().expect("just found"))
     }
 
     /// Asks the first sentinel that answers which master it names; forgets the master in
