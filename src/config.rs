@@ -325,7 +325,7 @@ impl RedisUrl {
         let query = match query {
             Some(_) if cluster => {
                 return Err(ConfigError(
-                    "a Redis Cluster URL takes no ?parameters".into(),
+                    "a Redis Cluster URL takes no query parameters (after a ?)".into(),
                 ))
             }
             Some(query) => parse_query(query, sentinel)?,
@@ -496,7 +496,7 @@ fn parse_query(query: &str, sentinel: bool) -> Result<UrlQuery, ConfigError> {
             }
             _ => {
                 return Err(ConfigError(format!(
-                    "Redis URL has an unknown ?parameter; known: wait-replicas, wait-timeout-ms{}",
+                    "Redis URL has an unknown query parameter (after the ?); known: wait-replicas, wait-timeout-ms{}",
                     if sentinel { ", sentinel-password" } else { "" }
                 )))
             }
