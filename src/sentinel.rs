@@ -428,26 +428,29 @@ mod tests {
     }
 
     #[test]
-    fn readonly_after_a_failover_finds_the_new_master_and_runs_the_write_again() {
-        let (mut client, connector) = sentinel_client(
-            "redis+sentinel://127.0.0.1:26379/svc",
-            vec![
-                Ok(vec![PONG, MASTER_AT_6380]),
-                Ok(vec![
-                    PONG,
-                    ROLE_MASTER,
-                    Step::Reply(b"-READONLY You can't write against a read only replica.\r\n"),
-                ]),
-                Ok(vec![PONG, MASTER_AT_6381]),
-                Ok(vec![PONG, ROLE_MASTER, Step::Reply(b"+OK\r\n")]),
-            ],
-        );
-        client.on_key(|c| c.set_with_ttl(b"k", 5, b"v")).unwrap();
-        assert_eq!(
-            client.master_endpoint(),
-            Some(&Endpoint::new("127.0.0.1", 6381))
-        );
-        assert_eq!(connector.0.borrow().connects, 4);
+    fn readonly_or_loading_finds_the_new_master_and_runs_the_write_again() {
+        let refusals: [&'static [u8]; 3] = [
+            b"-READONLY You can't write against a read only replica.\r\n",
+            b"-LOADING Redis is loading the dataset in memory\r\n",
+            b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+        ];
+        for refusal in refusals {
+            let (mut client, connector) = sentinel_client(
+                "redis+sentinel://127.0.0.1:26379/svc",
+                vec![
+                    Ok(vec![PONG, MASTER_AT_6380]),
+                    Ok(vec![PONG, ROLE_MASTER, Step::Reply(refusal)]),
+                    Ok(vec![PONG, MASTER_AT_6381]),
+                    Ok(vec![PONG, ROLE_MASTER, Step::Reply(b"+OK\r\n")]),
+                ],
+            );
+            client.on_key(|c| c.set_with_ttl(b"k", 5, b"v")).unwrap();
+            assert_eq!(
+                client.master_endpoint(),
+                Some(&Endpoint::new("127.0.0.1", 6381))
+            );
+            assert_eq!(connector.0.borrow().connects, 4);
+        }
     }
 
     #[test]
