@@ -99,8 +99,9 @@ struct Cli {
     #[arg(long, global = true)]
     danger_accept_invalid_certificates: bool,
 
-    /// Cluster URLs only: a network (and ports) where nodes the cluster reports may be
-    /// reached, besides the seeds' own addresses: `CIDR[:PORTS]`, e.g. `10.0.0.0/8`,
+    /// Cluster and Sentinel URLs only: a network (and ports) where nodes the cluster (or the
+    /// sentinels) report may be reached, besides the seeds' (sentinels') own addresses:
+    /// `CIDR[:PORTS]`, e.g. `10.0.0.0/8`,
     /// `10.1.2.3:7000-7005`, `[fd00::/8]:7000`. Repeatable. Link-local and cloud metadata
     /// addresses are refused whatever this says
     #[arg(long, value_name = "CIDR[:PORTS]", global = true)]

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{open_with, plain_url};
-use taskstore_host::{ErrorKind, Options, TaskStore};
+use taskstore_host::{ErrorKind, ListOptions, Options, Task, TaskStore};
 use taskstore_testing::redis_sentinel::{RedisSentinel, SentinelPasswords};
 
 const DATA_PASSWORD: &str = "D4ta/Pa55@word";
@@ -158,6 +158,28 @@ fn get_and_set_through_the_sentinels_with_separate_passwords() {
     let document = doc("t1", 1);
     store.set("t1", &document, None).unwrap();
     assert_eq!(store.get("t1").unwrap().as_deref(), Some(document.as_str()));
+    // Batches and listing run on the master too.
+    let batch: Vec<Task> = (2..5)
+        .map(|n| Task {
+            id: format!("t{n}"),
+            document: doc(&format!("t{n}"), n),
+        })
+        .collect();
+    let outcomes = store.set_many(&batch, None).unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let ids: Vec<String> = (1..5).map(|n| format!("t{n}")).collect();
+    let read = store.get_many(&ids).unwrap();
+    assert!(read.iter().all(Option::is_some), "{read:?}");
+    let page = store
+        .list(&ListOptions {
+            status: Some("pending".into()),
+            limit: Some(100),
+            cursor: None,
+        })
+        .unwrap();
+    let mut listed: Vec<String> = page.tasks.into_iter().map(|task| task.id).collect();
+    listed.sort();
+    assert_eq!(listed, ids);
 
     // It is on the master, in database 3, and replicated.
     let encoded = DATA_PASSWORD.replace('/', "%2F").replace('@', "%40");
