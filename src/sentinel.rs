@@ -99,10 +99,10 @@ impl<C: Connector + Clone> SentinelClient<C> {
         let deadline = Instant::now() + self.timeout;
         let mut pause = FIRST_PAUSE;
         if self.master.is_some() && self.checked_at.elapsed() >= RECHECK_INTERVAL {
-            self.recheck();
+            self.recheck(deadline);
         }
         for attempt in 1.. {
-            let (error, may_retry) = match self.master() {
+            let (error, may_retry) = match self.master(deadline) {
                 Ok(master) => {
                     master.take_sent_write();
                     let outcome = op(master);
@@ -128,10 +128,10 @@ impl<C: Connector + Clone> SentinelClient<C> {
         unreachable!("the loop returns by its last attempt")
     }
 
-    /// The master's client, found first if there is none.
-    fn master(&mut self) -> Result<&mut Client<C>, NotFound> {
+    /// The master's client, found first (by `deadline`) if there is none.
+    fn master(&mut self, deadline: Instant) -> Result<&mut Client<C>, NotFound> {
         if self.master.is_none() {
-            let found = self.discover()?;
+            let found = self.discover(deadline)?;
             self.master = Some(Box::new(found));
             self.checked_at = Instant::now();
         }
@@ -141,13 +141,13 @@ impl<C: Connector + Clone> SentinelClient<C> {
     /// Asks the first sentinel that answers which master it names; forgets the master in
     /// use if that is another. A failure to ask changes nothing: the master in use is then
     /// as good a guess as any, and its own failures lead to discovery.
-    fn recheck(&mut self) {
+    fn recheck(&mut self, deadline: Instant) {
         self.checked_at = Instant::now();
         let Some(target) = &self.url.sentinel else {
             return;
         };
         for sentinel in &target.sentinels {
-            match self.ask_sentinel(sentinel, &target.service) {
+            match self.ask_sentinel(sentinel, &target.service, deadline) {
                 Ok(Ok(Some(named))) => {
                     if self.master_endpoint() != Some(&named) {
                         self.master = None;
@@ -160,13 +160,23 @@ impl<C: Connector + Clone> SentinelClient<C> {
     }
 
     /// `SENTINEL get-master-addr-by-name` on `sentinel`: its answer (`Ok(None)`: no such
-    /// service; `Err`: a malformed answer), or the failure to ask.
+    /// service; `Err`: a malformed answer), or the failure to ask — within what is left
+    /// until `deadline`, so that asking several sentinels that do not answer stays within
+    /// one operation's deadline.
     #[allow(clippy::type_complexity)]
     fn ask_sentinel(
         &self,
         sentinel: &Endpoint,
         service: &str,
+        deadline: Instant,
     ) -> Result<Result<Option<Endpoint>, String>, TaskError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(TaskError::timeout(format!(
+                "no time left to ask Redis Sentinel at {sentinel} within {} ms",
+                self.timeout.as_millis() as u64
+            )));
+        }
         let limits = ReplyLimits {
             max_bulk_bytes: SENTINEL_MAX_REPLY_BYTES,
             max_array_len: 16,
@@ -175,7 +185,7 @@ impl<C: Connector + Clone> SentinelClient<C> {
         let mut asking = Client::new(
             self.connector.clone(),
             self.url.for_sentinel(sentinel.clone()),
-            self.timeout,
+            left.min(self.timeout),
             SENTINEL_MAX_REPLY_BYTES,
         )
         .with_reply_limits(limits);
@@ -186,7 +196,7 @@ impl<C: Connector + Clone> SentinelClient<C> {
 
     /// Asks each sentinel in turn for the master and returns a client connected to the
     /// first address that says it is the master.
-    fn discover(&self) -> Result<Client<C>, NotFound> {
+    fn discover(&self, deadline: Instant) -> Result<Client<C>, NotFound> {
         let target = self.url.sentinel.as_ref().ok_or_else(|| NotFound {
             error: TaskError::invalid_input("not a Redis Sentinel URL"),
             is_final: true,
@@ -194,7 +204,7 @@ impl<C: Connector + Clone> SentinelClient<C> {
         let mut last = TaskError::connection("the Redis Sentinel URL names no sentinel");
         let (mut answered, mut unknown) = (0, 0);
         for sentinel in &target.sentinels {
-            let reply = match self.ask_sentinel(sentinel, &target.service) {
+            let reply = match self.ask_sentinel(sentinel, &target.service, deadline) {
                 Ok(reply) => reply,
                 Err(error) if error.kind() == ErrorKind::Authentication => {
                     return Err(NotFound {
@@ -576,6 +586,34 @@ mod tests {
             "{connects}"
         );
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    /// Sentinels that accept connections and never answer: asking all of them takes one
+    /// operation's deadline, not one per sentinel.
+    #[test]
+    fn silent_sentinels_are_asked_within_one_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        let url = RedisUrl::parse(&format!(
+            "redis+sentinel://127.0.0.1:{port},127.0.0.1:{port},127.0.0.1:{port}/svc"
+        ))
+        .unwrap();
+        let timeout = Duration::from_millis(500);
+        let mut client = SentinelClient::new(crate::std_tcp::StdConnector, url, timeout, 1024);
+        let started = Instant::now();
+        let err = client.connect().unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+        assert!(
+            took < timeout * 2,
+            "took {took:?} for a {timeout:?} deadline"
+        );
     }
 
     #[test]
