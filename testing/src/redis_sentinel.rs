@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 
-use crate::redis_server::{command, find_program, free_loopback_port, RedisServer};
+use crate::redis_server::{command, find_program, free_loopback_port, RedisServer, TlsFiles};
 use crate::PLAIN_TIMEOUT;
 
 /// The service name the sentinels monitor the master under.
@@ -49,12 +49,16 @@ pub struct RedisSentinel {
     passwords: SentinelPasswords,
     /// The address the sentinels monitor the first master at.
     master_ip: Ipv4Addr,
+    /// With TLS: every node and sentinel also listens for TLS, and the sentinels monitor
+    /// and report the data nodes' TLS ports.
+    tls: Option<TlsFiles>,
 }
 
 /// One `redis-server --sentinel` process.
 #[derive(Debug)]
 struct SentinelProcess {
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -87,6 +91,28 @@ impl RedisSentinel {
         passwords: SentinelPasswords,
         master_ip: Ipv4Addr,
     ) -> anyhow::Result<RedisSentinel> {
+        Self::start_inner(passwords, master_ip, None)
+    }
+
+    /// As [`RedisSentinel::start`], with every data node and sentinel also listening for
+    /// TLS with `files`, replication over TLS, and the sentinels monitoring (and reporting)
+    /// the data nodes' TLS ports; [`RedisSentinel::tls_url`] names the sentinels' TLS ports.
+    ///
+    /// # Errors
+    /// As [`RedisSentinel::start_with`].
+    pub fn start_tls(files: TlsFiles) -> anyhow::Result<RedisSentinel> {
+        Self::start_inner(
+            SentinelPasswords::default(),
+            Ipv4Addr::LOCALHOST,
+            Some(files),
+        )
+    }
+
+    fn start_inner(
+        passwords: SentinelPasswords,
+        master_ip: Ipv4Addr,
+        tls: Option<TlsFiles>,
+    ) -> anyhow::Result<RedisSentinel> {
         // Without the default 5 s delay before a full sync, the replica holds the data
         // moments after it starts.
         let mut data_args: Vec<String> = vec!["--repl-diskless-sync-delay".into(), "0".into()];
@@ -98,16 +124,24 @@ impl RedisSentinel {
         if master_ip != Ipv4Addr::LOCALHOST {
             master_args.extend(["--bind".into(), format!("127.0.0.1 {master_ip}")]);
         }
-        let master = RedisServer::builder().args(&master_args).start()?;
-        let replica = RedisServer::builder()
+        let builder = || match &tls {
+            Some(files) => RedisServer::builder()
+                .tls(files.clone())
+                .args(["--tls-replication", "yes"]),
+            None => RedisServer::builder(),
+        };
+        let master = builder().args(&master_args).start()?;
+        let master_port = master.tls_port().unwrap_or(master.port());
+        let replica = builder()
             .args(&data_args)
-            .args(["--replicaof", "127.0.0.1", &master.port().to_string()])
+            .args(["--replicaof", "127.0.0.1", &master_port.to_string()])
             .start()?;
         let mut deployment = RedisSentinel {
             nodes: vec![master, replica],
             sentinels: Vec::new(),
             passwords,
             master_ip,
+            tls,
         };
         for _ in 0..SENTINELS {
             let sentinel = deployment.spawn_sentinel()?;
@@ -146,6 +180,17 @@ impl RedisSentinel {
         format!("redis+sentinel://{}/{SERVICE}", hosts.join(","))
     }
 
+    /// `rediss+sentinel://…/<SERVICE>` naming the sentinels' TLS ports, when started with
+    /// [`RedisSentinel::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        let hosts: Option<Vec<String>> = self
+            .sentinels
+            .iter()
+            .map(|s| s.tls_port.map(|port| format!("127.0.0.1:{port}")))
+            .collect();
+        hosts.map(|hosts| format!("rediss+sentinel://{}/{SERVICE}", hosts.join(",")))
+    }
+
     /// The master's address as sentinel `index` reports it now.
     ///
     /// # Errors
@@ -175,7 +220,7 @@ impl RedisSentinel {
         let addr = self.reported_master(0)?;
         self.nodes
             .iter()
-            .position(|node| node.port() == addr.port())
+            .position(|node| serves_at(node, addr))
             .ok_or_else(|| anyhow!("the sentinels report {addr}, no node of this deployment"))
     }
 
@@ -200,8 +245,10 @@ impl RedisSentinel {
         let want = self.nodes[index].addr();
         let deadline = Instant::now() + FAILOVER_WAIT;
         loop {
-            let reported = (0..self.sentinels.len())
-                .all(|s| self.reported_master(s).is_ok_and(|addr| addr == want));
+            let reported = (0..self.sentinels.len()).all(|s| {
+                self.reported_master(s)
+                    .is_ok_and(|addr| serves_at(&self.nodes[index], addr))
+            });
             if reported && self.role(index).is_ok_and(|role| role == "master") {
                 return Ok(());
             }
@@ -249,7 +296,7 @@ impl RedisSentinel {
             .tempdir()
             .context("cannot create a temporary directory for a sentinel")?;
         let port = free_loopback_port()?;
-        let master = self.nodes[0].port();
+        let master = self.nodes[0].tls_port().unwrap_or(self.nodes[0].port());
         let mut config = format!(
             "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
              sentinel monitor {SERVICE} {master_ip} {master} 2\n\
@@ -270,6 +317,23 @@ impl RedisSentinel {
                 "requirepass {password}\nsentinel sentinel-pass {password}\n"
             ));
         }
+        let mut tls_port = None;
+        if let Some(files) = &self.tls {
+            let port = free_loopback_port()?;
+            tls_port = Some(port);
+            for (name, pem, directive) in [
+                ("server.crt", &files.certificate, "tls-cert-file"),
+                ("server.key", &files.private_key, "tls-key-file"),
+                ("ca.crt", &files.ca_certificate, "tls-ca-cert-file"),
+            ] {
+                let file = dir.path().join(name);
+                fs::write(&file, pem).with_context(|| format!("cannot write {name}"))?;
+                config.push_str(&format!("{directive} {}\n", file.display()));
+            }
+            config.push_str(&format!(
+                "tls-port {port}\ntls-auth-clients no\ntls-replication yes\n"
+            ));
+        }
         let path: PathBuf = dir.path().join("sentinel.conf");
         fs::write(&path, config).context("cannot write sentinel.conf")?;
         let stdio = fs::File::create(dir.path().join("sentinel.stdio"))?;
@@ -284,6 +348,7 @@ impl RedisSentinel {
             .context("cannot run redis-server --sentinel")?;
         Ok(SentinelProcess {
             port,
+            tls_port,
             dir,
             child: Some(child),
         })
@@ -373,6 +438,12 @@ impl Drop for SentinelProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether `node` listens at `addr` (its plaintext or its TLS port).
+fn serves_at(node: &RedisServer, addr: SocketAddr) -> bool {
+    addr.ip() == node.addr().ip()
+        && (addr.port() == node.port() || node.tls_port() == Some(addr.port()))
 }
 
 /// `AUTH password` then `args` on one connection, the second reply's raw bytes.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{open_with, plain_url};
 use taskstore_host::{ErrorKind, ListOptions, Options, Task, TaskStore};
+use taskstore_testing::pki::pki;
 use taskstore_testing::redis_sentinel::{RedisSentinel, SentinelPasswords};
 
 const DATA_PASSWORD: &str = "D4ta/Pa55@word";
@@ -380,4 +381,26 @@ fn the_operator_can_widen_the_allow_list_to_the_reported_master() {
     store.set("t1", &doc("t1", 1), None).unwrap();
     assert!(store.exists("t1").unwrap());
     assert!(clients_on_127_0_0_2(&sentinel) > 0);
+}
+
+/// `rediss+sentinel://`: the sentinels and the master they report are dialled over TLS, each
+/// verified against the private CA; without that CA the connection is refused.
+#[test]
+fn rediss_sentinel_reaches_the_master_over_tls() {
+    let pki = pki("taskstore sentinel test CA", &["127.0.0.1"]);
+    let sentinel =
+        RedisSentinel::start_tls(pki.server.clone()).expect("a TLS sentinel deployment starts");
+    let url = sentinel.tls_url().expect("TLS ports");
+    let mut store = open_with(Options {
+        tls_ca_certificates: Some(pki.ca_pem.clone()),
+        ..Options::new(url.clone())
+    })
+    .expect("the store opens over TLS");
+    store.set("t1", &doc("t1", 1), None).unwrap();
+    assert!(store.exists("t1").unwrap());
+
+    let error = open_with(Options::new(url))
+        .map(drop)
+        .expect_err("the web PKI roots do not trust the private CA");
+    assert_eq!(error.kind(), ErrorKind::Connection, "{error}");
 }
