@@ -55,7 +55,7 @@ struct Cli {
     // comment, whose brackets rustdoc would read as links.)
     #[arg(
         long,
-        help = "Redis URL: redis://[[user]:password@]host[:port][/db], rediss://... for TLS, redis+cluster://host:port[,host:port...] for a Redis Cluster (rediss+cluster:// over TLS) [default: redis://127.0.0.1:6379]",
+        help = "Redis URL: redis://[[user]:password@]host[:port][/db], rediss://... for TLS, redis+cluster://host:port[,host:port...] for a Redis Cluster (rediss+cluster:// over TLS), redis+sentinel://host:port[,host:port...]/service[/db] for Redis Sentinel (rediss+sentinel:// over TLS) [default: redis://127.0.0.1:6379]",
         value_name = "URL",
         env = "REDIS_URL",
         hide_env_values = true,
@@ -68,6 +68,12 @@ struct Cli {
     /// variable is read. The URL must then hold no password; a user name in it is kept
     #[arg(long, value_name = "PATH", global = true)]
     redis_password_file: Option<std::path::PathBuf>,
+
+    /// redis+sentinel:// only: file holding the sentinels' own password (their
+    /// `requirepass`; one line), separate from the Redis password, which goes to the data
+    /// nodes only. Without it, the REDIS_SENTINEL_PASSWORD environment variable is read
+    #[arg(long, value_name = "PATH", global = true)]
+    sentinel_password_file: Option<std::path::PathBuf>,
 
     /// Key prefix [default: research_task:]
     #[arg(long, value_name = "P", global = true)]
@@ -93,8 +99,9 @@ struct Cli {
     #[arg(long, global = true)]
     danger_accept_invalid_certificates: bool,
 
-    /// Cluster URLs only: a network (and ports) where nodes the cluster reports may be
-    /// reached, besides the seeds' own addresses: `CIDR[:PORTS]`, e.g. `10.0.0.0/8`,
+    /// Cluster and Sentinel URLs only: a network (and ports) where nodes the cluster (or the
+    /// sentinels) report may be reached, besides the seeds' (sentinels') own addresses:
+    /// `CIDR[:PORTS]`, e.g. `10.0.0.0/8`,
     /// `10.1.2.3:7000-7005`, `[fd00::/8]:7000`. Repeatable. Link-local and cloud metadata
     /// addresses are refused whatever this says
     #[arg(long, value_name = "CIDR[:PORTS]", global = true)]
@@ -455,8 +462,13 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
             let url = cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
             // The function reads one `redis-url`; the password joins it only there, and
             // every message scrubs it (`ServeConfig`'s secrets are read from that URL).
-            match redis_password(cli)? {
+            let url = match redis_password(cli)? {
                 Some(password) => taskstore::config::url_with_password(&url, &password)
+                    .map_err(|e| Failure::Usage(e.to_string()))?,
+                None => url,
+            };
+            match sentinel_password(cli)? {
+                Some(password) => taskstore::config::url_with_sentinel_password(&url, &password)
                     .map_err(|e| Failure::Usage(e.to_string()))?,
                 None => url,
             }
@@ -642,6 +654,7 @@ fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
     }
     let options = Options {
         password: redis_password(cli)?,
+        sentinel_password: sentinel_password(cli)?,
         key_prefix: cli.prefix.clone(),
         timeout_ms: cli.timeout_ms,
         tls_ca_certificates: tls_ca_certificates(cli)?,
@@ -670,18 +683,42 @@ fn warn_unverified_tls() {
 /// The Redis password given apart from the URL: `--redis-password-file`, else
 /// `REDIS_PASSWORD`, else none. Messages name the file, never its content.
 fn redis_password(cli: &Cli) -> Result<Option<String>, Failure> {
-    let password = match &cli.redis_password_file {
+    password_apart(
+        cli.redis_password_file.as_deref(),
+        "REDIS_PASSWORD",
+        "Redis password",
+    )
+}
+
+/// The sentinels' password: `--sentinel-password-file`, else `REDIS_SENTINEL_PASSWORD`,
+/// else none.
+fn sentinel_password(cli: &Cli) -> Result<Option<String>, Failure> {
+    password_apart(
+        cli.sentinel_password_file.as_deref(),
+        "REDIS_SENTINEL_PASSWORD",
+        "sentinel password",
+    )
+}
+
+/// A password from `file` (one line), else from the environment variable `env`, else none.
+/// Messages name the file or variable, never the content.
+fn password_apart(
+    file: Option<&std::path::Path>,
+    env: &str,
+    what: &str,
+) -> Result<Option<String>, Failure> {
+    let password = match file {
         Some(path) => std::fs::read_to_string(path).map_err(|e| {
             Failure::Usage(format!(
-                "cannot read the Redis password file {}: {e}",
+                "cannot read the {what} file {}: {e}",
                 path.display()
             ))
         })?,
-        None => match std::env::var("REDIS_PASSWORD") {
+        None => match std::env::var(env) {
             Ok(password) => password,
             Err(std::env::VarError::NotPresent) => return Ok(None),
             Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(Failure::Usage("REDIS_PASSWORD is not UTF-8".into()))
+                return Err(Failure::Usage(format!("{env} is not UTF-8")))
             }
         },
     };
@@ -690,7 +727,7 @@ fn redis_password(cli: &Cli) -> Result<Option<String>, Failure> {
         .map(|line| line.strip_suffix('\r').unwrap_or(line))
         .unwrap_or(&password);
     if password.is_empty() {
-        return Err(Failure::Usage("the Redis password is empty".into()));
+        return Err(Failure::Usage(format!("the {what} is empty")));
     }
     Ok(Some(password.to_owned()))
 }

@@ -11,5 +11,6 @@ mod failures;
 mod operations;
 mod reliability;
 mod run;
+mod sentinel;
 mod serve;
 mod tls;
