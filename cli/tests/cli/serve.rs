@@ -43,6 +43,8 @@ impl Serve {
             .env_remove("REDIS_URL")
             .env_remove("REDIS_PASSWORD")
             .env_remove("TASKSTORE_API_KEY")
+            // The tests read serve's stderr; an inherited filter would hide its lines.
+            .env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .env("TASKSTORE_CACHE_DIR", crate::run::cache_dir())
             .stdin(Stdio::null())
@@ -774,6 +776,7 @@ fn serve_refuses_to_start(args: &[&str]) -> String {
         .args(args)
         .env_remove("REDIS_URL")
         .env_remove("TASKSTORE_API_KEY")
+        .env_remove("RUST_LOG")
         .env("TASKSTORE_CACHE_DIR", cache.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
