@@ -1,82 +1,37 @@
-//! Operating `taskstore serve` (issue 16, host side): the `--metrics-listen` scrape against
+//! Operating `taskstore serve`: the `--metrics-listen` scrape against
 //! the requests actually sent, the access log's lines and their filter, and the routes
 //! answered without the API key.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use taskstore_testing::redis_server::{RedisServer, RefusingPort};
 
-use crate::serve::{agent, get, post};
-
-/// Starting the server (compiling the component in a debug build) ends within this.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+use crate::serve::{agent, get, post, Serve};
 
 /// `taskstore serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0`, with its stderr
 /// kept whole; killed on drop.
 struct Operated {
-    child: Option<Child>,
+    serve: Serve,
     addr: SocketAddr,
     metrics: SocketAddr,
-    stderr: mpsc::Receiver<String>,
 }
 
 impl Operated {
     fn start(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Operated {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--redis", redis_url])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(extra)
-            .env_remove("REDIS_URL")
-            .env_remove("REDIS_PASSWORD")
-            .env_remove("TASKSTORE_API_KEY")
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .env("TASKSTORE_CACHE_DIR", crate::run::cache_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run taskstore serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (line_tx, line_rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (err_tx, err_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut text);
-            let _ = err_tx.send(text);
-        });
-        let mut next_line = || match line_rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let stderr = err_rx.recv_timeout(Duration::from_secs(10));
-                panic!("taskstore serve did not start: {stderr:?}");
-            }
-        };
-        let first = next_line();
-        let addr = first
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .parse()
-            .expect("a socket address");
-        let second = next_line();
+        let args: Vec<&str> = ["--metrics-listen", "127.0.0.1:0"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let mut serve = Serve::start_with_env(redis_url, &args, env);
+        let second = serve.next_stdout_line();
         let metrics = second
             .strip_prefix("metrics on http://")
             .and_then(|rest| rest.strip_suffix("/metrics"))
@@ -84,15 +39,14 @@ impl Operated {
             .parse()
             .expect("a socket address");
         Operated {
-            child: Some(child),
-            addr,
+            addr: serve.addr,
+            serve,
             metrics,
-            stderr: err_rx,
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        self.serve.url(path)
     }
 
     fn metrics_url(&self) -> String {
@@ -108,35 +62,9 @@ impl Operated {
 
     /// Stops the server with SIGTERM (a clean exit); everything it wrote to stderr.
     fn stop(&mut self) -> String {
-        let mut child = self.child.take().expect("still running");
-        let pid = i32::try_from(child.id()).expect("pid fits");
-        // SAFETY: sending a signal to our own child process, which we have not reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(status.success(), "{status:?}");
-                break;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("taskstore serve did not exit within 30 s of SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        self.stderr
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Operated {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let (status, stderr) = self.serve.signal_and_wait(libc::SIGTERM);
+        assert!(status.success(), "{status:?}");
+        stderr
     }
 }
 

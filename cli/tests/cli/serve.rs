@@ -25,7 +25,8 @@ const TASK_TTL_SECONDS: i64 = 7 * 24 * 60 * 60;
 /// process's own ([`crate::run::cache_dir`]), so the component is compiled once per run.
 pub(crate) struct Serve {
     child: Option<Child>,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
+    stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -36,7 +37,7 @@ impl Serve {
     }
 
     /// As [`Serve::start`], with `env` added to the server's environment.
-    fn start_with_env(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
+    pub(crate) fn start_with_env(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_taskstore"))
             .args(["serve", "--listen", "127.0.0.1:0", "--redis", redis_url])
             .args(extra)
@@ -71,15 +72,10 @@ impl Serve {
         let mut serve = Serve {
             child: Some(child),
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            stdout: line_rx,
             stderr: err_rx,
         };
-        let first = match line_rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let (status, stderr) = serve.kill();
-                panic!("taskstore serve did not start ({status:?}): {stderr}");
-            }
-        };
+        let first = serve.next_stdout_line();
         let addr = first
             .strip_prefix("listening on http://")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
@@ -87,12 +83,23 @@ impl Serve {
         serve
     }
 
+    /// The next line of the banner; fails the test (and stops the server) if none comes.
+    pub(crate) fn next_stdout_line(&mut self) -> String {
+        match self.stdout.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let (status, stderr) = self.kill();
+                panic!("taskstore serve did not start ({status:?}): {stderr}");
+            }
+        }
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// Sends `signal` and waits (bounded) for the exit; returns its status and stderr.
-    fn signal_and_wait(&mut self, signal: i32) -> (ExitStatus, String) {
+    pub(crate) fn signal_and_wait(&mut self, signal: i32) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("still running");
         let pid = i32::try_from(child.id()).expect("pid fits");
         // SAFETY: sending a signal to our own child process, which we have not reaped.
