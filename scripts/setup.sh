@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing taskstore needs on Debian 12: redis-server and redis-cli
 # (each test starts its own server), clang (for C code built for wasm32), and the
-# wasm32-wasip2 target for the toolchain pinned in rust-toolchain.toml, and redis-py for the
-# tests that check compatibility with the original Python service.
+# wasm32-wasip2 target for the toolchain pinned in rust-toolchain.toml, redis-py for the
+# tests that check compatibility with the original Python service, and schemathesis (pinned)
+# for the contract test of the HTTP API.
 # Idempotent; prints nothing when everything is already there. Run as root or with sudo.
 set -euo pipefail
 
@@ -51,6 +52,16 @@ fi
 if ! python3 -c 'import redis.asyncio' >/dev/null 2>&1; then
     command -v python3 >/dev/null 2>&1 || fail "python3 not found; install Python 3.8 or newer"
     quietly python3 -m pip install --quiet --disable-pip-version-check 'redis>=5,<9'
+fi
+
+# The contract test (cli/tests/cli/contract.rs) runs schemathesis against `taskstore serve`.
+# Pinned: another version generates other cases from the same seed (the test checks the pin).
+schemathesis_version=4.32.5
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" \
+    != "$schemathesis_version" ]; then
+    command -v python3 >/dev/null 2>&1 || fail "python3 not found; install Python 3.9 or newer"
+    quietly python3 -m pip install --quiet --disable-pip-version-check \
+        "schemathesis==$schemathesis_version"
 fi
 
 toolchain="$(sed -n 's/^[[:space:]]*channel[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' \

@@ -1,5 +1,5 @@
-//! What the store talks to: one Redis server or a Redis Cluster, behind one small surface,
-//! so task semantics are written once.
+//! What the store talks to: one Redis server, a Redis Cluster, or the master Redis
+//! Sentinel names, behind one small surface, so task semantics are written once.
 
 use std::time::Duration;
 
@@ -7,18 +7,28 @@ use crate::client::{Client, Retry, ScanBatch};
 use crate::cluster_client::ClusterClient;
 use crate::config::RedisUrl;
 use crate::resp::Reply;
+use crate::sentinel::SentinelClient;
 use crate::transport::{Connector, Endpoint};
 use crate::TaskError;
 
 pub enum Backend<C: Connector + Clone> {
     Single(Client<C>),
     Cluster(ClusterClient<C>),
+    Sentinel(SentinelClient<C>),
 }
 
 impl<C: Connector + Clone> Backend<C> {
-    /// A cluster client for a `redis+cluster://` URL, a single-server client otherwise.
+    /// A cluster client for a `redis+cluster://` URL, a Sentinel client for
+    /// `redis+sentinel://`, a single-server client otherwise.
     pub fn new(connector: C, url: RedisUrl, timeout: Duration, max_value_bytes: usize) -> Self {
-        if url.is_cluster() {
+        if url.is_sentinel() {
+            Backend::Sentinel(SentinelClient::new(
+                connector,
+                url,
+                timeout,
+                max_value_bytes,
+            ))
+        } else if url.is_cluster() {
             Backend::Cluster(ClusterClient::new(connector, url, timeout, max_value_bytes))
         } else {
             Backend::Single(Client::new(connector, url, timeout, max_value_bytes))
@@ -30,6 +40,7 @@ impl<C: Connector + Clone> Backend<C> {
         match self {
             Backend::Single(client) => client.connect(),
             Backend::Cluster(cluster) => cluster.connect(),
+            Backend::Sentinel(sentinel) => sentinel.connect(),
         }
     }
 
@@ -45,6 +56,7 @@ impl<C: Connector + Clone> Backend<C> {
                 op(client)
             }
             Backend::Cluster(cluster) => cluster.on_key(key, op),
+            Backend::Sentinel(sentinel) => sentinel.on_key(op),
         }
     }
 
@@ -59,6 +71,9 @@ impl<C: Connector + Clone> Backend<C> {
         match self {
             Backend::Single(client) => client.pipeline(commands, retry),
             Backend::Cluster(cluster) => cluster.batch(keys, commands, retry),
+            Backend::Sentinel(sentinel) => {
+                sentinel.on_key(|client| client.pipeline(commands, retry))
+            }
         }
     }
 
@@ -67,6 +82,7 @@ impl<C: Connector + Clone> Backend<C> {
     pub fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TaskError> {
         let cluster = match self {
             Backend::Single(client) => return client.get_many(keys),
+            Backend::Sentinel(sentinel) => return sentinel.on_key(|client| client.get_many(keys)),
             Backend::Cluster(cluster) => cluster,
         };
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
@@ -93,7 +109,7 @@ impl<C: Connector + Clone> Backend<C> {
     /// server.
     pub fn cluster(&mut self) -> Option<&mut ClusterClient<C>> {
         match self {
-            Backend::Single(_) => None,
+            Backend::Single(_) | Backend::Sentinel(_) => None,
             Backend::Cluster(cluster) => Some(cluster),
         }
     }
@@ -109,6 +125,9 @@ impl<C: Connector + Clone> Backend<C> {
     ) -> Result<Option<ScanBatch>, TaskError> {
         match (self, node) {
             (Backend::Single(client), _) => client.scan(cursor, pattern, count).map(Some),
+            (Backend::Sentinel(sentinel), _) => sentinel
+                .on_key(|client| client.scan(cursor, pattern, count))
+                .map(Some),
             (Backend::Cluster(cluster), Some(node)) => {
                 cluster.scan_node(node, cursor, pattern, count)
             }
@@ -141,6 +160,7 @@ impl<C: Connector + Clone> Backend<C> {
         match self {
             Backend::Single(client) => client.reply_error(message),
             Backend::Cluster(cluster) => cluster.reply_error(message),
+            Backend::Sentinel(sentinel) => sentinel.reply_error(message),
         }
     }
 
@@ -149,6 +169,7 @@ impl<C: Connector + Clone> Backend<C> {
         match self {
             Backend::Single(client) => client.unexpected_reply(command, reply),
             Backend::Cluster(cluster) => cluster.unexpected_reply(command, reply),
+            Backend::Sentinel(sentinel) => sentinel.unexpected_reply(command, reply),
         }
     }
 }

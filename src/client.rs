@@ -51,6 +51,41 @@ pub struct Client<C: Connector> {
     /// Cluster `ASK` redirect mode: each command outside `MULTI` goes out preceded by
     /// `ASKING` (in the same write), since the flag it sets lasts one command.
     asking: bool,
+    /// Whether a write command was handed to a connection since [`Client::take_sent_write`]
+    /// last asked: what tells a failover retry whether the failed work may have applied.
+    sent_write: bool,
+}
+
+/// Commands that never change data: everything else counts as a write (for `WAIT`, and for
+/// whether a failed exchange may have applied). Unknown commands are writes, to be safe.
+const READ_COMMANDS: [&[u8]; 17] = [
+    b"GET",
+    b"MGET",
+    b"EXISTS",
+    b"TTL",
+    b"PTTL",
+    b"SCAN",
+    b"STRLEN",
+    b"PING",
+    b"WATCH",
+    b"UNWATCH",
+    b"ROLE",
+    b"INFO",
+    b"AUTH",
+    b"SELECT",
+    b"ASKING",
+    b"CLUSTER",
+    b"SENTINEL",
+];
+
+/// Whether `command` (its name first) may change data.
+pub fn is_write(command: &[&[u8]]) -> bool {
+    match command.first() {
+        Some(name) => !READ_COMMANDS
+            .iter()
+            .any(|read| name.eq_ignore_ascii_case(read)),
+        None => false,
+    }
 }
 
 /// Largest reply buffer kept between commands; a bigger one (after a large document) is
@@ -75,7 +110,14 @@ impl<C: Connector> Client<C> {
             write_buf: Vec::new(),
             read_buf: Vec::new(),
             asking: false,
+            sent_write: false,
         }
+    }
+
+    /// Whether a write command was sent (or handed to a connection that then failed) since
+    /// the last call; clears the flag.
+    pub fn take_sent_write(&mut self) -> bool {
+        std::mem::take(&mut self.sent_write)
     }
 
     /// The same client with tighter reply limits: for callers that expect only small
@@ -247,11 +289,41 @@ impl<C: Connector> Client<C> {
         retry: Retry,
     ) -> Result<Vec<Reply>, TaskError> {
         self.write_buf.clear();
+        let writes = commands.iter().any(|command| is_write(command));
+        self.sent_write |= writes;
         if !self.asking {
             for command in commands {
                 encode_command(&mut self.write_buf, command);
             }
-            return self.exchange(commands.len(), retry);
+            let wait = self
+                .url
+                .wait
+                .filter(|_| writes && !ends_inside_multi(commands));
+            let Some(wait) = wait else {
+                return self.exchange(commands.len(), retry);
+            };
+            // In the same write as the commands: replica acknowledgement costs no extra
+            // round trip.
+            let mut replicas = Vec::with_capacity(10);
+            push_decimal(&mut replicas, u64::from(wait.replicas));
+            let mut timeout = Vec::with_capacity(10);
+            push_decimal(&mut timeout, u64::from(wait.timeout_ms));
+            encode_command(&mut self.write_buf, &[b"WAIT", &replicas, &timeout]);
+            let mut replies = self.exchange(commands.len() + 1, retry)?;
+            return match replies.pop() {
+                Some(Reply::Integer(acknowledged)) if acknowledged >= i64::from(wait.replicas) => {
+                    Ok(replies)
+                }
+                Some(Reply::Integer(acknowledged)) => Err(TaskError::timeout(format!(
+                    "the write reached Redis at {} but only {acknowledged} of the {} replicas \
+                     asked for acknowledged it within {} ms (wait-replicas); it may have \
+                     applied, and may be lost should that server fail now",
+                    self.url.endpoint, wait.replicas, wait.timeout_ms
+                ))),
+                Some(Reply::Error(message)) => Err(server_error(message, &self.url)),
+                Some(other) => Err(self.unexpected("WAIT", &other)),
+                None => Err(TaskError::protocol("no reply")),
+            };
         }
         let mut in_multi = false;
         let mut is_asking = Vec::with_capacity(commands.len() * 2);
@@ -305,7 +377,7 @@ impl<C: Connector> Client<C> {
 
     /// Sends one command and returns its reply; an error reply becomes an `Err`.
     pub fn command(&mut self, args: &[&[u8]], retry: Retry) -> Result<Reply, TaskError> {
-        let mut replies = if self.asking {
+        let mut replies = if self.asking || is_write(args) {
             self.pipeline(&[args], retry)?
         } else {
             self.write_buf.clear();
@@ -438,6 +510,23 @@ impl<C: Connector> Client<C> {
             }
         }
     }
+}
+
+/// Whether `commands` open a `MULTI` they do not close: no `WAIT` may follow inside it.
+fn ends_inside_multi(commands: &[&[&[u8]]]) -> bool {
+    let mut in_multi = false;
+    for command in commands {
+        match command.first().copied() {
+            Some(name) if name.eq_ignore_ascii_case(b"MULTI") => in_multi = true,
+            Some(name)
+                if name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD") =>
+            {
+                in_multi = false
+            }
+            _ => {}
+        }
+    }
+    in_multi
 }
 
 /// One write of `request`, then replies until `expected` are decoded.
@@ -848,5 +937,54 @@ pub(crate) mod tests {
             err.kind() == ErrorKind::Protocol && err.message().contains("4 unexpected bytes"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn with_wait_replicas_a_write_is_followed_by_wait_in_the_same_write() {
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1?wait-replicas=1&wait-timeout-ms=50",
+            vec![Ok(vec![
+                PONG,
+                Step::Reply(b"+OK\r\n:1\r\n"),
+                Step::Reply(b"$-1\r\n"),
+                Step::Reply(b"+OK\r\n:0\r\n"),
+            ])],
+        );
+        client.set_with_ttl(b"k", 10, b"v").unwrap();
+        assert!(client.take_sent_write());
+        assert_eq!(client.get(b"k").unwrap(), None);
+        assert!(!client.take_sent_write(), "a read is no write");
+        let err = client.set_with_ttl(b"k", 10, b"v").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+        assert!(err.may_have_applied());
+        assert!(err.message().contains("only 0 of the 1 replicas"), "{err}");
+        let sent = &connector.0.borrow().sent;
+        let wait = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$2\r\n50\r\n".as_slice();
+        assert!(
+            sent[1].ends_with(wait),
+            "{:?}",
+            String::from_utf8_lossy(&sent[1])
+        );
+        assert!(!sent[2].ends_with(wait));
+        assert!(sent[3].ends_with(wait));
+    }
+
+    #[test]
+    fn no_wait_inside_an_open_multi_and_none_without_the_option() {
+        assert!(ends_inside_multi(&[&[b"MULTI"], &[b"SET", b"k", b"v"]]));
+        assert!(!ends_inside_multi(&[
+            &[b"MULTI"],
+            &[b"SET", b"k", b"v"],
+            &[b"exec"]
+        ]));
+        assert!(is_write(&[b"setex", b"k"]) && is_write(&[b"EXEC"]) && !is_write(&[b"mget"]));
+        let (mut client, connector) = client_with(
+            "redis://127.0.0.1",
+            vec![Ok(vec![PONG, Step::Reply(b"+OK\r\n")])],
+        );
+        client.set_with_ttl(b"k", 10, b"v").unwrap();
+        assert!(!connector.0.borrow().sent[1]
+            .windows(4)
+            .any(|w| w == b"WAIT"));
     }
 }

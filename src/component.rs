@@ -186,6 +186,10 @@ impl GuestStore for StoreResource {
     fn exists(&self, id: String) -> Result<bool, wit::Error> {
         self.0.borrow_mut().exists(&id).map_err(to_wit)
     }
+
+    fn ping(&self) -> Result<(), wit::Error> {
+        self.0.borrow_mut().ping().map_err(to_wit)
+    }
 }
 
 #[cfg(feature = "tls")]

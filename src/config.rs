@@ -34,8 +34,10 @@ macro_rules! store_options {
         $vis struct $name {
             /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS, or for a
             /// Redis Cluster `redis+cluster://[[user]:password@]host[:port][,host[:port]…]`
-            /// (seed nodes; `rediss+cluster://…` for a cluster over TLS). A password may hold
-            /// any character, `/` and `@` included.
+            /// (seed nodes; `rediss+cluster://…` for a cluster over TLS), or for Redis Sentinel
+            /// `redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db]`
+            /// (`?sentinel-password=…&wait-replicas=N&wait-timeout-ms=T`). A password may
+            /// hold any character, `/` and `@` included.
             pub url: ::std::string::String,
             /// Prefix of every key.
             pub key_prefix: ::std::option::Option<::std::string::String>,
@@ -167,6 +169,15 @@ impl StoreSettings {
                 "maximum document size of {max_document_bytes} bytes is out of range: it must be between {MIN_DOCUMENT_BYTES_LIMIT} and {MAX_DOCUMENT_BYTES_LIMIT}"
             )));
         }
+        if let Some(wait) = redis.wait {
+            if wait.timeout_ms >= timeout_ms {
+                return Err(ConfigError(format!(
+                    "wait-timeout-ms of {} ms must be below the timeout of {timeout_ms} ms: the WAIT \
+                     runs within each write's deadline",
+                    wait.timeout_ms
+                )));
+            }
+        }
         let tls = if redis.tls {
             if options.tls_ca_certificates.is_some() && options.danger_accept_invalid_certificates {
                 return Err(ConfigError(
@@ -213,8 +224,13 @@ pub fn check_ttl(seconds: u64) -> Result<(), String> {
     }
 }
 
-/// A parsed `redis[s]://[[user]:password@]host[:port][/db]` URL, or a Redis Cluster URL
-/// `redis[s]+cluster://[[user]:password@]host[:port][,host[:port]…]`.
+/// A parsed `redis[s]://[[user]:password@]host[:port][/db]` URL, a Redis Cluster URL
+/// `redis[s]+cluster://[[user]:password@]host[:port][,host[:port]…]`, or a Redis Sentinel
+/// URL `redis[s]+sentinel://[[user]:password@]host[:port][,host[:port]…]/service[/db]`.
+///
+/// A single-server or Sentinel URL may end in `?wait-replicas=N&wait-timeout-ms=T` (see
+/// [`ReplicaWait`]); a Sentinel URL also in `sentinel-password=…` (%-encoded), the password
+/// of the sentinels themselves, separate from the data password in the userinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     /// The server (for a cluster URL: the first seed node).
@@ -227,6 +243,31 @@ pub struct RedisUrl {
     /// For a cluster URL, every seed node in the order given (the first is `endpoint`);
     /// empty for a single-server URL.
     pub cluster_seeds: Vec<Endpoint>,
+    /// For a Sentinel URL: the sentinels and the service they are asked about (`endpoint`
+    /// is then the first sentinel, not a data node).
+    pub sentinel: Option<SentinelTarget>,
+    /// After each write, wait for this many replicas to acknowledge it (`WAIT`).
+    pub wait: Option<ReplicaWait>,
+}
+
+/// The sentinels of a `redis+sentinel://` URL and what to ask them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelTarget {
+    /// Every sentinel in the order given; asked in that order.
+    pub sentinels: Vec<Endpoint>,
+    /// The master's name as the sentinels know it (`sentinel monitor <service> …`).
+    pub service: String,
+    /// What `AUTH` is sent to the sentinels with (`sentinel-password`): a sentinel's own
+    /// `requirepass`, never the data password. `None`: no `AUTH`.
+    pub credentials: Option<Credentials>,
+}
+
+/// `WAIT replicas timeout-ms` after every write: the write is reported only once that many
+/// replicas hold it, or failed (as "may have applied") when they do not within the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    pub replicas: u32,
+    pub timeout_ms: u32,
 }
 
 /// What `AUTH` is sent with.
@@ -260,14 +301,57 @@ impl fmt::Debug for Secret {
 
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<RedisUrl, ConfigError> {
-        let Scheme { rest, tls, cluster } = strip_scheme(url)?;
+        let Scheme {
+            rest,
+            tls,
+            cluster,
+            sentinel,
+        } = strip_scheme(url)?;
         let UrlParts {
             userinfo,
             hosts,
             tail,
         } = UrlParts::split(rest);
         let credentials = userinfo.map(parse_userinfo).transpose()?.flatten();
-        let database = parse_database(tail)?;
+        let (path, query) = match tail.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (tail, None),
+        };
+        if path.contains('#') || query.is_some_and(|q| q.contains('#')) {
+            return Err(ConfigError(
+                "Redis URL fragment parts (#…) are not supported".into(),
+            ));
+        }
+        let query = match query {
+            Some(_) if cluster => {
+                return Err(ConfigError(
+                    "a Redis Cluster URL takes no query parameters (after a ?)".into(),
+                ))
+            }
+            Some(query) => parse_query(query, sentinel)?,
+            None => UrlQuery::default(),
+        };
+        if sentinel {
+            let (service, database) = parse_sentinel_path(path)?;
+            let sentinels = parse_host_list(hosts, "sentinel")?;
+            return Ok(RedisUrl {
+                endpoint: sentinels[0].clone(),
+                credentials,
+                database,
+                tls,
+                cluster_seeds: Vec::new(),
+                sentinel: Some(SentinelTarget {
+                    sentinels,
+                    service,
+                    credentials: query.sentinel_password.map(|password| Credentials {
+                        username: None,
+                        password,
+                    }),
+                }),
+                wait: query.wait,
+            });
+        }
+        let database = parse_database(path)?;
         if !cluster {
             return Ok(RedisUrl {
                 endpoint: parse_host_port(hosts)?,
@@ -275,6 +359,8 @@ impl RedisUrl {
                 database,
                 tls,
                 cluster_seeds: Vec::new(),
+                sentinel: None,
+                wait: query.wait,
             });
         }
         if database != 0 {
@@ -282,31 +368,15 @@ impl RedisUrl {
                 "Redis Cluster has only database 0; remove the /db part of the cluster URL".into(),
             ));
         }
-        let seeds = hosts
-            .split(',')
-            .enumerate()
-            .map(|(index, seed)| {
-                parse_host_port(seed).map_err(|e| {
-                    ConfigError(format!(
-                        "{} (seed node {} of the cluster URL)",
-                        e.0,
-                        index + 1
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if seeds.len() > MAX_CLUSTER_SEEDS {
-            return Err(ConfigError(format!(
-                "Redis cluster URL names {} seed nodes; the limit is {MAX_CLUSTER_SEEDS}",
-                seeds.len()
-            )));
-        }
+        let seeds = parse_host_list(hosts, "seed")?;
         Ok(RedisUrl {
             endpoint: seeds[0].clone(),
             credentials,
             database,
             tls,
             cluster_seeds: seeds,
+            sentinel: None,
+            wait: None,
         })
     }
 
@@ -315,8 +385,13 @@ impl RedisUrl {
         !self.cluster_seeds.is_empty()
     }
 
-    /// The same credentials and database, for another server: how a cluster client reaches
-    /// each node it discovers.
+    /// Whether this is a `redis+sentinel://` URL.
+    pub fn is_sentinel(&self) -> bool {
+        self.sentinel.is_some()
+    }
+
+    /// The same credentials, database and replica wait, for another server: how a cluster
+    /// client reaches each node it discovers, and a Sentinel client the master it is told.
     pub fn for_node(&self, endpoint: Endpoint) -> RedisUrl {
         RedisUrl {
             endpoint,
@@ -324,8 +399,154 @@ impl RedisUrl {
             database: self.database,
             tls: self.tls,
             cluster_seeds: Vec::new(),
+            sentinel: None,
+            wait: self.wait,
         }
     }
+
+    /// For a Sentinel URL, how to reach sentinel `endpoint`: the sentinel password (not the
+    /// data password), database 0, no replica wait, TLS as the URL says.
+    pub fn for_sentinel(&self, endpoint: Endpoint) -> RedisUrl {
+        RedisUrl {
+            endpoint,
+            credentials: self
+                .sentinel
+                .as_ref()
+                .and_then(|target| target.credentials.clone()),
+            database: 0,
+            tls: self.tls,
+            cluster_seeds: Vec::new(),
+            sentinel: None,
+            wait: None,
+        }
+    }
+}
+
+/// Most sentinels a Sentinel URL may name (as many as a cluster URL's seeds).
+pub const MAX_SENTINELS: usize = MAX_CLUSTER_SEEDS;
+
+/// `hosts` split at `,`: at least one, at most [`MAX_CLUSTER_SEEDS`]; errors name the
+/// position (`seed node 2`), never the text.
+fn parse_host_list(hosts: &str, what: &str) -> Result<Vec<Endpoint>, ConfigError> {
+    let list = hosts
+        .split(',')
+        .enumerate()
+        .map(|(index, host)| {
+            parse_host_port(host).map_err(|e| {
+                let what = if what == "seed" { "seed node" } else { what };
+                ConfigError(format!("{} ({what} {} of the URL)", e.0, index + 1))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if list.len() > MAX_CLUSTER_SEEDS {
+        return Err(ConfigError(format!(
+            "Redis URL names {} {what}s; the limit is {MAX_CLUSTER_SEEDS}",
+            list.len()
+        )));
+    }
+    Ok(list)
+}
+
+/// What a URL's `?…` says.
+#[derive(Default)]
+struct UrlQuery {
+    wait: Option<ReplicaWait>,
+    sentinel_password: Option<Secret>,
+}
+
+/// `wait-replicas=N`, `wait-timeout-ms=T` and, on a Sentinel URL, `sentinel-password=…`,
+/// joined by `&`. Errors name the parameter, never a value: one may be a password.
+fn parse_query(query: &str, sentinel: bool) -> Result<UrlQuery, ConfigError> {
+    let mut replicas = None;
+    let mut timeout_ms = None;
+    let mut out = UrlQuery::default();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let twice = || ConfigError(format!("Redis URL parameter {name} is given twice"));
+        let number = || {
+            value.parse::<u32>().map_err(|_| {
+                ConfigError(format!("Redis URL parameter {name} is not a whole number"))
+            })
+        };
+        match name {
+            "wait-replicas" => {
+                if replicas.replace(number()?).is_some() {
+                    return Err(twice());
+                }
+            }
+            "wait-timeout-ms" => {
+                if timeout_ms.replace(number()?).is_some() {
+                    return Err(twice());
+                }
+            }
+            "sentinel-password" if sentinel => {
+                let password = percent_decode(value, "sentinel password")?;
+                if password.is_empty() {
+                    return Err(ConfigError(
+                        "Redis URL has an empty sentinel-password".into(),
+                    ));
+                }
+                if out
+                    .sentinel_password
+                    .replace(Secret::new(password))
+                    .is_some()
+                {
+                    return Err(twice());
+                }
+            }
+            _ => {
+                return Err(ConfigError(format!(
+                    "Redis URL has an unknown query parameter (after the ?); known: wait-replicas, wait-timeout-ms{}",
+                    if sentinel { ", sentinel-password" } else { "" }
+                )))
+            }
+        }
+    }
+    out.wait = match (replicas, timeout_ms) {
+        (None, None) | (Some(0), _) => None,
+        (Some(replicas), Some(timeout_ms)) if timeout_ms > 0 => Some(ReplicaWait {
+            replicas,
+            timeout_ms,
+        }),
+        _ => {
+            return Err(ConfigError(
+                "Redis URL parameter wait-replicas needs wait-timeout-ms, a timeout above 0 \
+                 (a WAIT without one could block past every deadline)"
+                    .into(),
+            ))
+        }
+    };
+    Ok(out)
+}
+
+/// `/service[/db]` of a Sentinel URL. The service name is never quoted in an error.
+fn parse_sentinel_path(path: &str) -> Result<(String, u32), ConfigError> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let (service, database) = match path.split_once('/') {
+        Some((service, database)) => (service, database),
+        None => (path, ""),
+    };
+    if service.is_empty() {
+        return Err(ConfigError(
+            "Redis Sentinel URL names no service: write redis+sentinel://host:port/service-name[/db]"
+                .into(),
+        ));
+    }
+    let service = percent_decode(service, "service name")?;
+    if service.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(ConfigError(
+            "Redis Sentinel URL service name holds a space or a control character".into(),
+        ));
+    }
+    let database = match database.strip_suffix('/').unwrap_or(database) {
+        "" => 0,
+        db => db.parse::<u32>().map_err(|_| {
+            ConfigError(
+                "Redis Sentinel URL database (after the service name) is not a number".into(),
+            )
+        })?,
+    };
+    Ok((service, database))
 }
 
 /// Most seed nodes a cluster URL may name.
@@ -406,6 +627,39 @@ pub fn url_with_password(url: &str, password: &str) -> Result<String, ConfigErro
     ))
 }
 
+/// `url` with `sentinel-password` set to `password` (%-encoded), for the component only:
+/// how a sentinel password kept out of the URL the caller shows reaches the one parser.
+///
+/// # Errors
+/// The URL is not a Sentinel URL, or already holds a sentinel password.
+pub fn url_with_sentinel_password(url: &str, password: &str) -> Result<String, ConfigError> {
+    let Some((scheme, parts)) = split_url(url) else {
+        return Err(ConfigError(
+            "Redis URL must look like redis+sentinel://host:port/service-name".into(),
+        ));
+    };
+    if !scheme.to_ascii_lowercase().ends_with("+sentinel") {
+        return Err(ConfigError(
+            "a sentinel password is given but the Redis URL is not redis+sentinel://".into(),
+        ));
+    }
+    if raw_sentinel_password(parts.tail).is_some() {
+        return Err(ConfigError(
+            "a sentinel password is given both in the URL and separately; give it once".into(),
+        ));
+    }
+    if password.is_empty() {
+        return Err(ConfigError(
+            "the separately given sentinel password is empty".into(),
+        ));
+    }
+    let joiner = if parts.tail.contains('?') { '&' } else { '?' };
+    Ok(format!(
+        "{url}{joiner}sentinel-password={}",
+        percent_encode(password)
+    ))
+}
+
 /// `%XX` for every byte that is not unreserved (RFC 3986), so any password survives the
 /// round trip through [`RedisUrl::parse`].
 fn percent_encode(text: &str) -> String {
@@ -427,6 +681,8 @@ struct Scheme<'a> {
     tls: bool,
     /// `+cluster`: the hosts are seed nodes of a Redis Cluster.
     cluster: bool,
+    /// `+sentinel`: the hosts are Redis Sentinels.
+    sentinel: bool,
 }
 
 fn strip_scheme(url: &str) -> Result<Scheme<'_>, ConfigError> {
@@ -435,22 +691,31 @@ fn strip_scheme(url: &str) -> Result<Scheme<'_>, ConfigError> {
             "Redis URL must look like redis://[[user]:password@]host[:port][/db]".into(),
         ));
     };
-    let (tls, cluster) = match scheme.to_ascii_lowercase().as_str() {
-        "redis" => (false, false),
-        "rediss" => (true, false),
-        "redis+cluster" => (false, true),
+    let (tls, cluster, sentinel) = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => (false, false, false),
+        "rediss" => (true, false, false),
+        "redis+cluster" => (false, true, false),
         // Every node over TLS, each verified against its own address (as the cluster
         // reports it, or as a redirect names it).
-        "rediss+cluster" => (true, true),
+        "rediss+cluster" => (true, true, false),
+        "redis+sentinel" => (false, false, true),
+        // Sentinels and data nodes over TLS, each verified against the address dialled.
+        "rediss+sentinel" => (true, false, true),
         _ => {
             return Err(ConfigError(format!(
                 "Redis URL scheme {} is not supported; use redis://, rediss:// (TLS), \
-                 redis+cluster:// or rediss+cluster:// (cluster over TLS)",
+                 redis+cluster://, rediss+cluster:// (cluster over TLS), redis+sentinel:// \
+                 or rediss+sentinel:// (Sentinel over TLS)",
                 excerpt(scheme, 16)
             )))
         }
     };
-    Ok(Scheme { rest, tls, cluster })
+    Ok(Scheme {
+        rest,
+        tls,
+        cluster,
+        sentinel,
+    })
 }
 
 fn parse_host_port(host_port: &str) -> Result<Endpoint, ConfigError> {
@@ -533,11 +798,6 @@ fn parse_userinfo(userinfo: &str) -> Result<Option<Credentials>, ConfigError> {
 }
 
 fn parse_database(tail: &str) -> Result<u32, ConfigError> {
-    if tail.starts_with(['?', '#']) {
-        return Err(ConfigError(
-            "Redis URL query and fragment parts are not supported".into(),
-        ));
-    }
     match tail.strip_prefix('/').unwrap_or(tail) {
         "" => Ok(0),
         db => db.parse::<u32>().map_err(|_| {
@@ -574,9 +834,42 @@ fn percent_decode(text: &str, what: &str) -> Result<String, ConfigError> {
 pub fn redact_url(url: &str) -> String {
     match split_url(url) {
         None => "***".into(),
-        Some((_, parts)) if parts.userinfo.is_none() => url.to_owned(),
-        Some((scheme, parts)) => format!("{scheme}://***@{}{}", parts.hosts, parts.tail),
+        Some((scheme, parts)) => {
+            let tail = redact_sentinel_password(parts.tail);
+            match parts.userinfo {
+                None => format!("{scheme}://{}{tail}", parts.hosts),
+                Some(_) => format!("{scheme}://***@{}{tail}", parts.hosts),
+            }
+        }
     }
+}
+
+/// The raw value of a `sentinel-password=` parameter in `tail` (a URL's path and query),
+/// as written: a secret to scrub from messages.
+pub fn raw_sentinel_password(tail: &str) -> Option<&str> {
+    let (_, query) = tail.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("sentinel-password="))
+        .filter(|value| !value.is_empty())
+}
+
+/// `tail` with the value of any `sentinel-password=` parameter replaced by `***`.
+fn redact_sentinel_password(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let pairs: Vec<&str> = query
+        .split('&')
+        .map(|pair| {
+            if pair.starts_with("sentinel-password=") {
+                "sentinel-password=***"
+            } else {
+                pair
+            }
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
 }
 
 /// Test oracle, shared by the property test below and the `redis_url` fuzz target: every
@@ -848,9 +1141,9 @@ mod tests {
             password in "[ЖßλЯ€/@:#?%é]{1,24}",
             encode in proptest::bool::ANY,
             user in "(|worker)",
-            scheme in "(redis|rediss|redis\\+cluster|rediss\\+cluster|http)",
+            scheme in "(redis|rediss|redis\\+cluster|rediss\\+cluster|redis\\+sentinel|http)",
             hosts in "(|h|127\\.0\\.0\\.1:6379|h:0|h:x|\\[::1\\]:7|\\[zz\\]|a:1,b:2|a:1,,b|ho st)",
-            tail in "(|/|/0|/2|/x|\\?q|#f|/1/2)",
+            tail in "(|/|/0|/2|/x|\\?q|#f|/1/2|/svc/1)",
         ) {
             let written = if encode { percent_encode(&password) } else { password.clone() };
             let url = format!("{scheme}://{user}:{written}@{hosts}{tail}");
@@ -925,12 +1218,152 @@ mod tests {
             "redis+cluster://a:1,b:0",
             "redis+cluster://a:1/2",
             "rediss+cluster://a:1/2",
-            "redis+sentinel://a:1",
+            "redis+cluster://a:1?wait-replicas=1&wait-timeout-ms=5",
         ] {
             assert!(RedisUrl::parse(text).is_err(), "{text}");
         }
         let many = vec!["h:1"; MAX_CLUSTER_SEEDS + 1].join(",");
         assert!(RedisUrl::parse(&format!("redis+cluster://{many}")).is_err());
+    }
+
+    #[test]
+    fn parses_sentinel_url_with_service_database_and_separate_passwords() {
+        let url = RedisUrl::parse(
+            "redis+sentinel://app:data%21@10.0.0.1:26379,[::1]:26380,s3/mymaster/2\
+             ?sentinel-password=sen%2Ftinel&wait-replicas=1&wait-timeout-ms=250",
+        )
+        .unwrap();
+        assert!(url.is_sentinel() && !url.is_cluster() && !url.tls);
+        let target = url.sentinel.as_ref().unwrap();
+        assert_eq!(
+            target.sentinels,
+            vec![
+                Endpoint::new("10.0.0.1", 26379),
+                Endpoint::new("::1", 26380),
+                Endpoint::new("s3", 6379)
+            ]
+        );
+        assert_eq!(url.endpoint, target.sentinels[0]);
+        assert_eq!(target.service, "mymaster");
+        assert_eq!(url.database, 2);
+        assert_eq!(
+            url.wait,
+            Some(ReplicaWait {
+                replicas: 1,
+                timeout_ms: 250
+            })
+        );
+        // The userinfo is the data password; the sentinels get only their own.
+        let data = url.credentials.as_ref().unwrap();
+        assert_eq!(data.username.as_deref(), Some("app"));
+        assert_eq!(data.password.expose(), "data!");
+        let sentinel = url.for_sentinel(Endpoint::new("10.0.0.1", 26379));
+        assert_eq!(
+            sentinel.credentials.as_ref().unwrap().password.expose(),
+            "sen/tinel"
+        );
+        assert_eq!(sentinel.credentials.unwrap().username, None);
+        assert_eq!((sentinel.database, sentinel.wait), (0, None));
+        let master = url.for_node(Endpoint::new("10.0.0.9", 6379));
+        assert_eq!(master.credentials, url.credentials);
+        assert_eq!((master.database, master.wait), (2, url.wait));
+        assert!(!master.is_sentinel());
+
+        let plain = RedisUrl::parse("REDISS+SENTINEL://h/svc").unwrap();
+        assert!(plain.tls && plain.is_sentinel());
+        assert_eq!(plain.database, 0);
+        assert_eq!(plain.credentials, None);
+        assert_eq!(plain.sentinel.unwrap().credentials, None);
+        assert_eq!(plain.endpoint, Endpoint::new("h", 6379));
+    }
+
+    #[test]
+    fn rejects_malformed_sentinel_urls_without_quoting_them() {
+        for text in [
+            "redis+sentinel://a:1",
+            "redis+sentinel://a:1/",
+            "redis+sentinel://a:1//2",
+            "redis+sentinel://a:1,/svc",
+            "redis+sentinel://a:1/svc/x",
+            "redis+sentinel://a:1/s%20c",
+            "redis+sentinel://a:1/svc?wait-replicas=1",
+            "redis+sentinel://a:1/svc?wait-replicas=1&wait-timeout-ms=0",
+            "redis+sentinel://a:1/svc?wait-replicas=x&wait-timeout-ms=5",
+            "redis+sentinel://a:1/svc?sentinel-password=",
+            "redis+sentinel://a:1/svc?sentinel-password=a&sentinel-password=b",
+            "redis+sentinel://a:1/svc?other=1",
+            "redis+sentinel://a:1/svc#f",
+            "redis://h?sentinel-password=Zp2Secret",
+        ] {
+            let err = RedisUrl::parse(text).expect_err(text);
+            assert!(
+                !err.0.contains("svc") && !err.0.contains("Zp2"),
+                "{text}: {err}"
+            );
+        }
+        let many = vec!["h:1"; MAX_SENTINELS + 1].join(",");
+        assert!(RedisUrl::parse(&format!("redis+sentinel://{many}/svc")).is_err());
+    }
+
+    #[test]
+    fn replica_wait_is_read_on_single_server_urls_and_must_fit_the_timeout() {
+        let url = RedisUrl::parse("redis://h/1?wait-replicas=2&wait-timeout-ms=100").unwrap();
+        assert_eq!(
+            url.wait,
+            Some(ReplicaWait {
+                replicas: 2,
+                timeout_ms: 100
+            })
+        );
+        assert_eq!(url.database, 1);
+        assert_eq!(
+            RedisUrl::parse("redis://h?wait-replicas=0").unwrap().wait,
+            None
+        );
+        let mut options = StoreOptions::new("redis://h?wait-replicas=1&wait-timeout-ms=5000");
+        let err = StoreSettings::from_options(&options).unwrap_err();
+        assert!(err.0.contains("wait-timeout-ms"), "{err}");
+        options.timeout_ms = Some(5001);
+        assert!(StoreSettings::from_options(&options).is_ok());
+    }
+
+    #[test]
+    fn the_sentinel_password_is_redacted_and_can_be_given_apart() {
+        let url = "redis+sentinel://:data@h:26379/svc?wait-replicas=0&sentinel-password=Zp2Se&x";
+        assert_eq!(
+            redact_url(url),
+            "redis+sentinel://***@h:26379/svc?wait-replicas=0&sentinel-password=***&x"
+        );
+        assert_eq!(
+            raw_sentinel_password("/svc?sentinel-password=Zp2Se"),
+            Some("Zp2Se")
+        );
+        let shown = format!("{:?}", RedisUrl::parse(&url.replace("&x", "")).unwrap());
+        assert!(
+            !shown.contains("Zp2") && !shown.contains("Secret(\"data"),
+            "{shown}"
+        );
+
+        let with = url_with_sentinel_password("redis+sentinel://h/svc", "a&b/é").unwrap();
+        let parsed = RedisUrl::parse(&with).unwrap();
+        let sentinel = parsed.sentinel.unwrap().credentials.unwrap();
+        assert_eq!(sentinel.password.expose(), "a&b/é");
+        let with =
+            url_with_sentinel_password("redis+sentinel://h/svc?wait-replicas=0", "p").unwrap();
+        assert!(RedisUrl::parse(&with)
+            .unwrap()
+            .sentinel
+            .unwrap()
+            .credentials
+            .is_some());
+        for (url, password) in [
+            ("redis://h", "p"),
+            ("redis+sentinel://h/svc?sentinel-password=old", "new"),
+            ("redis+sentinel://h/svc", ""),
+        ] {
+            let err = url_with_sentinel_password(url, password).unwrap_err();
+            assert!(!err.0.contains("old") && !err.0.contains("new"), "{err}");
+        }
     }
 
     #[test]

@@ -14,8 +14,11 @@
 //! - [`client`]: typed Redis commands, connection lifecycle, retry of idempotent commands.
 //! - [`cluster`]: Redis Cluster, pure: key slots, `CLUSTER SLOTS`, redirects, list cursors.
 //! - [`cluster_client`]: a client per node, routing by slot, following `MOVED` / `ASK`.
-//! - [`backend`]: one server or a cluster, behind the one surface the store uses.
-//! - [`config`]: options and `redis://` URL parsing.
+//! - [`sentinel`]: Redis Sentinel: the master found by asking the sentinels, found again
+//!   after a failover.
+//! - [`backend`]: one server, a cluster or a Sentinel master, behind the one surface the
+//!   store uses.
+//! - [`config`]: options and URL parsing (`redis://`, `+cluster`, `+sentinel`).
 //! - [`store`]: task semantics ([`store::Store`]) — keys, documents, TTLs, listing; the
 //!   error model, the id rule and documents come from the shared `taskstore-model` crate
 //!   (re-exported here as [`TaskError`], [`ErrorKind`], [`RedisErrorCode`], [`document`]).
@@ -33,6 +36,7 @@ pub mod cluster;
 pub mod cluster_client;
 pub mod config;
 pub mod resp;
+pub mod sentinel;
 pub mod store;
 pub mod text;
 pub mod transport;

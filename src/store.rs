@@ -238,6 +238,18 @@ impl<C: Connector + Clone> Store<C> {
         self.redis.on_key(&key, |client| client.exists(&key))
     }
 
+    /// One `PING`: whether the server answers (see the WIT `ping`). On a cluster, the master
+    /// serving the key prefix's slot answers.
+    pub fn ping(&mut self) -> Result<(), TaskError> {
+        let key = self.key_prefix.as_bytes().to_vec();
+        self.redis.on_key(&key, |client| {
+            match client.command(&[b"PING"], Retry::Idempotent)? {
+                Reply::SimpleString(pong) if pong == b"PONG" => Ok(()),
+                other => Err(client.unexpected_reply("PING", &other)),
+            }
+        })
+    }
+
     /// Stores `document` as task `id` only if there is no such task (`SET … NX EX`);
     /// whether it was created.
     pub fn create(
@@ -856,6 +868,21 @@ mod tests {
         for id in ["café 1", "a*b?c[d]\\e", "🚀", &"x".repeat(MAX_ID_BYTES)] {
             validate_id(id).unwrap();
         }
+    }
+
+    #[test]
+    fn ping_sends_one_ping_and_maps_its_reply() {
+        let (mut store, connector) = open_store(vec![
+            Step::Reply(b"+PONG\r\n"),
+            Step::Reply(b"-LOADING Redis is loading the dataset in memory\r\n"),
+            Step::Reply(b":1\r\n"),
+        ]);
+        store.ping().unwrap();
+        assert_eq!(sent(&connector)[1], b"*1\r\n$4\r\nPING\r\n");
+        let loading = store.ping().unwrap_err();
+        assert_eq!(loading.kind(), ErrorKind::Server);
+        assert!(loading.is_retryable(), "{loading:?}");
+        assert_eq!(store.ping().unwrap_err().kind(), ErrorKind::Protocol);
     }
 
     #[test]

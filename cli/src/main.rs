@@ -55,7 +55,7 @@ struct Cli {
     // comment, whose brackets rustdoc would read as links.)
     #[arg(
         long,
-        help = "Redis URL: redis://[[user]:password@]host[:port][/db], rediss://... for TLS, redis+cluster://host:port[,host:port...] for a Redis Cluster (rediss+cluster:// over TLS) [default: redis://127.0.0.1:6379]",
+        help = "Redis URL: redis://[[user]:password@]host[:port][/db], rediss://... for TLS, redis+cluster://host:port[,host:port...] for a Redis Cluster (rediss+cluster:// over TLS), redis+sentinel://host:port[,host:port...]/service[/db] for Redis Sentinel (rediss+sentinel:// over TLS) [default: redis://127.0.0.1:6379]",
         value_name = "URL",
         env = "REDIS_URL",
         hide_env_values = true,
@@ -68,6 +68,12 @@ struct Cli {
     /// variable is read. The URL must then hold no password; a user name in it is kept
     #[arg(long, value_name = "PATH", global = true)]
     redis_password_file: Option<std::path::PathBuf>,
+
+    /// redis+sentinel:// only: file holding the sentinels' own password (their
+    /// `requirepass`; one line), separate from the Redis password, which goes to the data
+    /// nodes only. Without it, the REDIS_SENTINEL_PASSWORD environment variable is read
+    #[arg(long, value_name = "PATH", global = true)]
+    sentinel_password_file: Option<std::path::PathBuf>,
 
     /// Key prefix [default: research_task:]
     #[arg(long, value_name = "P", global = true)]
@@ -93,8 +99,9 @@ struct Cli {
     #[arg(long, global = true)]
     danger_accept_invalid_certificates: bool,
 
-    /// Cluster URLs only: a network (and ports) where nodes the cluster reports may be
-    /// reached, besides the seeds' own addresses: `CIDR[:PORTS]`, e.g. `10.0.0.0/8`,
+    /// Cluster and Sentinel URLs only: a network (and ports) where nodes the cluster (or the
+    /// sentinels) report may be reached, besides the seeds' (sentinels') own addresses:
+    /// `CIDR[:PORTS]`, e.g. `10.0.0.0/8`,
     /// `10.1.2.3:7000-7005`, `[fd00::/8]:7000`. Repeatable. Link-local and cloud metadata
     /// addresses are refused whatever this says
     #[arg(long, value_name = "CIDR[:PORTS]", global = true)]
@@ -116,10 +123,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the research-task HTTP API (the composed wasi:http function) until Ctrl-C
     Serve(ServeArgs),
-    /// Write the embedded components to a directory, for other hosts (`wasmtime serve`, ...)
+    /// Write the embedded components, and the HTTP API's OpenAPI document, to a directory, for
+    /// other hosts (`wasmtime serve`, ...) and client generators
     Export {
-        /// Directory to write `taskstore.wasm`, `taskstore-tls.wasm` and `research-api.wasm`
-        /// into (created if missing)
+        /// Directory to write `taskstore.wasm`, `taskstore-tls.wasm`, `research-api.wasm` and
+        /// `openapi.json` into (created if missing)
         #[arg(value_name = "DIR")]
         out_dir: std::path::PathBuf,
     },
@@ -177,6 +185,22 @@ struct ServeArgs {
     /// Extra wasi:config/store variable for the function, KEY=VALUE (repeatable)
     #[arg(long = "config", value_name = "KEY=VALUE")]
     config_vars: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, on a listener of their own (a
+    /// non-loopback address needs an API key to be set, as --listen does)
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Format of the log lines on stderr, one access-log line per request among them; `off`
+    /// drops the access log (the other lines stay, as logfmt). RUST_LOG filters them
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = AccessLog::Logfmt)]
+    access_log: AccessLog,
+}
+
+/// `serve --access-log`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccessLog {
+    Logfmt,
+    Json,
+    Off,
 }
 
 /// The commands that act on one task.
@@ -438,8 +462,13 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
             let url = cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
             // The function reads one `redis-url`; the password joins it only there, and
             // every message scrubs it (`ServeConfig`'s secrets are read from that URL).
-            match redis_password(cli)? {
+            let url = match redis_password(cli)? {
                 Some(password) => taskstore::config::url_with_password(&url, &password)
+                    .map_err(|e| Failure::Usage(e.to_string()))?,
+                None => url,
+            };
+            match sentinel_password(cli)? {
+                Some(password) => taskstore::config::url_with_sentinel_password(&url, &password)
                     .map_err(|e| Failure::Usage(e.to_string()))?,
                 None => url,
             }
@@ -459,6 +488,14 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.allowed_hosts = args.allowed_hosts.clone();
     config.cluster_allow = cli.cluster_allow.clone();
     config.api_key = api_key(args)?;
+    config.metrics_listen = args.metrics_listen;
+    config.access_log = !matches!(args.access_log, AccessLog::Off);
+    let log_format = match args.access_log {
+        AccessLog::Json => taskstore_host::serve::LogFormat::Json,
+        AccessLog::Logfmt | AccessLog::Off => taskstore_host::serve::LogFormat::Logfmt,
+    };
+    taskstore_host::serve::logging::install(log_format)
+        .map_err(|e| Failure::Other(format!("serve: {e:#}")))?;
     if let Some(prefix) = &cli.prefix {
         config
             .config_vars
@@ -510,10 +547,17 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         let addr = server
             .local_addr()
             .map_err(|e| Failure::Other(format!("serve: {e}")))?;
+        let metrics = match server
+            .metrics_addr()
+            .map_err(|e| Failure::Other(format!("serve: {e}")))?
+        {
+            Some(metrics) => format!("\nmetrics on http://{metrics}/metrics"),
+            None => String::new(),
+        };
         let mut stdout = std::io::stdout().lock();
         let banner = format!(
-            "listening on http://{addr}\nredis: {redis}{}; up to {max} concurrent requests; \
-             Ctrl-C stops",
+            "listening on http://{addr}{metrics}\nredis: {redis}{}; up to {max} concurrent \
+             requests; Ctrl-C stops",
             if throwaway.is_some() {
                 " (throwaway)"
             } else {
@@ -527,9 +571,12 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::Other(format!("serve: {e:#}")))?;
         if remaining > 0 {
-            eprintln!("taskstore serve: stopped with {remaining} connection(s) cut off");
+            tracing::warn!(
+                target: "taskstore::serve",
+                "stopped with {remaining} connection(s) cut off"
+            );
         } else {
-            eprintln!("taskstore serve: stopped");
+            tracing::info!(target: "taskstore::serve", "stopped");
         }
         Ok(())
     })
@@ -566,6 +613,8 @@ fn export(out_dir: &std::path::Path) -> Result<(), Failure> {
         ("taskstore.wasm", taskstore_host::COMPONENT),
         ("taskstore-tls.wasm", taskstore_host::TLS_COMPONENT),
         ("research-api.wasm", taskstore_host::serve::HTTP_COMPONENT),
+        // The function's contract, as it serves it at /research/openapi.json.
+        ("openapi.json", research_api::openapi::DOCUMENT.as_bytes()),
     ] {
         let path = out_dir.join(name);
         std::fs::write(&path, bytes)
@@ -605,6 +654,7 @@ fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
     }
     let options = Options {
         password: redis_password(cli)?,
+        sentinel_password: sentinel_password(cli)?,
         key_prefix: cli.prefix.clone(),
         timeout_ms: cli.timeout_ms,
         tls_ca_certificates: tls_ca_certificates(cli)?,
@@ -633,18 +683,42 @@ fn warn_unverified_tls() {
 /// The Redis password given apart from the URL: `--redis-password-file`, else
 /// `REDIS_PASSWORD`, else none. Messages name the file, never its content.
 fn redis_password(cli: &Cli) -> Result<Option<String>, Failure> {
-    let password = match &cli.redis_password_file {
+    password_apart(
+        cli.redis_password_file.as_deref(),
+        "REDIS_PASSWORD",
+        "Redis password",
+    )
+}
+
+/// The sentinels' password: `--sentinel-password-file`, else `REDIS_SENTINEL_PASSWORD`,
+/// else none.
+fn sentinel_password(cli: &Cli) -> Result<Option<String>, Failure> {
+    password_apart(
+        cli.sentinel_password_file.as_deref(),
+        "REDIS_SENTINEL_PASSWORD",
+        "sentinel password",
+    )
+}
+
+/// A password from `file` (one line), else from the environment variable `env`, else none.
+/// Messages name the file or variable, never the content.
+fn password_apart(
+    file: Option<&std::path::Path>,
+    env: &str,
+    what: &str,
+) -> Result<Option<String>, Failure> {
+    let password = match file {
         Some(path) => std::fs::read_to_string(path).map_err(|e| {
             Failure::Usage(format!(
-                "cannot read the Redis password file {}: {e}",
+                "cannot read the {what} file {}: {e}",
                 path.display()
             ))
         })?,
-        None => match std::env::var("REDIS_PASSWORD") {
+        None => match std::env::var(env) {
             Ok(password) => password,
             Err(std::env::VarError::NotPresent) => return Ok(None),
             Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(Failure::Usage("REDIS_PASSWORD is not UTF-8".into()))
+                return Err(Failure::Usage(format!("{env} is not UTF-8")))
             }
         },
     };
@@ -653,7 +727,7 @@ fn redis_password(cli: &Cli) -> Result<Option<String>, Failure> {
         .map(|line| line.strip_suffix('\r').unwrap_or(line))
         .unwrap_or(&password);
     if password.is_empty() {
-        return Err(Failure::Usage("the Redis password is empty".into()));
+        return Err(Failure::Usage(format!("the {what} is empty")));
     }
     Ok(Some(password.to_owned()))
 }

@@ -12,7 +12,7 @@ use taskstore_model::{ErrorKind, TaskError};
 
 use crate::error::{ApiError, Response};
 use crate::request::{self, BodyError, Method, RequestHead};
-use crate::service::{self, Connected, Environment};
+use crate::service::{self, Environment, Instance};
 use crate::settings::Settings;
 use crate::storage::{ListQuery, Page, StoredTask, TaskStorage};
 
@@ -31,8 +31,8 @@ use self::taskstore::storage::task_storage as wit;
 use self::wasi::config::store as config;
 
 thread_local! {
-    /// The open store of this instance: a reused instance reuses its Redis connection.
-    static INSTANCE: RefCell<Option<Connected<RedisStorage>>> = const { RefCell::new(None) };
+    /// The open stores of this instance: a reused instance reuses its Redis connections.
+    static INSTANCE: RefCell<Instance<RedisStorage>> = const { RefCell::new(Instance::new()) };
 }
 
 struct Function;
@@ -210,6 +210,10 @@ impl TaskStorage for RedisStorage {
 
     fn delete(&mut self, id: &str) -> Result<bool, TaskError> {
         self.0.delete(id).map_err(from_wit)
+    }
+
+    fn ping(&mut self) -> Result<(), TaskError> {
+        self.0.ping().map_err(from_wit)
     }
 
     fn list(&mut self, query: &ListQuery) -> Result<Page, TaskError> {

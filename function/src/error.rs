@@ -59,6 +59,89 @@ impl Response {
     }
 }
 
+/// One row of the function's error table: a stable code, its status, and whether a client is
+/// told to retry (`Retry-After`). Every [`ApiError`] is made from a row, so the table below is
+/// every error the function can answer with; the published contract (`openapi.json`) is
+/// checked against it, both ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode {
+    pub status: u16,
+    pub code: &'static str,
+    /// Sent with `Retry-After` (a transient failure).
+    pub retry_after: bool,
+}
+
+/// Defines each row as a constant and [`ERROR_TABLE`] as all of them, so that no constant can
+/// be left out of the table.
+macro_rules! error_table {
+    ($($(#[$doc:meta])* $name:ident = $status:literal $code:literal $retry:literal;)*) => {
+        $($(#[$doc])* pub const $name: ErrorCode = ErrorCode {
+            status: $status,
+            code: $code,
+            retry_after: $retry,
+        };)*
+        /// Every error the function answers with (the README's table).
+        pub const ERROR_TABLE: &[ErrorCode] = &[$($name),*];
+    };
+}
+
+error_table! {
+    /// The body is not one JSON object (or repeats a member).
+    INVALID_JSON = 400 "invalid_json" false;
+    /// Create: `query` missing, blank or not a string, or a server-set member given.
+    INVALID_TASK = 400 "invalid_task" false;
+    /// A patch changes or removes `id`.
+    IMMUTABLE_FIELD = 400 "immutable_field" false;
+    /// An id that is not UTF-8 after decoding, too long, or with a control character.
+    INVALID_ID = 400 "invalid_id" false;
+    /// An unknown, repeated or empty query parameter, a bad `limit`, a refused cursor.
+    INVALID_QUERY = 400 "invalid_query" false;
+    /// A repeated or non-UTF-8 header, an empty `X-Expect-Status`, a bad `Content-Length`.
+    INVALID_HEADER = 400 "invalid_header" false;
+    /// The store refused the data (e.g. a patched document over `max-document-bytes`).
+    INVALID_INPUT = 400 "invalid_input" false;
+    /// The request body stream failed.
+    BODY_UNREADABLE = 400 "body_unreadable" false;
+    /// No such route.
+    NOT_FOUND = 404 "not_found" false;
+    /// No such task.
+    TASK_NOT_FOUND = 404 "task_not_found" false;
+    /// The route exists, the method does not (with `Allow`).
+    METHOD_NOT_ALLOWED = 405 "method_not_allowed" false;
+    /// `X-Expect-Status` did not match; the body carries the current task.
+    STATUS_CONFLICT = 409 "status_conflict" false;
+    /// The body is larger than `max-document-bytes`, or than the instance's memory can hold.
+    BODY_TOO_LARGE = 413 "body_too_large" false;
+    /// The new task document would be larger than `max-document-bytes`.
+    DOCUMENT_TOO_LARGE = 413 "document_too_large" false;
+    /// A body route without a JSON `Content-Type`.
+    UNSUPPORTED_MEDIA_TYPE = 415 "unsupported_media_type" false;
+    /// A missing or malformed setting, or options the store refused: a deployment mistake.
+    CONFIGURATION = 500 "configuration" false;
+    /// A bug.
+    INTERNAL = 500 "internal" false;
+    /// Redis answered an error reply that is not a passing state.
+    STORAGE_SERVER = 502 "storage_server" false;
+    /// Redis's reply was unusable.
+    STORAGE_PROTOCOL = 502 "storage_protocol" false;
+    /// The stored value is not a JSON object.
+    CORRUPT_DATA = 502 "corrupt_data" false;
+    /// The store's `other` failure.
+    STORAGE_ERROR = 502 "storage_error" false;
+    /// Redis is unreachable.
+    STORAGE_UNAVAILABLE = 503 "storage_unavailable" true;
+    /// Redis did not answer in time.
+    STORAGE_TIMEOUT = 503 "storage_timeout" true;
+    /// Redis reported a passing state (`LOADING`, `BUSY`, `OOM`, ...).
+    STORAGE_BUSY = 503 "storage_busy" true;
+    /// The update lost every optimistic retry.
+    STORAGE_CONTENDED = 503 "storage_contended" true;
+    /// Redis refused the credentials: no `Retry-After`, the configuration needs fixing.
+    STORAGE_AUTHENTICATION = 503 "storage_authentication" false;
+    /// The config source failed.
+    CONFIGURATION_UNAVAILABLE = 503 "configuration_unavailable" true;
+}
+
 /// A request that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -76,47 +159,37 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
-            code,
+            status: code.status,
+            code: code.code,
             message: message.into(),
-            retry_after: false,
+            retry_after: code.retry_after,
             allow: None,
             task: None,
             log: None,
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(400, code, message)
-    }
-
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(500, "internal", message)
+        ApiError::new(INTERNAL, message)
     }
 
     pub fn route_not_found() -> ApiError {
-        ApiError::new(404, "not_found", "no such resource")
+        ApiError::new(NOT_FOUND, "no such resource")
     }
 
     pub fn task_not_found(id: &str) -> ApiError {
-        ApiError::new(404, "task_not_found", format!("no task with id {id:?}"))
+        ApiError::new(TASK_NOT_FOUND, format!("no task with id {id:?}"))
     }
 
     pub fn method_not_allowed(allow: &'static str) -> ApiError {
         let mut err = ApiError::new(
-            405,
-            "method_not_allowed",
+            METHOD_NOT_ALLOWED,
             format!("this resource allows only {allow}"),
         );
         err.allow = Some(allow);
         err
-    }
-
-    fn transient(mut self) -> ApiError {
-        self.retry_after = true;
-        self
     }
 
     fn logged(mut self, log: String) -> ApiError {
@@ -130,16 +203,14 @@ impl ApiError {
             // A config source (Vault, a ConfigMap, ...) may recover by itself.
             SettingsError::Unavailable { message, .. } => {
                 let log = format!("{err}: {message}");
-                ApiError::new(503, "configuration_unavailable", err.to_string())
-                    .transient()
-                    .logged(log)
+                ApiError::new(CONFIGURATION_UNAVAILABLE, err.to_string()).logged(log)
             }
             // A deployment mistake: retrying cannot help, so not 503.
             SettingsError::Missing(_)
             | SettingsError::Invalid { .. }
             | SettingsError::OutOfRange { .. } => {
                 let message = err.to_string();
-                ApiError::new(500, "configuration", message.clone()).logged(message)
+                ApiError::new(CONFIGURATION, message.clone()).logged(message)
             }
         }
     }
@@ -149,8 +220,7 @@ impl ApiError {
     pub fn from_open(err: TaskError) -> ApiError {
         match err.kind() {
             ErrorKind::InvalidInput => ApiError::new(
-                500,
-                "configuration",
+                CONFIGURATION,
                 "the task store rejected the configured Redis URL or options",
             )
             .logged(format!(
@@ -175,57 +245,42 @@ impl ApiError {
         let log = format!("{operation}: {err}");
         let mapped = match err.kind() {
             ErrorKind::Connection => {
-                ApiError::new(503, "storage_unavailable", "the task store is unreachable")
-                    .transient()
+                ApiError::new(STORAGE_UNAVAILABLE, "the task store is unreachable")
             }
-            ErrorKind::Timeout => ApiError::new(
-                503,
-                "storage_timeout",
-                "the task store did not answer in time",
-            )
-            .transient(),
+            ErrorKind::Timeout => {
+                ApiError::new(STORAGE_TIMEOUT, "the task store did not answer in time")
+            }
             ErrorKind::Contended => ApiError::new(
-                503,
-                "storage_contended",
+                STORAGE_CONTENDED,
                 "the task kept changing concurrently; retry",
-            )
-            .transient(),
+            ),
             ErrorKind::Authentication => ApiError::new(
-                503,
-                "storage_authentication",
+                STORAGE_AUTHENTICATION,
                 "the task store refused this function's credentials",
             ),
             ErrorKind::Server if RedisErrorCode::of(err.message()).is_transient() => ApiError::new(
-                503,
-                "storage_busy",
+                STORAGE_BUSY,
                 "the task store is temporarily unable to serve",
-            )
-            .transient(),
-            ErrorKind::Server => ApiError::new(
-                502,
-                "storage_server",
-                "the task store answered with an error",
             ),
-            ErrorKind::Protocol => ApiError::new(
-                502,
-                "storage_protocol",
-                "the task store sent an invalid reply",
-            ),
+            ErrorKind::Server => {
+                ApiError::new(STORAGE_SERVER, "the task store answered with an error")
+            }
+            ErrorKind::Protocol => {
+                ApiError::new(STORAGE_PROTOCOL, "the task store sent an invalid reply")
+            }
             ErrorKind::CorruptData => ApiError::new(
-                502,
-                "corrupt_data",
+                CORRUPT_DATA,
                 "the stored task is not a readable JSON object",
             ),
             ErrorKind::Other | ErrorKind::Host => {
-                ApiError::new(502, "storage_error", "the task store failed")
+                ApiError::new(STORAGE_ERROR, "the task store failed")
             }
             ErrorKind::InvalidInput => {
-                return ApiError::bad_request("invalid_input", err.into_message());
+                return ApiError::new(INVALID_INPUT, err.into_message());
             }
             ErrorKind::Conflict if operation == UPDATE => {
                 let mut conflict = ApiError::new(
-                    409,
-                    "status_conflict",
+                    STATUS_CONFLICT,
                     "the task's status is not the one X-Expect-Status names",
                 );
                 conflict.task = err.current_document().map(str::to_owned);

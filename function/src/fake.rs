@@ -76,6 +76,10 @@ impl TaskStorage for FakeStorage {
         Ok(self.tasks.remove(id).is_some())
     }
 
+    fn ping(&mut self) -> Result<(), TaskError> {
+        self.begin("ping".to_string())
+    }
+
     /// Pages in id order; the cursor is the next id to visit.
     fn list(&mut self, query: &ListQuery) -> Result<Page, TaskError> {
         self.begin(format!(

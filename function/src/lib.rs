@@ -13,6 +13,8 @@
 //! - [`document`]: task documents — parsing request objects, building new tasks, ids, times.
 //! - [`error`]: API errors, their status codes, and the one mapping from storage errors.
 //! - [`service`]: one request from head to response, over an [`service::Environment`].
+//! - [`openapi`]: the published contract (`openapi.json`), served at
+//!   `GET /research/openapi.json` and checked against the function's own tables.
 //! - `component` (wasm32 only): WIT bindings, the `wasi:http` export, the per-instance store.
 //! - `fake` (tests only): an in-memory task store and a scripted environment.
 //!
@@ -22,6 +24,7 @@
 
 pub mod document;
 pub mod error;
+pub mod openapi;
 pub mod request;
 pub mod service;
 pub mod settings;

@@ -6,7 +6,7 @@ use std::io::Read;
 use percent_encoding::percent_decode_str;
 use taskstore_model::validate_id;
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::storage::ListQuery;
 
 /// `limit` when the query gives none (the store's default page size).
@@ -20,6 +20,24 @@ const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
 const COLLECTION: &str = "/research/tasks";
 const COLLECTION_ALLOW: &str = "GET, POST";
 const ITEM_ALLOW: &str = "GET, PATCH, DELETE";
+/// Where the function serves its contract, next to the API it describes.
+pub const OPENAPI_PATH: &str = "/research/openapi.json";
+/// Liveness: the instance answers, nothing else is checked.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Readiness: a store can reach Redis within [`crate::service::READINESS_TIMEOUT_MS`].
+pub const READY_PATH: &str = "/readyz";
+const GET_ONLY: &str = "GET";
+
+/// Every path the function answers (templates as the contract writes them) with the methods
+/// it takes, as its `405`'s `Allow` lists them. [`route`] is the code; this is the same
+/// knowledge as data, which the contract is checked against.
+pub const ROUTES: &[(&str, &str)] = &[
+    (COLLECTION, COLLECTION_ALLOW),
+    ("/research/tasks/{id}", ITEM_ALLOW),
+    (OPENAPI_PATH, GET_ONLY),
+    (HEALTH_PATH, GET_ONLY),
+    (READY_PATH, GET_ONLY),
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Method {
@@ -53,13 +71,13 @@ impl RequestHead {
             return Ok(None);
         };
         if values.next().is_some() {
-            return Err(ApiError::bad_request(
-                "invalid_header",
+            return Err(ApiError::new(
+                error::INVALID_HEADER,
                 format!("header {name} must not be repeated"),
             ));
         }
         std::str::from_utf8(first).map(Some).map_err(|_| {
-            ApiError::bad_request("invalid_header", format!("header {name} is not UTF-8"))
+            ApiError::new(error::INVALID_HEADER, format!("header {name} is not UTF-8"))
         })
     }
 }
@@ -72,6 +90,10 @@ pub enum Route {
     Get(String),
     Update(String),
     Delete(String),
+    /// The contract, `openapi.json`.
+    OpenApi,
+    Health,
+    Ready,
 }
 
 impl Route {
@@ -83,8 +105,7 @@ impl Route {
 
 /// Finds the route of a request.
 ///
-/// Errors, in this order: 404 `not_found` for any path but `/research/tasks` and
-/// `/research/tasks/{id}`; 405 `method_not_allowed` (with `Allow`); 400 `invalid_id` for an
+/// Errors, in this order: 404 `not_found` for any path not in [`ROUTES`]; 405 `method_not_allowed` (with `Allow`); 400 `invalid_id` for an
 /// id that is not percent-decodable UTF-8 or breaks the store's id rule; 400 `invalid_query`
 /// for a query parameter the route does not take, a repeated one, or a bad value.
 pub fn route(method: &Method, path_with_query: Option<&str>) -> Result<Route, ApiError> {
@@ -93,6 +114,19 @@ pub fn route(method: &Method, path_with_query: Option<&str>) -> Result<Route, Ap
         Some((path, query)) => (path, query),
         None => (path_with_query, ""),
     };
+    let fixed = match path {
+        OPENAPI_PATH => Some(Route::OpenApi),
+        HEALTH_PATH => Some(Route::Health),
+        READY_PATH => Some(Route::Ready),
+        _ => None,
+    };
+    if let Some(fixed) = fixed {
+        if *method != Method::Get {
+            return Err(ApiError::method_not_allowed(GET_ONLY));
+        }
+        expect_no_query(query)?;
+        return Ok(fixed);
+    }
     let rest = path
         .strip_prefix(COLLECTION)
         .ok_or_else(ApiError::route_not_found)?;
@@ -126,8 +160,8 @@ pub fn route(method: &Method, path_with_query: Option<&str>) -> Result<Route, Ap
 fn decode_id(segment: &str) -> Result<String, ApiError> {
     let id = percent_decode_str(segment)
         .decode_utf8()
-        .map_err(|_| ApiError::bad_request("invalid_id", "the task id is not UTF-8"))?;
-    validate_id(&id).map_err(|err| ApiError::bad_request("invalid_id", err.into_message()))?;
+        .map_err(|_| ApiError::new(error::INVALID_ID, "the task id is not UTF-8"))?;
+    validate_id(&id).map_err(|err| ApiError::new(error::INVALID_ID, err.into_message()))?;
     Ok(id.into_owned())
 }
 
@@ -139,7 +173,10 @@ fn expect_no_query(query: &str) -> Result<(), ApiError> {
 }
 
 fn unknown_parameter(name: &str) -> ApiError {
-    ApiError::bad_request("invalid_query", format!("unknown query parameter {name:?}"))
+    ApiError::new(
+        error::INVALID_QUERY,
+        format!("unknown query parameter {name:?}"),
+    )
 }
 
 /// `status`, `limit` and `cursor`, each at most once. `limit` is a positive decimal integer,
@@ -156,14 +193,14 @@ fn parse_list_query(query: &str) -> Result<ListQuery, ApiError> {
             _ => return Err(unknown_parameter(&name)),
         };
         if slot.is_some() {
-            return Err(ApiError::bad_request(
-                "invalid_query",
+            return Err(ApiError::new(
+                error::INVALID_QUERY,
                 format!("query parameter {name:?} is repeated"),
             ));
         }
         if value.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_query",
+            return Err(ApiError::new(
+                error::INVALID_QUERY,
                 format!("query parameter {name:?} is empty"),
             ));
         }
@@ -181,7 +218,7 @@ fn parse_list_query(query: &str) -> Result<ListQuery, ApiError> {
 }
 
 fn parse_limit(text: &str) -> Result<u32, ApiError> {
-    let invalid = || ApiError::bad_request("invalid_query", "limit must be a positive integer");
+    let invalid = || ApiError::new(error::INVALID_QUERY, "limit must be a positive integer");
     if !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
     }
@@ -201,8 +238,7 @@ fn parse_limit(text: &str) -> Result<u32, ApiError> {
 pub fn check_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
     let unsupported = || {
         ApiError::new(
-            415,
-            "unsupported_media_type",
+            error::UNSUPPORTED_MEDIA_TYPE,
             "request bodies must be sent with Content-Type: application/json",
         )
     };
@@ -240,8 +276,8 @@ pub fn check_content_length(content_length: Option<&str>, limit: usize) -> Resul
     };
     let text = text.trim();
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad_request(
-            "invalid_header",
+        return Err(ApiError::new(
+            error::INVALID_HEADER,
             "Content-Length is not a number",
         ));
     }
@@ -253,8 +289,7 @@ pub fn check_content_length(content_length: Option<&str>, limit: usize) -> Resul
 
 pub fn body_too_large(limit: usize) -> ApiError {
     ApiError::new(
-        413,
-        "body_too_large",
+        error::BODY_TOO_LARGE,
         format!("the request body is larger than {limit} bytes"),
     )
 }
@@ -278,12 +313,11 @@ impl BodyError {
             // Too large for this deployment all the same: the client can act on a 413 (send
             // less), not on a 400 or a retry.
             BodyError::OutOfMemory => ApiError::new(
-                413,
-                "body_too_large",
+                error::BODY_TOO_LARGE,
                 "the request body is larger than this function's memory can hold",
             ),
-            BodyError::Read(message) => ApiError::bad_request(
-                "body_unreadable",
+            BodyError::Read(message) => ApiError::new(
+                error::BODY_UNREADABLE,
                 format!("the request body could not be read: {message}"),
             ),
         }

@@ -9,6 +9,7 @@ use taskstore_model::{ErrorKind, TaskError};
 
 use crate::document::{self, Members, RESERVED_ON_CREATE};
 use crate::error::{self, ApiError, Response};
+use crate::openapi;
 use crate::request::{self, BodyError, RequestHead, Route};
 use crate::settings::Settings;
 use crate::storage::{ListQuery, TaskStorage};
@@ -48,6 +49,13 @@ pub trait Environment {
     fn log(&mut self, line: &str);
 }
 
+/// Deadline of `GET /readyz`'s round trip to Redis (or `timeout-ms`, if shorter): a probe
+/// must learn within its own timeout (commonly one second) whether Redis answers, and a
+/// readiness check must not hold an instance for the whole `timeout-ms` of a request.
+pub const READINESS_TIMEOUT_MS: u32 = 1000;
+/// `timeout-ms` when the key is unset (the store's documented default).
+const STORE_DEFAULT_TIMEOUT_MS: u32 = 5000;
+
 /// The open store and the settings it was opened with, kept for the life of an instance so
 /// that a reused instance reuses its Redis connection.
 pub struct Connected<S> {
@@ -55,12 +63,36 @@ pub struct Connected<S> {
     pub storage: S,
 }
 
-/// Serves one request. `instance` is the per-instance cache: filled on first use, left empty
-/// when the configuration or `open` fails, so the next request tries again.
+/// What an instance keeps between requests. Each store is opened on first use and kept; a
+/// failed configuration read or `open` leaves it empty, so the next request tries again.
+pub struct Instance<S> {
+    /// The store requests use.
+    pub connected: Option<Connected<S>>,
+    /// A second store, with the readiness deadline, that only `GET /readyz` uses: a store's
+    /// deadline is fixed when it is opened, and the requests' one is usually longer.
+    pub readiness: Option<S>,
+}
+
+impl<S> Instance<S> {
+    pub const fn new() -> Instance<S> {
+        Instance {
+            connected: None,
+            readiness: None,
+        }
+    }
+}
+
+impl<S> Default for Instance<S> {
+    fn default() -> Instance<S> {
+        Instance::new()
+    }
+}
+
+/// Serves one request, with the stores `instance` keeps.
 pub fn handle<E: Environment>(
     head: &RequestHead,
     env: &mut E,
-    instance: &mut Option<Connected<E::Storage>>,
+    instance: &mut Instance<E::Storage>,
 ) -> Response {
     match try_handle(head, env, instance) {
         Ok(response) => response,
@@ -79,10 +111,53 @@ pub fn handle<E: Environment>(
 fn try_handle<E: Environment>(
     head: &RequestHead,
     env: &mut E,
-    instance: &mut Option<Connected<E::Storage>>,
+    instance: &mut Instance<E::Storage>,
 ) -> Result<Response, ApiError> {
     // Routing and header checks first: a malformed request never costs a Redis connection.
     let route = request::route(&head.method, head.path_with_query.as_deref())?;
+    match route {
+        Route::OpenApi => Ok(Response::json(200, openapi::DOCUMENT)),
+        // Liveness: no configuration, no Redis — only that this instance runs.
+        Route::Health => Ok(Response::json(200, HEALTHY)),
+        Route::Ready => ready(env, &mut instance.readiness),
+        route => serve_tasks(head, env, &mut instance.connected, route),
+    }
+}
+
+/// The body of a `200` from `/healthz` and `/readyz`.
+const HEALTHY: &str = r#"{"status":"ok"}"#;
+
+/// `GET /readyz`: one `ping` on the readiness store, opened (with the readiness deadline) on
+/// first use. Its errors are the requests' ones: `503` when Redis is unreachable, too slow,
+/// in a passing state or refuses the credentials, `500` for a configuration mistake, `502`
+/// for an unusable answer.
+fn ready<E: Environment>(
+    env: &mut E,
+    readiness: &mut Option<E::Storage>,
+) -> Result<Response, ApiError> {
+    let store = match readiness {
+        Some(store) => store,
+        None => {
+            let mut settings =
+                Settings::load(|key| env.config(key)).map_err(ApiError::from_settings)?;
+            let timeout_ms = settings.timeout_ms.unwrap_or(STORE_DEFAULT_TIMEOUT_MS);
+            settings.timeout_ms = Some(timeout_ms.min(READINESS_TIMEOUT_MS));
+            readiness.insert(env.open(&settings).map_err(ApiError::from_open)?)
+        }
+    };
+    store
+        .ping()
+        .map_err(|err| ApiError::from_storage("checking readiness", err))?;
+    Ok(Response::json(200, HEALTHY))
+}
+
+/// The task routes: everything that needs the store.
+fn serve_tasks<E: Environment>(
+    head: &RequestHead,
+    env: &mut E,
+    instance: &mut Option<Connected<E::Storage>>,
+    route: Route,
+) -> Result<Response, ApiError> {
     let expect_status = match route {
         Route::Update(_) => parse_expect_status(head)?,
         _ => None,
@@ -105,6 +180,9 @@ fn try_handle<E: Environment>(
             update(storage, &id, body, expect_status.as_deref())
         }
         Route::Delete(id) => delete(storage, &id),
+        Route::OpenApi | Route::Health | Route::Ready => Err(ApiError::internal(
+            "a route without the store reached the store",
+        )),
     }
 }
 
@@ -125,8 +203,8 @@ fn connect<'a, E: Environment>(
 fn parse_expect_status(head: &RequestHead) -> Result<Option<String>, ApiError> {
     match head.header(EXPECT_STATUS_HEADER)? {
         None => Ok(None),
-        Some("") => Err(ApiError::bad_request(
-            "invalid_header",
+        Some("") => Err(ApiError::new(
+            error::INVALID_HEADER,
             "X-Expect-Status must not be empty",
         )),
         Some(status) => Ok(Some(status.to_string())),
@@ -145,8 +223,8 @@ fn read_body(
 
 fn parse_members(body: &[u8]) -> Result<Members, ApiError> {
     Members::parse(body).map_err(|reason| {
-        ApiError::bad_request(
-            "invalid_json",
+        ApiError::new(
+            error::INVALID_JSON,
             format!("the body must be one JSON object: {reason}"),
         )
     })
@@ -162,8 +240,8 @@ fn create(
     match members.get("query").and_then(document::as_string) {
         Some(query) if !query.trim().is_empty() => {}
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_task",
+            return Err(ApiError::new(
+                error::INVALID_TASK,
                 "\"query\" must be a non-blank string",
             ))
         }
@@ -172,8 +250,8 @@ fn create(
         .iter()
         .find(|name| members.get(name).is_some())
     {
-        return Err(ApiError::bad_request(
-            "invalid_task",
+        return Err(ApiError::new(
+            error::INVALID_TASK,
             format!("{reserved:?} is set by the server"),
         ));
     }
@@ -185,8 +263,7 @@ fn create(
         let task = document::new_task_document(&id, &created_at, &members);
         if task.len() > limit {
             return Err(ApiError::new(
-                413,
-                "document_too_large",
+                error::DOCUMENT_TOO_LARGE,
                 format!("the task would be larger than {limit} bytes"),
             ));
         }
@@ -249,8 +326,7 @@ fn get(storage: &mut impl TaskStorage, id: &str) -> Result<Response, ApiError> {
 fn document_response(id: &str, document: String) -> Result<Response, ApiError> {
     if document::as_object(&document).is_none() {
         let mut err = ApiError::new(
-            502,
-            "corrupt_data",
+            error::CORRUPT_DATA,
             "the stored task is not a readable JSON object",
         );
         err.log = Some(format!(
@@ -273,7 +349,7 @@ fn list(
     }
     let page = storage.list(query).map_err(|err| match err.kind() {
         // Everything else in the query was validated here; what the store refuses is the cursor.
-        ErrorKind::InvalidInput => ApiError::bad_request("invalid_query", err.into_message()),
+        ErrorKind::InvalidInput => ApiError::new(error::INVALID_QUERY, err.into_message()),
         _ => ApiError::from_storage("listing tasks", err),
     })?;
     let mut tasks = Vec::with_capacity(page.tasks.len());
@@ -306,14 +382,14 @@ fn update(
     let members = parse_members(&body)?;
     if let Some(new_id) = members.get("id") {
         if document::as_string(new_id).as_deref() != Some(id) {
-            return Err(ApiError::bad_request(
-                "immutable_field",
+            return Err(ApiError::new(
+                error::IMMUTABLE_FIELD,
                 "a patch may not change or remove \"id\"",
             ));
         }
     }
     let patch = String::from_utf8(body)
-        .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8"))?;
+        .map_err(|_| ApiError::new(error::INVALID_JSON, "the body is not UTF-8"))?;
     match storage
         .update(id, &patch, expect_status)
         .map_err(|err| ApiError::from_storage(error::UPDATE, err))?

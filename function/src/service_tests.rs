@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::fake::{FakeEnvironment, FakeStorage};
+use crate::openapi;
 use crate::request::{BodyError, Method};
 use taskstore_model::{ErrorKind, TaskError};
 
@@ -16,14 +17,14 @@ const THIRD_ID: &str = "13131313-1313-4313-9313-131313131313";
 
 struct Harness {
     env: FakeEnvironment,
-    instance: Option<Connected<FakeStorage>>,
+    instance: Instance<FakeStorage>,
 }
 
 impl Harness {
     fn new() -> Harness {
         Harness {
             env: FakeEnvironment::new(),
-            instance: None,
+            instance: Instance::new(),
         }
     }
 
@@ -63,6 +64,7 @@ impl Harness {
         for line in &self.env.logs {
             assert!(!line.contains(SECRET), "log leaks the password: {line}");
         }
+        assert_documented(&head, &response);
         response
     }
 
@@ -94,9 +96,81 @@ impl Harness {
     fn storage(&mut self) -> &mut FakeStorage {
         &mut self
             .instance
+            .connected
             .as_mut()
             .expect("the store was opened")
             .storage
+    }
+}
+
+/// Every response of every test here is held to the published contract: its status (and error
+/// code) must be one the document lists for the operation, and so must its content type;
+/// responses to paths or methods the document does not have must use a documented error.
+fn assert_documented(head: &RequestHead, response: &Response) {
+    let document = openapi::tests::document();
+    let path = head.path_with_query.as_deref().unwrap_or("");
+    let path = path.split('?').next().unwrap_or("");
+    let method = match &head.method {
+        Method::Get => "get",
+        Method::Post => "post",
+        Method::Patch => "patch",
+        Method::Delete => "delete",
+        Method::Other(other) => other.as_str(),
+    };
+    let template = request::ROUTES
+        .iter()
+        .map(|(template, _)| *template)
+        .find(|template| match template.strip_suffix("{id}") {
+            Some(prefix) => path
+                .strip_prefix(prefix)
+                .is_some_and(|id| !id.is_empty() && !id.contains('/')),
+            None => path == *template,
+        });
+    let code = serde_json::from_slice::<Value>(&response.body)
+        .ok()
+        .and_then(|body| body["error"]["code"].as_str().map(str::to_string));
+    let operation = template.and_then(|template| document["paths"][template].get(method));
+    let Some(operation) = operation else {
+        // Not an operation of the contract: a documented 404 or 405.
+        let code = code.unwrap_or_default();
+        assert!(
+            (response.status, code.as_str()) == (404, "not_found")
+                || (response.status, code.as_str()) == (405, "method_not_allowed"),
+            "{method} {path}: {} {code}",
+            response.status
+        );
+        return;
+    };
+    let documented = openapi::tests::response(&document, operation, response.status)
+        .unwrap_or_else(|| panic!("{method} {path}: {} is not documented", response.status));
+    match &code {
+        Some(code) if response.status >= 400 => assert!(
+            openapi::tests::documents_error(&document, operation, response.status, code),
+            "{method} {path}: {} {code} is not documented",
+            response.status
+        ),
+        _ => {}
+    }
+    match documented.get("content") {
+        Some(content) => {
+            let content_type = response.header("content-type").expect("a content type");
+            assert!(
+                content.get(content_type).is_some(),
+                "{method} {path}: {content_type}"
+            );
+        }
+        None => assert!(
+            response.body.is_empty(),
+            "{method} {path}: an undocumented body"
+        ),
+    }
+    for (name, header) in documented["headers"].as_object().into_iter().flatten() {
+        if header["required"] == true {
+            assert!(
+                response.header(name).is_some(),
+                "{method} {path}: no {name}"
+            );
+        }
     }
 }
 
@@ -656,7 +730,7 @@ fn storage_failures_map_to_502_and_503() {
         assert_eq!(h.env.logs.len(), 1, "{err:?}");
         assert!(h.env.logs[0].contains(err.message()), "{:?}", h.env.logs);
         // The store reconnects by itself: the instance keeps it.
-        assert!(h.instance.is_some());
+        assert!(h.instance.connected.is_some());
     }
 }
 
@@ -691,7 +765,7 @@ fn a_failed_open_is_not_cached() {
     let response = h.get("/research/tasks/t1");
     assert_error(&response, 503, "storage_unavailable");
     assert_eq!(response.header("retry-after"), Some("1"));
-    assert!(h.instance.is_none());
+    assert!(h.instance.connected.is_none());
     assert_eq!(h.get("/research/tasks/t1").status, 404);
     assert_eq!(h.env.opened.len(), 1);
 }
@@ -701,7 +775,7 @@ fn open_refusing_the_configured_url_is_a_500_configuration_error() {
     let mut h = Harness::new();
     h.env.open_error = Some(TaskError::invalid_input("invalid port in URL"));
     assert_error(&h.get("/research/tasks/t1"), 500, "configuration");
-    assert!(h.instance.is_none());
+    assert!(h.instance.connected.is_none());
 }
 
 #[test]
@@ -736,4 +810,103 @@ fn a_failing_config_source_is_a_503() {
     assert_eq!(response.header("retry-after"), Some("1"));
     assert!(!text_of(&response).contains("backend down"));
     assert!(h.env.logs[0].contains("backend down"));
+}
+
+// ---- the contract and the probes -------------------------------------------------------
+
+#[test]
+fn the_contract_is_served_as_json_without_configuration_or_the_store() {
+    let mut h = Harness::new();
+    h.env.config_error = Some("vault sealed".into());
+    let response = h.get("/research/openapi.json");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(text_of(&response), openapi::DOCUMENT);
+    assert_eq!(json_of(&response)["openapi"], "3.1.0");
+    assert!(h.env.opened.is_empty());
+    let refused = h.request(Method::Post, "/research/openapi.json", &[], "");
+    assert_error(&refused, 405, "method_not_allowed");
+    assert_eq!(refused.header("allow"), Some("GET"));
+    assert_error(&h.get("/research/openapi.json?x=1"), 400, "invalid_query");
+}
+
+#[test]
+fn healthz_answers_without_configuration_or_the_store() {
+    let mut h = Harness::new();
+    h.env.config_error = Some("vault sealed".into());
+    h.env.open_error = Some(TaskError::connection("refused"));
+    let response = h.get("/healthz");
+    assert_eq!(response.status, 200);
+    assert_eq!(json_of(&response), json!({"status": "ok"}));
+    assert!(h.env.opened.is_empty() && h.instance.readiness.is_none());
+    let refused = h.request(Method::Delete, "/healthz", &[], "");
+    assert_error(&refused, 405, "method_not_allowed");
+}
+
+#[test]
+fn readyz_pings_a_store_of_its_own_with_the_readiness_deadline() {
+    let mut h = Harness::new();
+    let response = h.get("/readyz");
+    assert_eq!(response.status, 200, "{}", text_of(&response));
+    assert_eq!(json_of(&response), json!({"status": "ok"}));
+    assert_eq!(h.env.opened.len(), 1);
+    assert_eq!(h.env.opened[0].timeout_ms, Some(READINESS_TIMEOUT_MS));
+    // The probe's store is kept, and is not the requests' one.
+    assert_eq!(h.get("/readyz").status, 200);
+    assert_eq!(
+        h.instance.readiness.as_ref().expect("kept").calls,
+        ["ping", "ping"]
+    );
+    assert!(h.instance.connected.is_none());
+    h.post(r#"{"query": "q"}"#);
+    assert_eq!(h.env.opened.len(), 2);
+    assert_eq!(h.env.opened[1].timeout_ms, None);
+    assert_eq!(h.storage().calls, [format!("create {FIRST_ID}")]);
+}
+
+#[test]
+fn readyz_keeps_a_shorter_configured_timeout() {
+    let mut h = Harness::new();
+    h.env.config.insert("timeout-ms".into(), "250".into());
+    assert_eq!(h.get("/readyz").status, 200);
+    assert_eq!(h.env.opened[0].timeout_ms, Some(250));
+}
+
+#[test]
+fn readyz_is_503_with_the_reason_while_redis_cannot_answer() {
+    for (err, code) in [
+        (TaskError::connection("refused"), "storage_unavailable"),
+        (TaskError::timeout("slow"), "storage_timeout"),
+        (
+            TaskError::server("LOADING Redis is loading"),
+            "storage_busy",
+        ),
+        (
+            TaskError::authentication("WRONGPASS"),
+            "storage_authentication",
+        ),
+    ] {
+        // Failing the ping of an open store...
+        let mut h = Harness::new();
+        assert_eq!(h.get("/readyz").status, 200);
+        h.instance.readiness.as_mut().unwrap().fail_next = Some(err.clone());
+        let response = h.get("/readyz");
+        assert_error(&response, 503, code);
+        // ...and the store recovers by itself: it is kept.
+        assert_eq!(h.get("/readyz").status, 200, "{code}");
+        // Failing the open: nothing is kept, the next probe opens again.
+        let mut h = Harness::new();
+        h.env.open_error = Some(err);
+        assert_error(&h.get("/readyz"), 503, code);
+        assert!(h.instance.readiness.is_none());
+        assert_eq!(h.get("/readyz").status, 200, "{code}");
+    }
+    let mut h = Harness::new();
+    h.env.config.remove("redis-url");
+    assert_error(&h.get("/readyz"), 500, "configuration");
+    let mut h = Harness::new();
+    h.env.config_error = Some("vault sealed".into());
+    let response = h.get("/readyz");
+    assert_error(&response, 503, "configuration_unavailable");
+    assert_eq!(response.header("retry-after"), Some("1"));
 }

@@ -45,4 +45,6 @@ pub trait TaskStorage {
     /// `Ok(false)`: there was no such task.
     fn delete(&mut self, id: &str) -> Result<bool, TaskError>;
     fn list(&mut self, query: &ListQuery) -> Result<Page, TaskError>;
+    /// One round trip to Redis: `Ok` when it answered in time.
+    fn ping(&mut self) -> Result<(), TaskError>;
 }

@@ -19,6 +19,13 @@
 //! pass (1) and (2). Answers are cached; an unknown address makes the host ask again at most
 //! once per [`CLUSTER_RECHECK_INTERVAL`], so a guest cannot make it flood the cluster. For
 //! `rediss+cluster://` the host asks over TLS, verifying each node as the component will.
+//!
+//! A Sentinel URL (`redis+sentinel://`) is bounded the same way: the sentinels it names are
+//! the URL's servers, and another address is reachable only if it passes (1) and (2) (the
+//! sentinels' IP addresses, any port, plus the operator's entries) and (3) the sentinels
+//! report it as the service's master or one of its replicas (`SENTINEL
+//! get-master-addr-by-name` and `SENTINEL replicas`, asked with the sentinel password only,
+//! the same limits and rate). Reported names are not admitted: only IP addresses.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -56,7 +63,8 @@ pub const DISCOVERY_MAX_ARRAY_LEN: usize = 16_384;
 pub(crate) struct NetworkPolicy {
     /// The URL's own servers (its host, or a cluster URL's seeds).
     servers: Arc<Servers>,
-    /// For a cluster URL: which other addresses are the cluster's nodes.
+    /// For a cluster (or Sentinel) URL: which other addresses are the cluster's nodes (the
+    /// service's master and replicas).
     cluster: Option<Arc<ClusterNodes>>,
 }
 
@@ -86,7 +94,7 @@ impl NetworkPolicy {
     ) -> Result<NetworkPolicy, TaskError> {
         let parsed = RedisUrl::parse(url).map_err(|e| TaskError::invalid_input(e.to_string()))?;
         let servers = Servers::resolve(RedisAddress::all_from_url(url)?, Resolver::System).await?;
-        let cluster = if parsed.is_cluster() {
+        let cluster = if parsed.is_cluster() || parsed.is_sentinel() {
             let connector = MaybeTlsConnector::new(StdConnector, parsed.tls.then_some(tls))
                 .map_err(|e| TaskError::invalid_input(e.0))?;
             Some(Arc::new(ClusterNodes::new(
@@ -486,14 +494,17 @@ impl ClusterNodes {
     }
 
     /// Asks the seeds in turn (with the URL's credentials, within `timeout` per step) for
-    /// `CLUSTER NODES` and returns the masters' addresses from the first that answers.
-    /// Blocking.
+    /// `CLUSTER NODES` and returns the masters' addresses from the first that answers; for
+    /// a Sentinel URL, [`ClusterNodes::discover_sentinel`]. Blocking.
     fn discover(&self) -> Result<Vec<Master>, TaskError> {
         let limits = ReplyLimits {
             max_bulk_bytes: DISCOVERY_MAX_REPLY_BYTES,
             max_array_len: DISCOVERY_MAX_ARRAY_LEN,
             max_reply_bytes: DISCOVERY_MAX_REPLY_BYTES,
         };
+        if self.url.is_sentinel() {
+            return self.discover_sentinel(limits);
+        }
         let mut last_error = None;
         for seed in &self.url.cluster_seeds {
             let mut client = Client::new(
@@ -519,6 +530,84 @@ impl ClusterNodes {
         }
         Err(last_error.unwrap_or_else(|| TaskError::connection("no seed nodes")))
     }
+}
+
+impl ClusterNodes {
+    /// Asks the sentinels in turn (with the sentinel password only) for the service's
+    /// master and replicas, and returns their addresses from the first that answers.
+    /// Blocking.
+    fn discover_sentinel(&self, limits: ReplyLimits) -> Result<Vec<Master>, TaskError> {
+        let Some(target) = &self.url.sentinel else {
+            return Ok(Vec::new());
+        };
+        let service = target.service.as_bytes();
+        let mut last_error = None;
+        for sentinel in &target.sentinels {
+            let mut client = Client::new(
+                self.connector.clone(),
+                self.url.for_sentinel(sentinel.clone()),
+                self.timeout,
+                DISCOVERY_MAX_REPLY_BYTES,
+            )
+            .with_reply_limits(limits);
+            let replies = client.connect().and_then(|()| {
+                client.pipeline(
+                    &[
+                        &[b"SENTINEL", b"get-master-addr-by-name", service],
+                        &[b"SENTINEL", b"replicas", service],
+                    ],
+                    Retry::Idempotent,
+                )
+            });
+            match replies {
+                Ok(replies) => return Ok(sentinel_nodes(&replies)),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| TaskError::connection("no sentinels")))
+    }
+}
+
+/// The master and replicas in the replies to `SENTINEL get-master-addr-by-name` (`[ip,
+/// port]`) and `SENTINEL replicas` (one flat `[field, value, …]` array per replica, with
+/// `ip` and `port`). Addresses that are not IP literals are left out.
+fn sentinel_nodes(replies: &[Reply]) -> Vec<Master> {
+    fn text(reply: &Reply) -> Option<&str> {
+        match reply {
+            Reply::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        }
+    }
+    fn node(ip: Option<&str>, port: Option<&str>) -> Option<Master> {
+        let ip = ip?.trim_matches(['[', ']']).parse::<IpAddr>().ok()?;
+        let port = port?.parse::<u16>().ok().filter(|&port| port != 0)?;
+        Some(Master {
+            addr: SocketAddr::new(ip, port),
+            hostname: None,
+        })
+    }
+    let mut nodes = Vec::new();
+    if let Some(Reply::Array(pair)) = replies.first() {
+        if let [ip, port] = pair.as_slice() {
+            nodes.extend(node(text(ip), text(port)));
+        }
+    }
+    if let Some(Reply::Array(replicas)) = replies.get(1) {
+        for replica in replicas {
+            let Reply::Array(fields) = replica else {
+                continue;
+            };
+            let value = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|pair| text(&pair[0]) == Some(name))
+                    .and_then(|pair| pair.get(1))
+                    .and_then(text)
+            };
+            nodes.extend(node(value("ip"), value("port")));
+        }
+    }
+    nodes
 }
 
 /// The masters in a `CLUSTER NODES` reply, slots or not, that are neither failed nor still
@@ -869,6 +958,33 @@ mod tests {
             !single.may_be_a_node(addr("10.0.0.1:7000")),
             "no cluster, no nodes"
         );
+    }
+
+    #[test]
+    fn sentinel_replies_give_the_master_and_replicas_by_ip_only() {
+        let bulk = |text: &str| Reply::BulkString(text.as_bytes().to_vec());
+        let replica = |ip: &str, port: &str| {
+            Reply::Array(vec![
+                bulk("name"),
+                bulk("x"),
+                bulk("ip"),
+                bulk(ip),
+                bulk("port"),
+                bulk(port),
+            ])
+        };
+        let replies = [
+            Reply::Array(vec![bulk("10.0.0.1"), bulk("6379")]),
+            Reply::Array(vec![
+                replica("10.0.0.2", "6380"),
+                replica("replica.internal", "6381"),
+                replica("::1", "0"),
+                Reply::Integer(1),
+            ]),
+        ];
+        let addrs: Vec<SocketAddr> = sentinel_nodes(&replies).iter().map(|m| m.addr).collect();
+        assert_eq!(addrs, [addr("10.0.0.1:6379"), addr("10.0.0.2:6380")]);
+        assert!(sentinel_nodes(&[Reply::Null, Reply::Array(vec![])]).is_empty());
     }
 
     #[test]

@@ -30,11 +30,19 @@ taskstore::store_options! {
         /// password in [`Options::url`]. The URL must then hold no password of its own; a
         /// user name in it is kept. It never appears in any message or `Debug`.
         pub password: Option<String>,
-        /// Cluster URLs only: networks (and ports) where the component may reach nodes the
-        /// cluster reports, besides the seeds' own addresses (any port), which are always
-        /// allowed. A node the cluster reports outside them is refused, as is any
-        /// link-local or cloud metadata address whatever this says: the cluster's answers,
-        /// not the operator, would otherwise decide where the password is sent.
+        /// `redis+sentinel://` URLs only: the password of the sentinels themselves (their
+        /// `requirepass`), given apart from the URL as [`Options::password`] is. Redis lets
+        /// sentinels have their own password, separate from the data nodes'; the URL's
+        /// password (or [`Options::password`]) goes only to the data nodes, this one only to
+        /// the sentinels. `None`: the sentinels are sent no `AUTH` (unless the URL holds a
+        /// `sentinel-password=` parameter). Never shown.
+        pub sentinel_password: Option<String>,
+        /// Cluster and Sentinel URLs: networks (and ports) where the component may reach nodes the
+        /// cluster reports (or, for Sentinel, the masters and replicas the sentinels report),
+        /// besides the seeds' (sentinels') own addresses (any port), which are always
+        /// allowed. A node reported outside them is refused, as is any link-local or cloud
+        /// metadata address whatever this says: the cluster's (sentinels') answers, not the
+        /// operator, would otherwise decide where the password is sent.
         pub cluster_allow: Vec<ClusterAllow>,
     }
 }
@@ -47,9 +55,14 @@ impl Options {
     /// [`ErrorKind::InvalidInput`] when a password is given both ways or the URL has no
     /// `scheme://`.
     pub(crate) fn guest_url(&self) -> Result<String, TaskError> {
-        match &self.password {
-            None => Ok(self.url.clone()),
+        let url = match &self.password {
+            None => self.url.clone(),
             Some(password) => taskstore::config::url_with_password(&self.url, password)
+                .map_err(|e| TaskError::invalid_input(e.to_string()))?,
+        };
+        match &self.sentinel_password {
+            None => Ok(url),
+            Some(password) => taskstore::config::url_with_sentinel_password(&url, password)
                 .map_err(|e| TaskError::invalid_input(e.to_string())),
         }
     }
@@ -59,6 +72,7 @@ impl Options {
     pub(crate) fn secrets(&self) -> Vec<String> {
         let mut secrets = url_secrets(&self.url);
         secrets.extend(self.password.clone());
+        secrets.extend(self.sentinel_password.clone());
         secrets
     }
 
@@ -76,6 +90,10 @@ impl fmt::Debug for Options {
         let mut out = f.debug_struct("Options");
         self.debug_record(&mut out);
         out.field("password", &self.password.as_ref().map(|_| "***"))
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "***"),
+            )
             .field("cluster_allow", &self.cluster_allow)
             .finish()
     }
@@ -217,13 +235,20 @@ impl RedisAddress {
         Ok(RedisAddress::from_parsed(url.endpoint))
     }
 
-    /// Every server a URL names: its one host, or a cluster URL's seed nodes.
+    /// Every server a URL names: its one host, a cluster URL's seed nodes, or a Sentinel
+    /// URL's sentinels.
     ///
     /// # Errors
     /// As [`RedisAddress::from_url`].
     pub(crate) fn all_from_url(text: &str) -> Result<Vec<RedisAddress>, TaskError> {
         let url = RedisUrl::parse(text).map_err(|e| TaskError::invalid_input(e.to_string()))?;
-        if url.is_cluster() {
+        if let Some(target) = url.sentinel {
+            Ok(target
+                .sentinels
+                .into_iter()
+                .map(RedisAddress::from_parsed)
+                .collect())
+        } else if url.is_cluster() {
             Ok(url
                 .cluster_seeds
                 .into_iter()
@@ -259,8 +284,15 @@ pub(crate) fn url_secrets(text: &str) -> Vec<String> {
         if let Some(credentials) = url.credentials {
             secrets.push(credentials.password.expose().to_owned());
         }
+        if let Some(credentials) = url.sentinel.and_then(|target| target.credentials) {
+            secrets.push(credentials.password.expose().to_owned());
+        }
     }
-    for raw in [parts.raw_password(), parts.userinfo].into_iter().flatten() {
+    let sentinel_raw = taskstore::config::raw_sentinel_password(parts.tail);
+    for raw in [parts.raw_password(), parts.userinfo, sentinel_raw]
+        .into_iter()
+        .flatten()
+    {
         if !raw.is_empty() && !secrets.iter().any(|known| known == raw) {
             secrets.push(raw.to_owned());
         }
@@ -462,5 +494,40 @@ mod tests {
         assert!(url_secrets("redis://:Xk9Q/Zp2%zz@h:0").contains(&"Xk9Q/Zp2%zz".to_owned()));
         assert!(url_secrets("redis://h").is_empty());
         assert!(url_secrets("not a url").is_empty());
+    }
+
+    #[test]
+    fn a_sentinel_url_names_its_sentinels_and_both_passwords_are_secrets() {
+        let url =
+            "redis+sentinel://:d4ta@127.0.0.1:26379,10.0.0.2:26380/svc?sentinel-password=s%2Fp";
+        let servers = RedisAddress::all_from_url(url).unwrap();
+        let shown: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.1:26379", "10.0.0.2:26380"]);
+        let secrets = url_secrets(url);
+        for secret in ["d4ta", "s/p", "s%2Fp"] {
+            assert!(
+                secrets.contains(&secret.to_owned()),
+                "{secret}: {secrets:?}"
+            );
+        }
+
+        let options = Options {
+            sentinel_password: Some("Zp2&x".into()),
+            password: Some("d4ta".into()),
+            ..Options::new("redis+sentinel://127.0.0.1:26379/svc")
+        };
+        let guest = RedisUrl::parse(&options.guest_url().unwrap()).unwrap();
+        assert_eq!(guest.credentials.unwrap().password.expose(), "d4ta");
+        let sentinel = guest.sentinel.unwrap().credentials.unwrap();
+        assert_eq!(sentinel.password.expose(), "Zp2&x");
+        assert!(options.secrets().contains(&"Zp2&x".to_owned()));
+        assert!(!format!("{options:?}").contains("Zp2"));
+        let not_sentinel = Options {
+            sentinel_password: Some("Zp2".into()),
+            ..Options::new("redis://h")
+        };
+        let err = not_sentinel.guest_url().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(!err.to_string().contains("Zp2"));
     }
 }

@@ -27,24 +27,34 @@
 //! request head must arrive within [`ServeConfig::header_timeout`] (which also closes idle
 //! keep-alive connections), and a response write that makes no progress for
 //! [`ServeConfig::write_timeout`] closes the connection.
+//!
+//! What it does is visible three ways: a Prometheus exposition on its own listener
+//! ([`ServeConfig::metrics_listen`]), one access-log line per request and the operational
+//! messages, all `tracing` events (see [`logging`]). `GET`/`HEAD` of `/healthz`, `/readyz`
+//! and `/research/openapi.json` need no API key: orchestrators probe without secrets, and
+//! the answers say nothing about any task.
 
 mod connections;
 mod guard;
 mod io;
+pub mod logging;
+mod metrics;
 
 pub use guard::{ApiKey, API_KEY_ENV};
+pub use logging::LogFormat;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
@@ -64,6 +74,11 @@ use taskstore_model::redact::redact_secrets;
 use self::connections::Connections;
 use self::guard::{AllowedHosts, Authorization};
 use self::io::{read_body, BodyFailure, ThrottledLog, WriteDeadline};
+use self::logging::AccessRecord;
+use self::metrics::{
+    method_label, redis_error_kind, serve_metrics, Discard, Metrics, Refused, Route,
+    ERROR_CODE_PREFIX_BYTES,
+};
 use crate::engine::{
     deadline_ticks, load_component, new_engine, to_anyhow, ComponentCache, EpochTicker,
 };
@@ -99,6 +114,10 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const SPARE_DESCRIPTORS: u64 = 64;
 /// Redis sockets one instance may hold (a cluster connection holds one per node).
 const REDIS_SOCKETS_PER_INSTANCE: u64 = 4;
+/// Target of the server's operational messages.
+const SERVE_TARGET: &str = "taskstore::serve";
+/// Target of what the function wrote to its stdout and stderr.
+const FUNCTION_TARGET: &str = "taskstore::function";
 
 /// What `taskstore serve` runs and how.
 #[derive(Clone)]
@@ -144,6 +163,12 @@ pub struct ServeConfig {
     /// Cluster URLs only: where nodes the cluster reports may be reached besides the seeds'
     /// own hosts (as the library's `Options::cluster_allow`).
     pub cluster_allow: Vec<ClusterAllow>,
+    /// Where to serve `GET /metrics` (Prometheus text format), if anywhere. Like
+    /// [`ServeConfig::listen`], an address other machines can reach needs an API key to be
+    /// set, though scrapes never present it (see the README's "Running it in production").
+    pub metrics_listen: Option<SocketAddr>,
+    /// One access-log event (target `taskstore::access`) per request.
+    pub access_log: bool,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -159,6 +184,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("api_key", &self.api_key.is_some())
             .field("allowed_hosts", &self.allowed_hosts)
             .field("cluster_allow", &self.cluster_allow)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("access_log", &self.access_log)
             .finish_non_exhaustive()
     }
 }
@@ -184,6 +211,8 @@ impl ServeConfig {
             api_key: None,
             allowed_hosts: Vec::new(),
             cluster_allow: Vec::new(),
+            metrics_listen: None,
+            access_log: true,
         }
     }
 
@@ -214,12 +243,16 @@ struct Shared {
     allowed_hosts: AllowedHosts,
     /// The Redis URL's password, scrubbed from anything logged.
     secrets: Vec<String>,
+    metrics: Arc<Metrics>,
+    access_log: bool,
     _ticker: EpochTicker,
 }
 
 /// A bound listener with the compiled function, ready to [`Server::run`].
 pub struct Server {
     listener: TcpListener,
+    /// The `/metrics` listener and the hosts it answers for.
+    metrics_listener: Option<(TcpListener, AllowedHosts)>,
     shared: Arc<Shared>,
     shutdown_grace: Duration,
     max_connections: usize,
@@ -237,7 +270,8 @@ impl Server {
     /// `max-document-bytes` needs more than the instance memory limit; the listen address is
     /// not loopback and no API key is set; the file-descriptor limit cannot cover the
     /// connection cap; the Redis URL is malformed or its host does not resolve; the address
-    /// cannot be bound.
+    /// cannot be bound; the metrics address is not loopback and no API key is set, or cannot
+    /// be bound.
     pub async fn bind(
         config: ServeConfig,
         cache: Option<&ComponentCache>,
@@ -256,6 +290,15 @@ impl Server {
              (--api-key-file PATH or {API_KEY_ENV})",
             config.listen.ip()
         );
+        if let Some(metrics_listen) = config.metrics_listen {
+            anyhow::ensure!(
+                metrics_listen.ip().is_loopback() || config.api_key.is_some(),
+                "serving metrics on {}, which other machines can reach, needs an API key for \
+                 the API (--api-key-file PATH or {API_KEY_ENV}): a server meant for this \
+                 machine alone must not publish even its counters",
+                metrics_listen.ip()
+            );
+        }
         // The function's own parser: messages name keys, never values (the URL's password).
         let settings = Settings::load(|key| Ok(config.config_vars.get(key).cloned()))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -309,6 +352,16 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot serve metrics on {address}: {e}"))?;
+                let bound = listener.local_addr()?;
+                Some((listener, AllowedHosts::new(bound, &config.allowed_hosts)))
+            }
+            None => None,
+        };
         let ticker = EpochTicker::start(&engine)?;
         let shared = Shared {
             engine,
@@ -325,10 +378,13 @@ impl Server {
             api_key: config.api_key.clone(),
             allowed_hosts: AllowedHosts::new(config.listen, &config.allowed_hosts),
             secrets,
+            metrics: Arc::new(Metrics::new()),
+            access_log: config.access_log,
             _ticker: ticker,
         };
         Ok(Server {
             listener,
+            metrics_listener,
             shared: Arc::new(shared),
             shutdown_grace: config.shutdown_grace,
             max_connections: config.max_connections,
@@ -345,6 +401,17 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The address `/metrics` is served on, if [`ServeConfig::metrics_listen`] was set.
+    ///
+    /// # Errors
+    /// As [`Server::local_addr`].
+    pub fn metrics_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.metrics_listener
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr())
+            .transpose()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets requests in flight
     /// finish (for at most the configured grace period) and returns how many connections
     /// were still open when the grace period ended.
@@ -354,6 +421,14 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<usize> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
+        let scrapes = self.metrics_listener.map(|(listener, allowed_hosts)| {
+            tokio::spawn(serve_metrics(
+                listener,
+                Arc::clone(&self.shared.metrics),
+                allowed_hosts,
+                stop_rx.clone(),
+            ))
+        });
         let open_connections = Connections::new(self.max_connections);
         let mut accept_errors = ThrottledLog::new(Duration::from_secs(1));
         let mut refusals = ThrottledLog::new(Duration::from_secs(1));
@@ -371,9 +446,9 @@ impl Server {
                 // serving, after a pause so a persistent one does not spin, and say so at
                 // most once a second.
                 Err(e) => {
-                    let message = format!("taskstore serve: accept failed: {e}");
+                    let message = format!("accept failed: {e}");
                     if let Some(line) = accept_errors.line(tokio::time::Instant::now(), &message) {
-                        eprintln!("{line}");
+                        tracing::warn!(target: SERVE_TARGET, "{line}");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -384,12 +459,13 @@ impl Server {
             // at once. Either way accepting goes on and descriptors stay within the limit.
             let Some(registered) = open_connections.open(tokio::time::Instant::now()) else {
                 let _ = socket.try_write(CONNECTION_LIMIT_RESPONSE);
+                self.shared.metrics.refused(Refused::ConnectionLimit);
                 let message = format!(
-                    "taskstore serve: {} connections open, all in requests; refusing new ones",
+                    "{} connections open, all in requests; refusing new ones",
                     self.max_connections
                 );
                 if let Some(line) = refusals.line(tokio::time::Instant::now(), &message) {
-                    eprintln!("{line}");
+                    tracing::warn!(target: SERVE_TARGET, "{line}");
                 }
                 continue;
             };
@@ -404,14 +480,23 @@ impl Server {
             connections.spawn(async move {
                 let registered = Arc::new(registered);
                 let in_service = Arc::clone(&registered);
-                let service = service_fn(move |request| {
+                let service = service_fn(move |request: hyper::Request<Incoming>| {
                     let shared = Arc::clone(&shared);
                     let registered = Arc::clone(&in_service);
                     registered.request_started();
+                    let mut exchange = Exchange {
+                        started: tokio::time::Instant::now(),
+                        method: method_label(request.method()),
+                        route: Route::of(request.uri().path()),
+                        bytes_in: 0,
+                        instance_reuse: None,
+                    };
                     async move {
-                        let response = shared.handle(request).await;
+                        let response = Arc::clone(&shared).handle(request, &mut exchange).await;
                         registered.request_finished(tokio::time::Instant::now());
-                        Ok::<_, std::convert::Infallible>(response)
+                        Ok::<_, std::convert::Infallible>(Observed::wrap(
+                            response, shared, exchange,
+                        ))
                     }
                 });
                 let connection = builder.serve_connection(io, service);
@@ -437,7 +522,10 @@ impl Server {
         while connections.try_join_next().is_some() {}
         let in_flight = connections.len();
         if in_flight > 0 {
-            eprintln!("taskstore serve: shutting down, waiting for {in_flight} connection(s)");
+            tracing::info!(
+                target: SERVE_TARGET,
+                "shutting down, waiting for {in_flight} connection(s)"
+            );
         }
         let drained = tokio::time::timeout(self.shutdown_grace, async {
             while connections.join_next().await.is_some() {}
@@ -449,6 +537,9 @@ impl Server {
             connections.len()
         };
         connections.abort_all();
+        if let Some(scrapes) = scrapes {
+            scrapes.abort();
+        }
         Ok(remaining)
     }
 }
@@ -460,17 +551,38 @@ impl Shared {
     async fn handle(
         self: Arc<Self>,
         request: hyper::Request<Incoming>,
+        exchange: &mut Exchange,
     ) -> hyper::Response<HyperOutgoingBody> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        if let Err(refusal) = self.admit(&request) {
-            return refusal.into_response();
-        }
+        let admitted = match self.admit(&request, exchange.route) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.metrics.refused(match refusal {
+                    Refusal::HostNotAllowed => Refused::HostNotAllowed,
+                    Refusal::Unauthorized(_) => Refused::Unauthorized,
+                });
+                return refusal.into_response();
+            }
+        };
+        // A request let in without the key brings no body: a probe has none, and a keyless
+        // client must not make the host read a megabyte.
+        let max_body_bytes = match admitted {
+            Admitted::Keyless => 0,
+            Admitted::Authorized => self.max_body_bytes,
+        };
         let (head, body) = request.into_parts();
-        let body =
-            match read_body(body, self.max_body_bytes, self.body_read_timeout, deadline).await {
-                Ok(body) => body,
-                Err(failure) => return self.body_failure_response(failure),
-            };
+        let body = match read_body(body, max_body_bytes, self.body_read_timeout, deadline).await {
+            Ok(body) => body,
+            Err(failure) => {
+                self.metrics.refused(match failure {
+                    BodyFailure::TooLarge => Refused::BodyTooLarge,
+                    BodyFailure::Stalled => Refused::BodyTimeout,
+                    BodyFailure::Broken => Refused::BodyUnreadable,
+                });
+                return self.body_failure_response(failure, max_body_bytes);
+            }
+        };
+        exchange.bytes_in = u64::try_from(body.len()).unwrap_or(u64::MAX);
         let request = hyper::Request::from_parts(
             head,
             Full::new(body).map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
@@ -480,21 +592,30 @@ impl Shared {
         {
             Ok(Ok(slot)) => slot,
             Ok(Err(_)) | Err(_) => {
+                self.metrics.refused(Refused::NoSlot);
                 return error_response(
                     503,
                     "busy",
                     "all request slots stayed busy until the deadline",
-                )
+                );
             }
         };
         // Taken after the slot: an instance is either idle or owned by a slot holder, so a
         // new one is made only while every existing one is in use by another slot, and
         // there are never more instances (and Redis connections) than slots.
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let warm = idle.pop();
+            self.metrics.set_idle(idle.len());
+            warm
+        };
         let mut warm = match idle {
             Some(warm) => warm,
             None => match tokio::time::timeout_at(deadline, self.instantiate()).await {
-                Ok(Ok(warm)) => warm,
+                Ok(Ok(warm)) => {
+                    self.metrics.instance_created();
+                    warm
+                }
                 Ok(Err(e)) => {
                     self.log("cannot instantiate the function", &e);
                     return error_response(500, "internal", "the function could not be started");
@@ -510,6 +631,7 @@ impl Shared {
         };
         warm.store
             .set_epoch_deadline(deadline_ticks(deadline - tokio::time::Instant::now()));
+        exchange.instance_reuse = Some(warm.served);
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| {
@@ -522,9 +644,11 @@ impl Shared {
             Ok(prepared) => prepared,
             Err(e) => {
                 self.log("cannot pass the request to the function", &to_anyhow(e));
+                self.metrics.instance_discarded(Discard::Unusable);
                 return error_response(500, "internal", "the request could not be handed over");
             }
         };
+        self.metrics.instance_busy();
 
         // The handler runs in its own task: it may keep writing the body after it has sent
         // the head, and stays bounded by the deadline even if the client goes away.
@@ -555,23 +679,34 @@ impl Shared {
             // The function's own reasons for its errors (one line each), for operators.
             shared.log_function_output(&warm.output);
             if matches!(end, HandlerEnd::TimedOut) {
-                eprintln!(
-                    "taskstore serve: a request ran past its {} ms deadline and was cut off",
+                tracing::warn!(
+                    target: SERVE_TARGET,
+                    "a request ran past its {} ms deadline and was cut off",
                     shared.request_timeout.as_millis()
                 );
             }
             // Only an instance that returned normally is used again; one that trapped or
             // was cut off mid-call is dropped with its sockets and Redis connection.
             warm.served += 1;
-            if matches!(end, HandlerEnd::Returned) && warm.served < shared.max_requests_per_instance
-            {
-                shared
-                    .idle
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(warm);
-            } else {
-                drop(warm);
+            let discard = match end {
+                HandlerEnd::Trapped => Some(Discard::Trap),
+                HandlerEnd::TimedOut => Some(Discard::Deadline),
+                HandlerEnd::Returned if warm.served >= shared.max_requests_per_instance => {
+                    Some(Discard::ReuseLimit)
+                }
+                HandlerEnd::Returned => None,
+            };
+            shared.metrics.instance_done();
+            match discard {
+                None => {
+                    let mut idle = shared.idle.lock().unwrap_or_else(|e| e.into_inner());
+                    idle.push(warm);
+                    shared.metrics.set_idle(idle.len());
+                }
+                Some(discard) => {
+                    shared.metrics.instance_discarded(discard);
+                    drop(warm);
+                }
             }
             drop(slot);
             end
@@ -580,7 +715,10 @@ impl Shared {
         match receiver.await {
             Ok(Ok(response)) => response,
             Ok(Err(code)) => {
-                eprintln!("taskstore serve: the function answered with an error: {code:?}");
+                tracing::warn!(
+                    target: SERVE_TARGET,
+                    "the function answered with an error: {code:?}"
+                );
                 error_response(500, "internal", "the function failed to produce a response")
             }
             // The outparam was dropped unset: the handler trapped, timed out or returned
@@ -630,8 +768,9 @@ impl Shared {
         })
     }
 
-    /// The checks that need no instance: the `Host` allow-list, then the API key.
-    fn admit(&self, request: &hyper::Request<Incoming>) -> Result<(), Refusal> {
+    /// The checks that need no instance: the `Host` allow-list, then the API key, which
+    /// `GET` and `HEAD` of the public routes (probes, the contract) do without.
+    fn admit(&self, request: &hyper::Request<Incoming>, route: Route) -> Result<Admitted, Refusal> {
         let authority = match request.uri().authority() {
             Some(authority) => Some(authority.as_str()),
             None => request
@@ -643,27 +782,40 @@ impl Shared {
             return Err(Refusal::HostNotAllowed);
         }
         let Some(key) = &self.api_key else {
-            return Ok(());
+            return Ok(Admitted::Authorized);
         };
         let header = request
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .map(|value| value.as_bytes());
         match key.admits(header) {
-            Authorization::Admitted => Ok(()),
+            Authorization::Admitted => Ok(Admitted::Authorized),
+            _ if route.is_public()
+                && matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD) =>
+            {
+                Ok(Admitted::Keyless)
+            }
             refused => Err(Refusal::Unauthorized(refused)),
         }
     }
 
-    fn body_failure_response(&self, failure: BodyFailure) -> hyper::Response<HyperOutgoingBody> {
+    fn body_failure_response(
+        &self,
+        failure: BodyFailure,
+        limit: usize,
+    ) -> hyper::Response<HyperOutgoingBody> {
         let mut response = match failure {
+            BodyFailure::TooLarge if limit == 0 => error_response(
+                413,
+                "body_too_large",
+                "a request without the API key may not carry a body",
+            ),
             BodyFailure::TooLarge => error_response(
                 413,
                 "body_too_large",
                 &format!(
-                    "the request body is larger than {} bytes, the most this function accepts \
-                     (its {MAX_DOCUMENT_BYTES}, sized to its instance memory)",
-                    self.max_body_bytes
+                    "the request body is larger than {limit} bytes, the most this function \
+                     accepts (its {MAX_DOCUMENT_BYTES}, sized to its instance memory)"
                 ),
             ),
             BodyFailure::Stalled => error_response(
@@ -686,7 +838,7 @@ impl Shared {
     /// What the function wrote to stdout and stderr during a request, one log line each.
     fn log_function_output(&self, output: &GuestOutput) {
         for line in output.take_lines() {
-            eprintln!("taskstore serve: function: {}", self.redact(line));
+            tracing::warn!(target: FUNCTION_TARGET, "{}", self.redact(line));
         }
     }
 
@@ -696,7 +848,34 @@ impl Shared {
 
     fn log(&self, what: &str, error: &anyhow::Error) {
         let message = self.redact(format!("{error:#}"));
-        eprintln!("taskstore serve: {what}: {message}");
+        tracing::error!(target: SERVE_TARGET, "{what}: {message}");
+    }
+
+    /// A response written whole, or abandoned: its metrics and access-log line.
+    fn finished(&self, exchange: &Exchange, status: u16, bytes_out: u64, error_start: &[u8]) {
+        let duration = exchange.started.elapsed();
+        let redis_error = (status >= 500)
+            .then(|| redis_error_kind(error_start))
+            .flatten();
+        self.metrics.request(
+            exchange.route,
+            exchange.method,
+            status,
+            duration,
+            redis_error,
+        );
+        if self.access_log {
+            AccessRecord {
+                method: exchange.method,
+                route: exchange.route,
+                status,
+                duration,
+                bytes_in: exchange.bytes_in,
+                bytes_out,
+                instance_reuse: exchange.instance_reuse,
+            }
+            .emit();
+        }
     }
 
     fn log_trap(&self, trap: &anyhow::Error, output: &GuestOutput) {
@@ -716,6 +895,110 @@ struct Warm {
     output: GuestOutput,
     /// Requests it has handled; it is retired at [`ServeConfig::max_requests_per_instance`].
     served: u32,
+}
+
+/// What one request did, filled in as it goes, for its metrics and access-log line.
+struct Exchange {
+    started: tokio::time::Instant,
+    method: &'static str,
+    route: Route,
+    /// Request body bytes read.
+    bytes_in: u64,
+    /// Requests the serving instance had served before this one; `None` when none ran.
+    instance_reuse: Option<u32>,
+}
+
+/// How a request got past [`Shared::admit`].
+enum Admitted {
+    /// With the API key, or none is needed.
+    Authorized,
+    /// A public route without the key.
+    Keyless,
+}
+
+/// A response body that reports, once written whole or abandoned (the client went away),
+/// what the request did: counted bytes, and the first bytes of a `5xx` body, where the
+/// function names its error code.
+struct Observed {
+    inner: HyperOutgoingBody,
+    status: u16,
+    bytes_out: u64,
+    error_start: Vec<u8>,
+    /// Taken when reported.
+    report: Option<(Arc<Shared>, Exchange)>,
+}
+
+impl Observed {
+    fn wrap(
+        response: hyper::Response<HyperOutgoingBody>,
+        shared: Arc<Shared>,
+        exchange: Exchange,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let status = response.status().as_u16();
+        response.map(|inner| {
+            Observed {
+                inner,
+                status,
+                bytes_out: 0,
+                error_start: Vec::new(),
+                report: Some((shared, exchange)),
+            }
+            .boxed_unsync()
+        })
+    }
+
+    fn report(&mut self) {
+        if let Some((shared, exchange)) = self.report.take() {
+            shared.finished(&exchange, self.status, self.bytes_out, &self.error_start);
+        }
+    }
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_out += u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    let wanted = ERROR_CODE_PREFIX_BYTES.saturating_sub(this.error_start.len());
+                    if this.status >= 500 && wanted > 0 {
+                        this.error_start
+                            .extend_from_slice(&data[..wanted.min(data.len())]);
+                    }
+                }
+                // Reported before hyper writes the last bytes: a client that has read its
+                // whole response finds it counted.
+                if this.inner.is_end_stream() {
+                    this.report();
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => this.report(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.report();
+    }
 }
 
 /// Why a request was refused before its body was read.

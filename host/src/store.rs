@@ -167,6 +167,16 @@ impl AsyncTaskStore {
             .await
     }
 
+    /// Checks that Redis answers: one round trip within the store's timeout, changing
+    /// nothing (see the WIT `ping`; on a cluster, the master serving the key prefix's slot).
+    ///
+    /// # Errors
+    /// `connection`, `timeout`, `authentication`, `server` (e.g. `LOADING`), `protocol`.
+    pub async fn ping(&mut self) -> Result<(), TaskError> {
+        self.call(async |guest, store, handle| guest.call_ping(store, handle).await)
+            .await
+    }
+
     /// Stores `document` as task `id` only if there is no such task, expiring after
     /// `ttl_seconds` (or the default TTL); `true` if it was created, `false` if a task with
     /// this id exists (it is left unchanged).
@@ -596,6 +606,14 @@ impl TaskStore {
     /// As [`AsyncTaskStore::exists`].
     pub fn exists(&mut self, id: &str) -> Result<bool, TaskError> {
         self.tokio.block_on(self.inner.exists(id))
+    }
+
+    /// See [`AsyncTaskStore::ping`].
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::ping`].
+    pub fn ping(&mut self) -> Result<(), TaskError> {
+        self.tokio.block_on(self.inner.ping())
     }
 
     /// See [`AsyncTaskStore::create`].

@@ -13,6 +13,8 @@
 //!   temporary directory, optionally with TLS ([`TlsFiles`](redis_server::TlsFiles)).
 //! - [`redis_cluster`]: [`RedisCluster`](redis_cluster::RedisCluster), a private Redis Cluster of masters, and single
 //!   cluster-enabled nodes ([`redis_cluster::start_node_announcing`]).
+//! - [`redis_sentinel`]: [`RedisSentinel`](redis_sentinel::RedisSentinel), a master, a
+//!   replica and three sentinels with fast failover settings (behind the `cluster` feature).
 //! - [`pki`]: a CA and a server certificate it signs, generated per test run.
 //! - [`fault`]: [`FaultProxy`](fault::FaultProxy), a proxy in front of a real
 //!   `redis-server` that injects what Redis will not do by itself (hangs, garbage, resets).
@@ -25,6 +27,9 @@ pub mod fault;
 pub mod pki;
 #[cfg(feature = "cluster")]
 pub mod redis_cluster;
+// With the cluster: the other high-availability fixture, kept out of the CLI's build too.
+#[cfg(feature = "cluster")]
+pub mod redis_sentinel;
 pub mod redis_server;
 
 /// Every plain-client wait, and every poll loop, ends within this.

@@ -18,6 +18,7 @@
 //! - `security`: authentication, secrets never shown, least privilege.
 //! - `tls`: `rediss://` with a private CA.
 //! - `cluster`, `cluster_policy`: a real 3-master cluster; where its answers may lead.
+//! - `sentinel`: a master, a replica and 3 sentinels; failovers while a writer runs.
 //! - `python_compat`: the original Python service's own code reads and writes our tasks.
 
 mod support;
@@ -33,5 +34,6 @@ mod python_compat;
 mod races;
 mod real_failures;
 mod security;
+mod sentinel;
 mod storage;
 mod tls;

@@ -160,6 +160,29 @@ fn exists_sees_a_task_written_by_plain_set() {
     assert!(open(&server).exists("other").unwrap());
 }
 
+/// `ping` is one `PING` and nothing else; it fails while Redis is down and succeeds again,
+/// on a new connection, once Redis is back.
+#[test]
+fn ping_is_one_round_trip_that_fails_while_redis_is_down() {
+    let mut server = server();
+    let mut store = open(&server);
+    store.set("t1", DOC, None).unwrap();
+    let mut con = plain(&server);
+    let before = command_calls(&mut con);
+    store.ping().unwrap();
+    let after = command_calls(&mut con);
+    assert_eq!(
+        command_delta(&before, &after),
+        [("ping".to_owned(), 1)].into()
+    );
+    assert_eq!(dbsize(&mut con), 1);
+
+    server.stop().unwrap();
+    assert_eq!(kind(&store.ping()), Some(ErrorKind::Connection));
+    server.restart().unwrap();
+    store.ping().unwrap();
+}
+
 // --- options ----------------------------------------------------------------------------
 
 #[test]

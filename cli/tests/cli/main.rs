@@ -6,8 +6,11 @@
 //! Select a group by module path, e.g. `cargo test -p taskstore-cli --test cli serve::`.
 
 mod commands;
+mod contract;
 mod failures;
+mod operations;
 mod reliability;
 mod run;
+mod sentinel;
 mod serve;
 mod tls;
