@@ -120,7 +120,7 @@ impl Run {
 }
 
 fn run(options: &Options) -> anyhow::Result<()> {
-    let redis = taskstore_testing::RedisServer::start()?;
+    let redis = taskstore_testing::redis_server::RedisServer::start()?;
     let redis_url = redis.url();
     let body = create_request_body()?;
     let mut servers = [
