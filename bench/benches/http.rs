@@ -2,8 +2,13 @@
 //! server of the same two routes, under the same load, side by side in one run.
 //!
 //! ```text
-//! cargo bench -p taskstore-cli --bench http [-- --seconds S] [--reps N] [--connections C]
+//! cargo build --release -p taskstore-cli
+//! cargo bench -p taskstore-bench --bench http [-- --seconds S] [--reps N] [--connections C] [--taskstore PATH]
 //! ```
+//!
+//! `taskstore` is the release binary next to this one (`target/release/taskstore`) unless
+//! `--taskstore` names another: it is built by its own cargo run, since building the CLI and
+//! this benchmark in one would build the component crates twice (see `Cargo.toml`).
 //!
 //! Both servers run as child processes on loopback against one private `redis-server`:
 //! `taskstore serve` with its defaults, and this binary re-run with `--native-server`, an
@@ -27,6 +32,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -34,10 +40,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
+/// The research function's pure document code, compiled in from its source rather than taken
+/// as a dependency (see `Cargo.toml`): the native server builds tasks exactly as the function
+/// does. Cargo compiles a harness-less benchmark with `--cfg test` but without the test
+/// harness, so the file's unit tests vanish and leave their `use super::*` unused.
+#[path = "../../function/src/document.rs"]
+#[allow(unused_imports)]
+mod document;
+
 /// The 1 KiB research task of the component's benchmark; its server-set members are removed to
 /// make it a create request.
-const TASK: &str = include_str!("task.json");
+const TASK: &str = include_str!("../../cli/benches/task.json");
+/// A server's start (`serve` compiles the component unless it is cached).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Any one connect or request; a server that stops answering fails the run instead of
+/// hanging it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tasks created before the GET runs; each GET reads one of them, round robin.
 const SEEDED_TASKS: usize = 256;
 const WARM_UP: Duration = Duration::from_millis(500);
@@ -56,6 +74,7 @@ struct Options {
     seconds: f64,
     reps: usize,
     connections: usize,
+    taskstore: PathBuf,
 }
 
 impl Options {
@@ -64,6 +83,7 @@ impl Options {
             seconds: 3.0,
             reps: 3,
             connections: 16,
+            taskstore: default_taskstore()?,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -78,7 +98,11 @@ impl Options {
                 "--seconds" => options.seconds = value("--seconds")?.parse()?,
                 "--reps" => options.reps = value("--reps")?.parse()?,
                 "--connections" => options.connections = value("--connections")?.parse()?,
-                other => bail!("unknown argument {other:?} (--seconds S, --reps N, --connections C)"),
+                "--taskstore" => options.taskstore = value("--taskstore")?.into(),
+                other => bail!(
+                    "unknown argument {other:?} (--seconds S, --reps N, --connections C, \
+                     --taskstore PATH)"
+                ),
             }
         }
         if !(options.seconds > 0.0 && options.seconds <= 600.0) {
@@ -87,8 +111,25 @@ impl Options {
         if options.reps == 0 || options.connections == 0 || options.connections > 1024 {
             bail!("--reps must be positive and --connections in 1..=1024");
         }
+        if !options.taskstore.is_file() {
+            bail!(
+                "no taskstore binary at {}: run `cargo build --release -p taskstore-cli` first, \
+                 or name one with --taskstore",
+                options.taskstore.display()
+            );
+        }
         Ok(options)
     }
+}
+
+/// `target/release/taskstore`: this benchmark runs from `target/release/deps/`.
+fn default_taskstore() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the benchmark's own path has no profile directory")?;
+    Ok(profile_dir.join("taskstore"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -124,23 +165,28 @@ fn run(options: &Options) -> anyhow::Result<()> {
     let redis_url = redis.url();
     let body = create_request_body()?;
     let mut servers = [
-        ("serve", ServerProcess::start(
-            Command::new(env!("CARGO_BIN_EXE_taskstore")).args([
+        (
+            "serve",
+            ServerProcess::start(Command::new(&options.taskstore).args([
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
                 "--redis",
                 &redis_url,
-            ]),
-        )?),
-        ("native", ServerProcess::start(
-            Command::new(std::env::current_exe()?).args(["--native-server", &redis_url]),
-        )?),
+            ]))?,
+        ),
+        (
+            "native",
+            ServerProcess::start(
+                Command::new(std::env::current_exe()?).args(["--native-server", &redis_url]),
+            )?,
+        ),
     ];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let seconds = Duration::from_secs_f64(options.seconds);
+    println!("# taskstore: {}", options.taskstore.display());
     println!(
         "# {} connection(s), {:.1} s per measurement, {} rep(s), {}-byte create body; medians over reps",
         options.connections,
@@ -202,7 +248,7 @@ fn run(options: &Options) -> anyhow::Result<()> {
 /// The benchmark task as a create request: without the members the server sets.
 fn create_request_body() -> anyhow::Result<Vec<u8>> {
     let mut task: serde_json::Map<String, serde_json::Value> = serde_json::from_str(TASK)?;
-    for reserved in research_api::document::RESERVED_ON_CREATE {
+    for reserved in document::RESERVED_ON_CREATE {
         task.remove(reserved);
     }
     Ok(serde_json::to_vec(&task)?)
@@ -213,9 +259,14 @@ async fn seed(addr: SocketAddr, body: &[u8]) -> anyhow::Result<Vec<String>> {
     let mut connection = Connection::open(addr).await?;
     let mut ids = Vec::with_capacity(SEEDED_TASKS);
     for _ in 0..SEEDED_TASKS {
-        let (status, reply) = connection.send(Route::Post, "/research/tasks", body).await?;
+        let (status, reply) = connection
+            .send(Route::Post, "/research/tasks", body)
+            .await?;
         if status != 201 {
-            bail!("seeding: POST answered {status}: {}", String::from_utf8_lossy(&reply));
+            bail!(
+                "seeding: POST answered {status}: {}",
+                String::from_utf8_lossy(&reply)
+            );
         }
         let created: serde_json::Value = serde_json::from_slice(&reply)?;
         let id = created["task_id"]
@@ -254,26 +305,26 @@ impl Load<'_> {
                 Route::Post => vec!["/research/tasks".to_string()],
             };
             tasks.spawn(async move {
-                    let mut connection = Connection::open(addr).await?;
-                    let mut latencies = Vec::new();
-                    let mut next = c;
-                    while Instant::now() < deadline {
-                        let path = &paths[next % paths.len()];
-                        next += 1;
-                        let sent = Instant::now();
-                        let (status, reply) = connection.send(route, path, &body).await?;
-                        let expected = if route == Route::Get { 200 } else { 201 };
-                        if status != expected {
-                            bail!(
-                                "{} {path} answered {status}: {}",
-                                route.name(),
-                                String::from_utf8_lossy(&reply)
-                            );
-                        }
-                        let micros = sent.elapsed().as_micros();
-                        latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                let mut connection = Connection::open(addr).await?;
+                let mut latencies = Vec::new();
+                let mut next = c;
+                while Instant::now() < deadline {
+                    let path = &paths[next % paths.len()];
+                    next += 1;
+                    let sent = Instant::now();
+                    let (status, reply) = connection.send(route, path, &body).await?;
+                    let expected = if route == Route::Get { 200 } else { 201 };
+                    if status != expected {
+                        bail!(
+                            "{} {path} answered {status}: {}",
+                            route.name(),
+                            String::from_utf8_lossy(&reply)
+                        );
                     }
-                    anyhow::Ok(latencies)
+                    let micros = sent.elapsed().as_micros();
+                    latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                }
+                anyhow::Ok(latencies)
             });
         }
         let mut latencies_us = Vec::new();
@@ -296,7 +347,9 @@ struct Connection {
 
 impl Connection {
     async fn open(addr: SocketAddr) -> anyhow::Result<Connection> {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr}: timed out"))??;
         stream.set_nodelay(true)?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -306,7 +359,24 @@ impl Connection {
         Ok(Connection { sender, addr })
     }
 
+    /// One request and its whole answer, within [`REQUEST_TIMEOUT`].
     async fn send(
+        &mut self,
+        route: Route,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, bytes::Bytes)> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(route, path, body))
+            .await
+            .with_context(|| {
+                format!(
+                    "{} {path}: no answer within {REQUEST_TIMEOUT:?}",
+                    route.name()
+                )
+            })?
+    }
+
+    async fn exchange(
         &mut self,
         route: Route,
         path: &str,
@@ -323,7 +393,9 @@ impl Connection {
             Route::Post => request
                 .method("POST")
                 .header("content-type", "application/json")
-                .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))?,
+                .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                    body,
+                )))?,
         };
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
@@ -410,18 +482,22 @@ impl Drop for ServerProcess {
 
 /// The hand-written native server: axum + the `redis` crate's multiplexed async connection.
 mod native {
+    use super::document::{self, Members, RESERVED_ON_CREATE};
     use axum::body::Bytes;
     use axum::extract::{Path, State};
     use axum::http::{header, HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
     use axum::routing::{get, post};
     use axum::Router;
-    use research_api::document::{self, Members, RESERVED_ON_CREATE};
     use serde::Serialize;
     use serde_json::value::RawValue;
 
-    const KEY_PREFIX: &str = "research_task:";
-    const TTL_SECONDS: u64 = 604_800;
+    use taskstore_model::limits::{
+        DEFAULT_KEY_PREFIX as KEY_PREFIX, DEFAULT_TTL_SECONDS as TTL_SECONDS,
+    };
+
+    /// `research_api::service::MAX_ECHOED_TASK_BYTES`.
+    const MAX_ECHOED_TASK_BYTES: usize = 64 * 1024;
 
     type Connection = redis::aio::MultiplexedConnection;
 
@@ -450,7 +526,11 @@ mod native {
 
     fn storage_error(err: redis::RedisError) -> Response {
         eprintln!("native server: redis: {err}");
-        error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage unavailable")
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "storage unavailable",
+        )
     }
 
     async fn read(State(mut redis): State<Connection>, Path(id): Path<String>) -> Response {
@@ -484,7 +564,11 @@ mod native {
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with("application/json"));
         if !json {
-            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "JSON only");
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "JSON only",
+            );
         }
         let members = match Members::parse(&body) {
             Ok(members) => members,
@@ -494,7 +578,11 @@ mod native {
             .get("query")
             .and_then(document::as_string)
             .is_some_and(|query| !query.trim().is_empty());
-        if !query_ok || RESERVED_ON_CREATE.iter().any(|name| members.get(name).is_some()) {
+        if !query_ok
+            || RESERVED_ON_CREATE
+                .iter()
+                .any(|name| members.get(name).is_some())
+        {
             return error(StatusCode::BAD_REQUEST, "invalid_task", "invalid task");
         }
         let now = std::time::SystemTime::now()
@@ -502,11 +590,19 @@ mod native {
             .unwrap_or_default();
         let Some(created_at) = document::rfc3339_utc_micros(now.as_secs(), now.subsec_nanos())
         else {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "clock out of range");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "clock out of range",
+            );
         };
         let mut random = [0u8; 16];
         if getrandom::fill(&mut random).is_err() {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no randomness");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no randomness",
+            );
         }
         let id = document::uuid_v4(random);
         let task = document::new_task_document(&id, &created_at, &members);
@@ -523,20 +619,29 @@ mod native {
             Err(err) => return storage_error(err),
         };
         if written.is_none() {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "id collision");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "id collision",
+            );
         }
+        // The function's `201`: the new task echoed unless it is larger than 64 KiB.
         #[derive(Serialize)]
         struct Created<'a> {
             task_id: &'a str,
             status: &'a str,
             created_at: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
             task: Option<&'a RawValue>,
         }
         let created = Created {
             task_id: &id,
             status: "pending",
             created_at: &created_at,
-            task: document::as_object(&task),
+            task: match task.len() <= MAX_ECHOED_TASK_BYTES {
+                true => document::as_object(&task),
+                false => None,
+            },
         };
         let location = format!("/research/tasks/{id}");
         (
