@@ -23,6 +23,9 @@ const FUNCTION_PACKAGE: &str = "research-api";
 /// Cargo names the artifact after the library target: dashes become underscores.
 const FUNCTION_ARTIFACT: &str = "research_api";
 const GUEST_TARGET: &str = "wasm32-wasip2";
+/// The workspace's size profile for the guests (fat LTO, one codegen unit, opt-level "s");
+/// the release profile is the native side's, built for build time.
+const GUEST_PROFILE: &str = "guest";
 
 /// Variables that describe the outer build (its target, flags, wrappers and target dir) or
 /// this build script's own invocation. Left in place they would leak into the nested build:
@@ -160,7 +163,10 @@ fn build_variant(
 
 /// Copies the built `artifact` out of the nested target directory as `file_name`.
 fn copy_out(target_dir: &Path, out_dir: &Path, artifact: &str, file_name: &str) -> PathBuf {
-    let built = target_dir.join(GUEST_TARGET).join("release").join(artifact);
+    let built = target_dir
+        .join(GUEST_TARGET)
+        .join(GUEST_PROFILE)
+        .join(artifact);
     if !built.is_file() {
         fail(&format!(
             "the guest build succeeded but produced no component at {}",
@@ -182,7 +188,7 @@ fn copy_out(target_dir: &Path, out_dir: &Path, artifact: &str, file_name: &str) 
 fn emit_rerun_lines(target_dir: &Path, artifact: &str) {
     let dep_info = target_dir
         .join(GUEST_TARGET)
-        .join("release")
+        .join(GUEST_PROFILE)
         .join(format!("{artifact}.d"));
     for path in guest_sources(&dep_info) {
         println!("cargo:rerun-if-changed={}", path.display());
@@ -235,7 +241,7 @@ fn build_guest(workspace: &Path, target_dir: &Path, packages: &[&str], features:
     command
         .current_dir(workspace)
         .arg("build")
-        .arg("--release")
+        .args(["--profile", GUEST_PROFILE])
         .args(["--target", GUEST_TARGET])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
@@ -262,8 +268,8 @@ fn build_guest(workspace: &Path, target_dir: &Path, packages: &[&str], features:
         eprintln!("--- nested cargo stderr ---");
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
         fail(&format!(
-            "building the guest component failed ({}); run `cargo build --release --target \
-             {GUEST_TARGET} -p {} --features '{}'` in {} to see the errors",
+            "building the guest component failed ({}); run `cargo build --profile \
+             {GUEST_PROFILE} --target {GUEST_TARGET} -p {} --features '{}'` in {} to see the errors",
             describe(output.status),
             packages.join(" -p "),
             features.join(","),
