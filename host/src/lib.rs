@@ -70,7 +70,8 @@ pub use error::{ErrorKind, RedisErrorCode, TaskError};
 pub use options::{read_tls_ca_file, redact_url, ClusterAllow, Options};
 pub use runtime::{Runtime, RuntimeBuilder, COMPONENT, DEFAULT_MEMORY_LIMIT, TLS_COMPONENT};
 pub use store::{
-    AsyncTaskStore, ListOptions, Page, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
+    AsyncTaskStore, ListOptions, ListingMode, Page, ReindexPage, Task, TaskStore, TimeToLive,
+    TtlPolicy, UpdateOptions,
 };
 
 /// The compiled component kept on disk for short-lived processes; see [`ComponentCache`].
