@@ -4,9 +4,7 @@
 use std::cell::RefCell;
 
 use crate::config::{StoreOptions, StoreSettings};
-use crate::store::{
-    ListOptions, ListingMode, Store, Task, TimeToLive, TtlPolicy, UpdateOptions,
-};
+use crate::store::{ListOptions, ListingMode, Store, Task, TimeToLive, TtlPolicy, UpdateOptions};
 use crate::wasi_tcp::WasiConnector;
 use crate::{ErrorKind, TaskError};
 
@@ -203,11 +201,7 @@ impl GuestStore for StoreResource {
         cursor: Option<String>,
         limit: Option<u32>,
     ) -> Result<wit::ReindexPage, wit::Error> {
-        let page = self
-            .0
-            .borrow_mut()
-            .reindex(cursor, limit)
-            .map_err(to_wit)?;
+        let page = self.0.borrow_mut().reindex(cursor, limit).map_err(to_wit)?;
         Ok(wit::ReindexPage {
             visited: page.visited,
             indexed: page.indexed,

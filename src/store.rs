@@ -256,7 +256,14 @@ impl<C: Connector + Clone> Store<C> {
             self.index_finish(&index, id, entry_ttl);
             return Ok(());
         }
-        let add = add_command(&mut self.fractions, &index, id, entry_ttl, Entry::Final, false);
+        let add = add_command(
+            &mut self.fractions,
+            &index,
+            id,
+            entry_ttl,
+            Entry::Final,
+            false,
+        );
         let mut ttl_text = Vec::with_capacity(20);
         crate::resp::push_decimal(&mut ttl_text, ttl);
         let setex: [&[u8]; 4] = [b"SETEX", &key, &ttl_text, document.as_bytes()];
@@ -336,7 +343,14 @@ impl<C: Connector + Clone> Store<C> {
             }
             return Ok(created);
         }
-        let add = add_command(&mut self.fractions, &index, id, entry_ttl, Entry::Final, true);
+        let add = add_command(
+            &mut self.fractions,
+            &index,
+            id,
+            entry_ttl,
+            Entry::Final,
+            true,
+        );
         let mut ttl_text = Vec::with_capacity(20);
         crate::resp::push_decimal(&mut ttl_text, ttl);
         let set: [&[u8]; 6] = [b"SET", &key, document.as_bytes(), b"NX", b"EX", &ttl_text];
@@ -384,14 +398,21 @@ impl<C: Connector + Clone> Store<C> {
                         return Err(err);
                     }
                 } else {
-                    let add = add_command(&mut self.fractions, index, id, entry_ttl, Entry::Final, false);
+                    let add = add_command(
+                        &mut self.fractions,
+                        index,
+                        id,
+                        entry_ttl,
+                        Entry::Final,
+                        false,
+                    );
                     queued.push(add);
                 }
             }
             let expire: Vec<&[u8]> = vec![b"EXPIRE", &key, &ttl_text];
-            let done = self
-                .redis
-                .on_key(&key, |client| exec_watched(client, &queued, &expire, "EXPIRE"))?;
+            let done = self.redis.on_key(&key, |client| {
+                exec_watched(client, &queued, &expire, "EXPIRE")
+            })?;
             let Some(reply) = done else {
                 continue;
             };
@@ -465,14 +486,14 @@ impl<C: Connector + Clone> Store<C> {
             else {
                 return Ok(None);
             };
-            let merged =
-                match merge_checked(id, &current, patch, options, self.max_document_bytes) {
-                    Ok(merged) => merged,
-                    Err(err) => {
-                        self.redis.on_key(key, |client| unwatch(client))?;
-                        return Err(err);
-                    }
-                };
+            let merged = match merge_checked(id, &current, patch, options, self.max_document_bytes)
+            {
+                Ok(merged) => merged,
+                Err(err) => {
+                    self.redis.on_key(key, |client| unwatch(client))?;
+                    return Err(err);
+                }
+            };
             let new_index = self.index_for(&merged);
             let old_index = std::str::from_utf8(&current)
                 .ok()
@@ -492,7 +513,14 @@ impl<C: Connector + Clone> Store<C> {
                         return Err(err);
                     }
                 } else {
-                    let add = add_command(&mut self.fractions, index, id, entry_ttl, Entry::Final, false);
+                    let add = add_command(
+                        &mut self.fractions,
+                        index,
+                        id,
+                        entry_ttl,
+                        Entry::Final,
+                        false,
+                    );
                     queued.push(add);
                 }
             }
@@ -543,8 +571,9 @@ impl<C: Connector + Clone> Store<C> {
     ) -> Result<(), TaskError> {
         let command = add_command(&mut self.fractions, index, id, ttl, entry, never_lower);
         let args = as_args(&command);
-        self.redis
-            .on_key(index, |client| client.command(&args, Retry::Idempotent).map(|_| ()))
+        self.redis.on_key(index, |client| {
+            client.command(&args, Retry::Idempotent).map(|_| ())
+        })
     }
 
     /// After a cluster write: the provisional entry made final. Should this fail, the
@@ -633,7 +662,14 @@ impl<C: Connector + Clone> Store<C> {
             indexed
                 .iter()
                 .map(|(index, id)| {
-                    add_command(&mut self.fractions, index, id, entry_ttl, entry, never_lower)
+                    add_command(
+                        &mut self.fractions,
+                        index,
+                        id,
+                        entry_ttl,
+                        entry,
+                        never_lower,
+                    )
                 })
                 .collect()
         };
@@ -643,7 +679,10 @@ impl<C: Connector + Clone> Store<C> {
         let finals: Vec<Vec<&[u8]>> = finals.iter().map(|c| as_args(c)).collect();
         let index_keys: Vec<&[u8]> = indexed.iter().map(|(index, _)| index.as_slice()).collect();
         let check_adds = |store: &Self, replies: &[Reply]| -> Result<(), TaskError> {
-            match replies.iter().find(|reply| matches!(reply, Reply::Error(_))) {
+            match replies
+                .iter()
+                .find(|reply| matches!(reply, Reply::Error(_)))
+            {
                 Some(Reply::Error(message)) => Err(store.redis.reply_error(message.clone())),
                 _ => Ok(()),
             }
@@ -663,7 +702,9 @@ impl<C: Connector + Clone> Store<C> {
             return Ok(rest);
         }
         let commands: Vec<&[&[u8]]> = provisional.iter().map(Vec::as_slice).collect();
-        let replies = self.redis.batch(&index_keys, &commands, Retry::Idempotent)?;
+        let replies = self
+            .redis
+            .batch(&index_keys, &commands, Retry::Idempotent)?;
         check_adds(self, &replies)?;
         let replies = self.redis.batch(keys, writes, Retry::Idempotent)?;
         let commands: Vec<&[&[u8]]> = finals.iter().map(Vec::as_slice).collect();
@@ -714,7 +755,12 @@ impl<C: Connector + Clone> Store<C> {
         }
         if let (ListingMode::Index, Some(status)) = (self.listing, options.status.as_deref()) {
             if let Some(index) = index_key(&self.key_prefix, status) {
-                return self.list_by_index(&index, status, limit as usize, options.cursor.as_deref());
+                return self.list_by_index(
+                    &index,
+                    status,
+                    limit as usize,
+                    options.cursor.as_deref(),
+                );
             }
         }
         self.list_scan(options, limit)
@@ -722,7 +768,11 @@ impl<C: Connector + Clone> Store<C> {
 
     /// `list` by enumerating keys (see [`Store::list`]).
     fn list_scan(&mut self, options: &ListOptions, limit: u32) -> Result<Page, TaskError> {
-        if options.cursor.as_deref().is_some_and(|text| text.starts_with('i')) {
+        if options
+            .cursor
+            .as_deref()
+            .is_some_and(|text| text.starts_with('i'))
+        {
             return Err(TaskError::invalid_input(
                 "cursor is from a listing by the status index; this listing scans (listing mode \
                  scan, no status, or a status that is not indexed): list again without a cursor",
@@ -1033,7 +1083,8 @@ impl<C: Connector + Clone> Store<C> {
             let ids: Vec<String> = entries.iter().map(|(_, id)| (*id).to_owned()).collect();
             let keys = self.keys(&ids)?;
             let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            let pttl: Vec<[&[u8]; 2]> = key_refs.iter().map(|key| [b"PTTL" as &[u8], key]).collect();
+            let pttl: Vec<[&[u8]; 2]> =
+                key_refs.iter().map(|key| [b"PTTL" as &[u8], key]).collect();
             let pttl: Vec<&[&[u8]]> = pttl.iter().map(|c| c.as_slice()).collect();
             let pttls = self.redis.batch(&key_refs, &pttl, Retry::Idempotent)?;
             let mut adds = Vec::new();
@@ -1046,12 +1097,22 @@ impl<C: Connector + Clone> Store<C> {
                     Reply::Error(message) => return Err(self.redis.reply_error(message)),
                     other => return Err(self.redis.unexpected_reply("PTTL", &other)),
                 };
-                adds.push(add_command(&mut self.fractions, index, id, ttl, Entry::Final, true));
+                adds.push(add_command(
+                    &mut self.fractions,
+                    index,
+                    id,
+                    ttl,
+                    Entry::Final,
+                    true,
+                ));
                 index_keys.push(index);
             }
             let commands: Vec<Vec<&[u8]>> = adds.iter().map(|c| as_args(c)).collect();
             let commands: Vec<&[&[u8]]> = commands.iter().map(Vec::as_slice).collect();
-            for reply in self.redis.batch(&index_keys, &commands, Retry::Idempotent)? {
+            for reply in self
+                .redis
+                .batch(&index_keys, &commands, Retry::Idempotent)?
+            {
                 match reply {
                     Reply::Error(message) => return Err(self.redis.reply_error(message)),
                     _ => indexed += 1,

@@ -178,7 +178,11 @@ pub fn add_command(
         ttl.text().into_bytes(),
         id.as_bytes().to_vec(),
         fractions.next(entry).into_bytes(),
-        if never_lower { b"gt".to_vec() } else { b"set".to_vec() },
+        if never_lower {
+            b"gt".to_vec()
+        } else {
+            b"set".to_vec()
+        },
         KEY_MARGIN_MS.to_string().into_bytes(),
     ]
 }
@@ -363,7 +367,16 @@ mod tests {
             pending: vec![("x".into(), "inf".into())],
         };
         assert_eq!(IndexCursor::parse(&ended.format()), Some(ended));
-        for bad in ["", "s17", "i017", "i1.p61", "i1.w61.p61", "i1.pzz.w31", "i-1", "p61"] {
+        for bad in [
+            "",
+            "s17",
+            "i017",
+            "i1.p61",
+            "i1.w61.p61",
+            "i1.pzz.w31",
+            "i-1",
+            "p61",
+        ] {
             assert_eq!(IndexCursor::parse(bad), None, "{bad}");
         }
     }

@@ -19,6 +19,7 @@
 //! - `tls`: `rediss://` with a private CA.
 //! - `cluster`, `cluster_policy`: a real 3-master cluster; where its answers may lead.
 //! - `sentinel`: a master, a replica and 3 sentinels; failovers while a writer runs.
+//! - `status_index`: listing through the status index (`listing: index`), `reindex`.
 //! - `python_compat`: the original Python service's own code reads and writes our tasks.
 
 mod support;
@@ -35,5 +36,6 @@ mod races;
 mod real_failures;
 mod security;
 mod sentinel;
+mod status_index;
 mod storage;
 mod tls;
