@@ -308,7 +308,7 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() || text.len() % 2 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
         return None;
     }
     let digit = |b: u8| match b {
