@@ -18,7 +18,7 @@ pub use taskstore_model::{validate_id, MAX_ID_BYTES};
 mod status_index;
 
 use status_index::{
-    add_command, as_args, index_key, is_provisional, prune_expired_command,
+    add_and_write_command, add_command, as_args, index_key, is_provisional, prune_expired_command,
     remove_if_score_command, Entry, EntryTtl, Fractions, IndexCursor, MAX_INDEX_PENDING_BYTES,
 };
 
@@ -256,23 +256,25 @@ impl<C: Connector + Clone> Store<C> {
             self.index_finish(&index, id, entry_ttl);
             return Ok(());
         }
-        let add = add_command(
+        // One script: the entry, then the document, atomically, in one command.
+        let mut ttl_text = Vec::with_capacity(20);
+        crate::resp::push_decimal(&mut ttl_text, ttl);
+        let setex: [&[u8]; 4] = [b"SETEX", &key, &ttl_text, document.as_bytes()];
+        let command = add_and_write_command(
             &mut self.fractions,
             &index,
             id,
             entry_ttl,
-            Entry::Final,
             false,
+            &key,
+            &setex,
         );
-        let mut ttl_text = Vec::with_capacity(20);
-        crate::resp::push_decimal(&mut ttl_text, ttl);
-        let setex: [&[u8]; 4] = [b"SETEX", &key, &ttl_text, document.as_bytes()];
+        let args = as_args(&command);
         self.redis.on_key(&key, |client| {
-            let replies = client.pipeline(
-                &[&[b"MULTI"], &as_args(&add), &setex, &[b"EXEC"]],
-                Retry::Idempotent,
-            )?;
-            expect_exec_ok(client, replies, "SETEX").map(|_| ())
+            match client.command(&args, Retry::Idempotent)? {
+                Reply::SimpleString(ok) if ok == b"OK" => Ok(()),
+                other => Err(client.unexpected_reply("SETEX", &other)),
+            }
         })
     }
 
@@ -343,23 +345,16 @@ impl<C: Connector + Clone> Store<C> {
             }
             return Ok(created);
         }
-        let add = add_command(
-            &mut self.fractions,
-            &index,
-            id,
-            entry_ttl,
-            Entry::Final,
-            true,
-        );
+        // One script: the entry (never lowering an existing one's expiry, should the task
+        // exist), then `SET … NX`, atomically.
         let mut ttl_text = Vec::with_capacity(20);
         crate::resp::push_decimal(&mut ttl_text, ttl);
         let set: [&[u8]; 6] = [b"SET", &key, document.as_bytes(), b"NX", b"EX", &ttl_text];
+        let command =
+            add_and_write_command(&mut self.fractions, &index, id, entry_ttl, true, &key, &set);
+        let args = as_args(&command);
         self.redis.on_key(&key, |client| {
-            let replies = client.pipeline(
-                &[&[b"MULTI"], &as_args(&add), &set, &[b"EXEC"]],
-                Retry::Never,
-            )?;
-            match expect_exec_ok(client, replies, "SET NX")? {
+            match client.command(&args, Retry::Never)? {
                 Reply::SimpleString(ok) if ok == b"OK" => Ok(true),
                 Reply::Null => Ok(false),
                 other => Err(client.unexpected_reply("SET NX", &other)),
@@ -389,7 +384,10 @@ impl<C: Connector + Clone> Store<C> {
                 .ok()
                 .and_then(top_level_status)
                 .and_then(|status| index_key(&self.key_prefix, &status));
-            let mut queued: Vec<Vec<Vec<u8>>> = Vec::new();
+            let expire: Vec<&[u8]> = vec![b"EXPIRE", &key, &ttl_text];
+            // One server: one script re-scores the entry and sets the expiry, inside the
+            // transaction.
+            let mut combined = None;
             if let Some(index) = &index {
                 if cluster {
                     if let Err(err) = self.index_add(index, id, entry_ttl, Entry::Provisional, true)
@@ -398,21 +396,22 @@ impl<C: Connector + Clone> Store<C> {
                         return Err(err);
                     }
                 } else {
-                    let add = add_command(
+                    combined = Some(add_and_write_command(
                         &mut self.fractions,
                         index,
                         id,
                         entry_ttl,
-                        Entry::Final,
                         false,
-                    );
-                    queued.push(add);
+                        &key,
+                        &expire,
+                    ));
                 }
             }
-            let expire: Vec<&[u8]> = vec![b"EXPIRE", &key, &ttl_text];
-            let done = self.redis.on_key(&key, |client| {
-                exec_watched(client, &queued, &expire, "EXPIRE")
-            })?;
+            let combined = combined.as_deref().map(as_args);
+            let write = combined.as_deref().unwrap_or(&expire);
+            let done = self
+                .redis
+                .on_key(&key, |client| exec_watched(client, &[], write, "EXPIRE"))?;
             let Some(reply) = done else {
                 continue;
             };
@@ -504,29 +503,6 @@ impl<C: Connector + Clone> Store<C> {
                 TtlPolicy::Keep => EntryTtl::from_pttl(pttl),
                 TtlPolicy::Set(seconds) => EntryTtl::seconds(seconds),
             };
-            let mut queued: Vec<Vec<Vec<u8>>> = Vec::new();
-            if let Some(index) = &new_index {
-                if cluster {
-                    if let Err(err) = self.index_add(index, id, entry_ttl, Entry::Provisional, true)
-                    {
-                        let _ = self.redis.on_key(key, |client| unwatch(client));
-                        return Err(err);
-                    }
-                } else {
-                    let add = add_command(
-                        &mut self.fractions,
-                        index,
-                        id,
-                        entry_ttl,
-                        Entry::Final,
-                        false,
-                    );
-                    queued.push(add);
-                }
-            }
-            if let (false, Some(old)) = (cluster, &old_index) {
-                queued.push(vec![b"ZREM".to_vec(), old.clone(), id.as_bytes().to_vec()]);
-            }
             let mut ttl_text = Vec::new();
             let set: Vec<&[u8]> = match options.ttl {
                 TtlPolicy::Keep => vec![b"SET", key, merged.as_bytes(), b"KEEPTTL"],
@@ -535,9 +511,37 @@ impl<C: Connector + Clone> Store<C> {
                     vec![b"SET", key, merged.as_bytes(), b"EX", &ttl_text]
                 }
             };
+            // One server: the old entry's removal, then one script adding the new entry and
+            // writing the document, inside the transaction.
+            let mut queued: Vec<Vec<Vec<u8>>> = Vec::new();
+            if let (false, Some(old)) = (cluster, &old_index) {
+                queued.push(vec![b"ZREM".to_vec(), old.clone(), id.as_bytes().to_vec()]);
+            }
+            let mut combined = None;
+            if let Some(index) = &new_index {
+                if cluster {
+                    if let Err(err) = self.index_add(index, id, entry_ttl, Entry::Provisional, true)
+                    {
+                        let _ = self.redis.on_key(key, |client| unwatch(client));
+                        return Err(err);
+                    }
+                } else {
+                    combined = Some(add_and_write_command(
+                        &mut self.fractions,
+                        index,
+                        id,
+                        entry_ttl,
+                        false,
+                        key,
+                        &set,
+                    ));
+                }
+            }
+            let combined = combined.as_deref().map(as_args);
+            let write = combined.as_deref().unwrap_or(&set);
             let done = self
                 .redis
-                .on_key(key, |client| exec_watched(client, &queued, &set, "SET"))?;
+                .on_key(key, |client| exec_watched(client, &queued, write, "SET"))?;
             if done.is_none() {
                 continue;
             }
@@ -1431,35 +1435,6 @@ fn exec_watched<C: Connector>(
             Some(reply) => Ok(Some(reply)),
             None => Err(protocol_error(client, command, None)),
         },
-        Some(Reply::Error(message)) => Err(client.reply_error(message)),
-        other => Err(protocol_error(client, "EXEC", other)),
-    }
-}
-
-/// The replies of a `MULTI` … `EXEC` pipeline without `WATCH`: every command queued and
-/// run; the reply of the last command inside.
-fn expect_exec_ok<C: Connector>(
-    client: &Client<C>,
-    mut replies: Vec<Reply>,
-    command: &str,
-) -> Result<Reply, TaskError> {
-    let exec = replies.pop();
-    for reply in replies {
-        if let Reply::Error(message) = reply {
-            return Err(client.reply_error(message));
-        }
-    }
-    match exec {
-        Some(Reply::Array(results)) => {
-            let mut last = None;
-            for result in results {
-                if let Reply::Error(message) = result {
-                    return Err(client.reply_error(message));
-                }
-                last = Some(result);
-            }
-            last.ok_or_else(|| protocol_error(client, command, None))
-        }
         Some(Reply::Error(message)) => Err(client.reply_error(message)),
         other => Err(protocol_error(client, "EXEC", other)),
     }

@@ -55,14 +55,21 @@ pub const KEY_MARGIN_MS: u64 = 3_600_000;
 /// KEYS[1] index; ARGV: ttl in ms or `inf`, id, fraction (0 ≤ f < 1: ≥ 0.5 provisional),
 /// `set` or `gt` (never lower the expiry, for writes that may not happen: the new score is
 /// then the later of both expiries with the new fraction, so it still always changes), the
-/// key's margin in ms.
+/// key's margin in ms; then, given KEYS[2] (a document key on the same server), the write
+/// ARGV[6..] on it, whose reply the script returns: entry and document in one atomic step.
 pub const ADD: &str = r"
 local member, fraction = ARGV[2], tonumber(ARGV[3])
+local function finish()
+  if #KEYS > 1 then
+    return redis.call(unpack(ARGV, 6))
+  end
+  return 1
+end
 local current = redis.call('ZSCORE', KEYS[1], member)
 if ARGV[1] == 'inf' or (ARGV[4] == 'gt' and current == 'inf') then
   redis.call('ZADD', KEYS[1], 'inf', member)
   redis.call('PERSIST', KEYS[1])
-  return 1
+  return finish()
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -78,7 +85,7 @@ if fresh then
 else
   redis.call('PEXPIREAT', KEYS[1], keep, 'GT')
 end
-return 1
+return finish()
 ";
 
 /// Removes entries whose expiry passed more than ARGV[1] ms ago. KEYS[1] index.
@@ -185,6 +192,24 @@ pub fn add_command(
         },
         KEY_MARGIN_MS.to_string().into_bytes(),
     ]
+}
+
+/// The arguments of one [`ADD`] call that also runs `write` on `key` (one server only: both
+/// keys must be on it), atomically after the entry.
+pub fn add_and_write_command(
+    fractions: &mut Fractions,
+    index: &[u8],
+    id: &str,
+    ttl: EntryTtl,
+    never_lower: bool,
+    key: &[u8],
+    write: &[&[u8]],
+) -> Vec<Vec<u8>> {
+    let mut command = add_command(fractions, index, id, ttl, Entry::Final, never_lower);
+    command[2] = b"2".to_vec();
+    command.insert(4, key.to_vec());
+    command.extend(write.iter().map(|arg| arg.to_vec()));
+    command
 }
 
 /// The arguments of a [`PRUNE_EXPIRED`] call on `index`.
