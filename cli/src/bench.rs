@@ -1755,10 +1755,34 @@ mod tests {
             reps: 2,
             ops: WORKLOAD.to_vec(),
             list_tasks: 250,
+            index_tasks: 1_000_000,
             pin: None,
             native_get: None,
         };
         run(&args, None, None).unwrap();
+    }
+
+    #[test]
+    fn a_short_status_index_run_lists_the_same_tasks_both_ways_and_leaves_nothing() {
+        let server = RedisServer::start().unwrap();
+        let bench = Bench {
+            url: server.url(),
+            prefix: "bench-test:".to_owned(),
+            document: DEFAULT_DOCUMENT.to_owned(),
+            n: 1,
+            reps: 1,
+            list_tasks: 0,
+            index_tasks: 500,
+            sections: vec![Section::StatusIndex],
+        };
+        // It checks that both listings return exactly the pending tasks.
+        bench.status_index().unwrap();
+        let mut redis = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let left: i64 = redis::cmd("DBSIZE").query(&mut redis).unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]
@@ -1772,6 +1796,7 @@ mod tests {
             n,
             reps,
             list_tasks,
+            index_tasks: 0,
             sections: WORKLOAD.to_vec(),
         };
         let mut report = Report::default();
@@ -1862,6 +1887,7 @@ mod tests {
             n: 1,
             reps: 1,
             list_tasks: 0,
+            index_tasks: 0,
             sections: vec![Section::Memory],
         };
         bench.instantiation().unwrap();
