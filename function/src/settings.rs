@@ -281,6 +281,30 @@ mod tests {
     }
 
     #[test]
+    fn listing_is_scan_or_index_and_nothing_else() {
+        let url = (REDIS_URL, "redis://h");
+        assert_eq!(load(&[url]).unwrap().listing_by_index, None);
+        assert_eq!(
+            load(&[url, (LISTING, "scan")]).unwrap().listing_by_index,
+            Some(false)
+        );
+        assert_eq!(
+            load(&[url, (LISTING, "index")]).unwrap().listing_by_index,
+            Some(true)
+        );
+        for bad in ["", "Index", "indexed"] {
+            assert_eq!(
+                load(&[url, (LISTING, bad)]),
+                Err(SettingsError::Invalid {
+                    key: LISTING,
+                    expected: "scan or index"
+                }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn missing_or_empty_url_is_an_error() {
         assert_eq!(load(&[]), Err(SettingsError::Missing(REDIS_URL)));
         assert_eq!(
