@@ -1741,6 +1741,35 @@ mod tests {
         assert_eq!(commands(&connector).len(), 3);
     }
 
+    #[test]
+    fn index_mode_set_is_one_script_writing_the_entry_then_the_document() {
+        let (mut store, connector) = open_store(vec![
+            Step::Reply(b"+OK\r\n"),
+            Step::Reply(b"+OK\r\n"),
+            Step::Reply(b"+OK\r\n"),
+        ]);
+        let document = r#"{"status": "pending"}"#;
+        store.set("t1", document, None).unwrap();
+        store.set_listing_mode(ListingMode::Index);
+        store.set("t1", document, None).unwrap();
+        // A document without a status has no entry to write.
+        store.set("t2", "{}", None).unwrap();
+        let sent = sent(&connector);
+        assert!(sent[1].starts_with(b"*4\r\n$5\r\nSETEX\r\n"));
+        let script = String::from_utf8_lossy(&sent[2]);
+        // EVAL <script> 2 <index> <key> <ttl ms> <id> <fraction> set <margin> SETEX …
+        assert!(script.starts_with("*14\r\n$4\r\nEVAL\r\n"), "{script}");
+        assert!(
+            script.contains("\r\n$1\r\n2\r\n$28\r\nresearch_task_status:pending\r\n$16\r\nresearch_task:t1\r\n$9\r\n604800000\r\n$2\r\nt1\r\n"),
+            "{script}"
+        );
+        assert!(
+            script.ends_with("$5\r\nSETEX\r\n$16\r\nresearch_task:t1\r\n$6\r\n604800\r\n$21\r\n{\"status\": \"pending\"}\r\n"),
+            "{script}"
+        );
+        assert!(sent[3].starts_with(b"*4\r\n$5\r\nSETEX\r\n$16\r\nresearch_task:t2"));
+    }
+
     proptest! {
         #[test]
         fn validate_document_accepts_exactly_json_objects(text in "[{}\\[\\]\":,a-c0-9 ]{0,24}") {
