@@ -136,7 +136,10 @@ struct Cas {
     current: Option<Vec<u8>>,
 }
 
-fn get_many(prefix: &[u8], keys: Vec<String>) -> Result<Vec<Option<(String, Vec<u8>)>>, Failure> {
+/// What `get-many` returns: each key with its value, `None` where absent.
+type KeyValues = Vec<Option<(String, Vec<u8>)>>;
+
+fn get_many(prefix: &[u8], keys: Vec<String>) -> Result<KeyValues, Failure> {
     let values = with_connection(|c| c.store.get_many(prefix, &keys))?;
     Ok(keys
         .into_iter()
