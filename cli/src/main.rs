@@ -14,6 +14,8 @@
 //!   server, and the shutdown signals.
 //! - `bench`: `taskstore bench`, the component against a native build of the same client
 //!   and the `redis` crate.
+//! - `keyvalue`: `taskstore compose` and `taskstore run`, for applications written against
+//!   `wasi:keyvalue`.
 //!
 //! The throwaway `redis-server` of `demo`, `serve --throwaway-redis` and `bench` is the test
 //! fixture of the workspace's `taskstore-testing` crate, used as a program would use it. The
@@ -22,6 +24,7 @@
 //! [`ServeConfig`]: taskstore_host::serve::ServeConfig
 
 mod bench;
+mod keyvalue;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -143,11 +146,17 @@ enum Command {
     /// Write the embedded components, and the HTTP API's OpenAPI document, to a directory, for
     /// other hosts (`wasmtime serve`, ...) and client generators
     Export {
-        /// Directory to write `taskstore.wasm`, `taskstore-tls.wasm`, `research-api.wasm` and
-        /// `openapi.json` into (created if missing)
+        /// Directory to write `taskstore.wasm`, `taskstore-tls.wasm`, `research-api.wasm`,
+        /// `taskstore-kv.wasm` and `openapi.json` into (created if missing)
         #[arg(value_name = "DIR")]
         out_dir: std::path::PathBuf,
     },
+    /// Plug the key-value component (wasi:keyvalue over Redis) into an application's
+    /// wasi:keyvalue imports
+    Compose(keyvalue::ComposeArgs),
+    /// Run a wasi:cli command that uses wasi:keyvalue, storing in Redis, in the store's
+    /// sandbox (TCP to the Redis addresses only); exits with the command's exit code
+    Run(keyvalue::RunArgs),
 }
 
 #[derive(clap::Args)]
@@ -367,6 +376,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut store = open(&cli, url)?;
             reindex(&mut store, cursor.clone(), *batch)
         }
+        Command::Compose(args) => keyvalue::compose_command(args),
+        Command::Run(args) => match keyvalue::run_app(&cli, args)? {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
         Command::Task(command) => {
             let url = cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
             let mut store = open(&cli, url)?;
@@ -703,6 +717,7 @@ fn export(out_dir: &std::path::Path) -> Result<(), Failure> {
         ("taskstore.wasm", taskstore_host::COMPONENT),
         ("taskstore-tls.wasm", taskstore_host::TLS_COMPONENT),
         ("research-api.wasm", taskstore_host::serve::HTTP_COMPONENT),
+        ("taskstore-kv.wasm", taskstore_host::keyvalue::KV_COMPONENT),
         // The function's contract, as it serves it at /research/openapi.json.
         ("openapi.json", research_api::openapi::DOCUMENT.as_bytes()),
     ] {
