@@ -4,9 +4,9 @@
 //! others — on one server and on a real 3-master cluster.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 use taskstore::cluster::key_slot;
@@ -443,8 +443,10 @@ fn listing_while_statuses_change_never_misses_a_task_pending_throughout() {
         result.unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicUsize::new(0));
     let churn = {
         let stop = Arc::clone(&stop);
+        let writes = Arc::clone(&writes);
         let url = server.url();
         std::thread::spawn(move || {
             let mut writer = open_with(indexed(url)).unwrap();
@@ -463,18 +465,27 @@ fn listing_while_statuses_change_never_misses_a_task_pending_throughout() {
                     }
                 }
                 round += 1;
+                writes.store(round, Ordering::SeqCst);
             }
             round
         })
     };
-    for _ in 0..5 {
+    // At least 5 listings, and on until the churn has written enough to overlap them: a
+    // loaded machine may start the writer late. Bounded by a deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut listings = 0;
+    while listings < 5 || (writes.load(Ordering::SeqCst) <= 50 && Instant::now() < deadline) {
         let listed = id_set(&list_ids(&mut store, "pending", 13));
         let missing: Vec<&String> = steady.iter().filter(|id| !listed.contains(*id)).collect();
         assert!(missing.is_empty(), "missed {missing:?}");
+        listings += 1;
     }
     stop.store(true, Ordering::SeqCst);
     let rounds = churn.join().unwrap();
-    assert!(rounds > 50, "the churn ran ({rounds} writes)");
+    assert!(
+        rounds > 50,
+        "the churn ran ({rounds} writes) during {listings} listings"
+    );
 }
 
 /// On a cluster the index key lives on one master and the documents on all three; writes
