@@ -29,9 +29,14 @@ const KV_PACKAGE: &str = "taskstore-kv";
 const KV_ARTIFACT: &str = "taskstore_kv";
 /// The test applications (`testing/kv-consumer`): its binaries and the variables naming them.
 const KV_CONSUMER_PACKAGE: &str = "taskstore-kv-consumer";
-const KV_CONSUMERS: [(&str, &str); 2] = [
+const KV_CONSUMERS: [(&str, &str); 3] = [
     ("kv-consumer-draft2", "TASKSTORE_KV_CONSUMER_DRAFT2"),
     ("kv-consumer-draft", "TASKSTORE_KV_CONSUMER_DRAFT"),
+    // The package's library: a wasi:http application (a cdylib, so `_`, not `-`).
+    (
+        "kv_consumer_http_draft2",
+        "TASKSTORE_KV_CONSUMER_HTTP_DRAFT2",
+    ),
 ];
 const GUEST_TARGET: &str = "wasm32-wasip2";
 

@@ -351,13 +351,16 @@ pub async fn run_command(
 }
 
 /// The tests' `wasi:keyvalue` applications (`testing/kv-consumer`), uncomposed: `wasi:cli`
-/// commands that exercise every function (see their sources for their commands).
+/// commands that exercise every function, and a `wasi:http` application for `serve` (see
+/// their sources for their commands and routes).
 #[cfg(feature = "kv-test-consumers")]
 pub mod test_consumers {
     /// Imports `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft2`.
     pub const DRAFT2: &[u8] = include_bytes!(env!("TASKSTORE_KV_CONSUMER_DRAFT2"));
     /// Imports `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft`.
     pub const DRAFT: &[u8] = include_bytes!(env!("TASKSTORE_KV_CONSUMER_DRAFT"));
+    /// Exports `wasi:http/incoming-handler`; imports `wasi:keyvalue/{store,atomics}@0.2.0-draft2`.
+    pub const HTTP_DRAFT2: &[u8] = include_bytes!(env!("TASKSTORE_KV_CONSUMER_HTTP_DRAFT2"));
 }
 
 #[cfg(test)]

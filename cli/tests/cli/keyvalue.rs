@@ -1,10 +1,14 @@
-//! `taskstore compose` and `taskstore run`: applications written only against
-//! `wasi:keyvalue` (the host's test applications, one per version), composed and run by the
-//! binary against a private `redis-server`.
+//! `taskstore compose`, `taskstore run` and `taskstore serve --component`: applications
+//! written only against `wasi:keyvalue` (the host's test applications: a `wasi:cli` command
+//! per version and a `wasi:http` application), composed and run by the binary against a
+//! private `redis-server`.
 
 use std::path::{Path, PathBuf};
 
+use redis::Commands;
+
 use crate::run::{taskstore, Run};
+use crate::serve::{agent, get, post, Serve};
 use taskstore_host::keyvalue::test_consumers;
 use taskstore_testing::redis_server::RedisServer;
 
@@ -33,6 +37,21 @@ fn run_app(
     all.push("--");
     all.extend_from_slice(args);
     taskstore(&all, env, "")
+}
+
+/// `taskstore compose APP -o OUT`, which must succeed.
+fn compose(app: &Path, out: &Path) {
+    let run = taskstore(
+        &[
+            "compose",
+            app.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+    assert_eq!(run.code, 0, "{run:?}");
 }
 
 #[test]
@@ -160,4 +179,67 @@ fn export_writes_the_key_value_component() {
     let kv = std::fs::read(dir.path().join("taskstore-kv.wasm")).unwrap();
     assert_eq!(kv, taskstore_host::keyvalue::KV_COMPONENT);
     assert!(run.stdout.contains("taskstore-kv.wasm"), "{run:?}");
+}
+
+#[test]
+fn serve_runs_a_composed_http_application_with_its_buckets_from_config() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let app = write(dir.path(), "http.wasm", test_consumers::HTTP_DRAFT2);
+    let composed = dir.path().join("http-redis.wasm");
+    compose(&app, &composed);
+    let component = composed.to_str().unwrap();
+    let serve = Serve::start(
+        &server.url(),
+        &["--component", component, "--config", "buckets=app=web/"],
+    );
+    let agent = agent();
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+
+    let put = agent
+        .put(serve.url("/kv/greeting"))
+        .send("hello world")
+        .expect("an HTTP response");
+    assert_eq!(put.status().as_u16(), 204, "{put:?}");
+    // The bucket's prefix is the one `buckets` gave, and nothing else was written.
+    let stored: Option<String> = redis.get("web/greeting").unwrap();
+    assert_eq!(stored.as_deref(), Some("hello world"));
+    let keys: Vec<String> = redis.keys("*").unwrap();
+    assert_eq!(keys, ["web/greeting"]);
+
+    let fetched = get(&agent, &serve.url("/kv/greeting"));
+    assert_eq!(
+        (fetched.status, fetched.body.as_str()),
+        (200, "hello world")
+    );
+    let () = redis
+        .set("web/from-redis", "written by a plain client")
+        .unwrap();
+    let fetched = get(&agent, &serve.url("/kv/from-redis"));
+    assert_eq!(
+        (fetched.status, fetched.body.as_str()),
+        (200, "written by a plain client")
+    );
+    let missing = get(&agent, &serve.url("/kv/missing"));
+    assert_eq!(missing.status, 404, "{missing:?}");
+
+    for expected in ["1", "2", "3"] {
+        let incremented = post(&agent, &serve.url("/kv/hits/incr"), "");
+        assert_eq!(
+            (incremented.status, incremented.body.as_str()),
+            (200, expected)
+        );
+    }
+    let hits: Option<String> = redis.get("web/hits").unwrap();
+    assert_eq!(hits.as_deref(), Some("3"));
+    drop(serve);
+
+    // Without `buckets` only `default` opens: the application's bucket is refused.
+    let serve = Serve::start(&server.url(), &["--component", component]);
+    let refused = get(&agent, &serve.url("/kv/greeting"));
+    assert_eq!(refused.status, 500, "{refused:?}");
+    assert!(refused.body.contains("NoSuchStore"), "{refused:?}");
 }
