@@ -4,7 +4,10 @@
 //! - the storage component (the workspace's root package, `taskstore`);
 //! - the research-task HTTP function (`function/`), which imports
 //!   `task-storage`, composed with the storage component by `wac-graph` into one component
-//!   that exports `wasi:http/incoming-handler` and imports only standard WASI interfaces.
+//!   that exports `wasi:http/incoming-handler` and imports only standard WASI interfaces;
+//! - the key-value component (`kv/`, `taskstore-kv`), which exports `wasi:keyvalue` over
+//!   Redis, built alone: built together with the storage component, cargo would unify the
+//!   root crate's features and link the task-storage exports into it too.
 //!
 //! The guest is built by a nested `cargo build` into a target directory under `OUT_DIR`:
 //! sharing the outer target directory would deadlock on its lock, and a separate directory
@@ -22,6 +25,19 @@ const GUEST_PACKAGE: &str = "taskstore";
 const FUNCTION_PACKAGE: &str = "research-api";
 /// Cargo names the artifact after the library target: dashes become underscores.
 const FUNCTION_ARTIFACT: &str = "research_api";
+const KV_PACKAGE: &str = "taskstore-kv";
+const KV_ARTIFACT: &str = "taskstore_kv";
+/// The test applications (`testing/kv-consumer`): its binaries and the variables naming them.
+const KV_CONSUMER_PACKAGE: &str = "taskstore-kv-consumer";
+const KV_CONSUMERS: [(&str, &str); 3] = [
+    ("kv-consumer-draft2", "TASKSTORE_KV_CONSUMER_DRAFT2"),
+    ("kv-consumer-draft", "TASKSTORE_KV_CONSUMER_DRAFT"),
+    // The package's library: a wasi:http application (a cdylib, so `_`, not `-`).
+    (
+        "kv_consumer_http_draft2",
+        "TASKSTORE_KV_CONSUMER_HTTP_DRAFT2",
+    ),
+];
 const GUEST_TARGET: &str = "wasm32-wasip2";
 /// The workspace's size profile for the guests (fat LTO, one codegen unit, opt-level "s");
 /// the release profile is the native side's, built for build time.
@@ -84,6 +100,28 @@ fn main() {
     );
     emit_rerun_lines(&target_dir, FUNCTION_ARTIFACT);
     let tls = build_variant(&workspace, &target_dir, &out_dir, &TLS);
+    build_guest(&workspace, &target_dir, &[KV_PACKAGE], &[]);
+    let kv = copy_out(
+        &target_dir,
+        &out_dir,
+        &format!("{KV_ARTIFACT}.wasm"),
+        "taskstore-kv.wasm",
+    );
+    emit_rerun_lines(&target_dir, KV_ARTIFACT);
+    // The tests' wasi:keyvalue applications, only when they are asked for.
+    if env::var_os("CARGO_FEATURE_KV_TEST_CONSUMERS").is_some() {
+        build_guest(&workspace, &target_dir, &[KV_CONSUMER_PACKAGE], &[]);
+        for (binary, var) in KV_CONSUMERS {
+            let path = copy_out(
+                &target_dir,
+                &out_dir,
+                &format!("{binary}.wasm"),
+                &format!("{binary}.wasm"),
+            );
+            emit_rerun_lines(&target_dir, binary);
+            println!("cargo:rustc-env={var}={}", path.display());
+        }
+    }
 
     // The function gets the TLS-capable store, so a deployment can use `rediss://`.
     let composed = out_dir.join("research-api.wasm");
@@ -96,6 +134,7 @@ fn main() {
         ("TASKSTORE_COMPONENT", &plain),
         ("TASKSTORE_TLS_COMPONENT", &tls),
         ("TASKSTORE_HTTP_COMPONENT", &composed),
+        ("TASKSTORE_KV_COMPONENT", &kv),
     ] {
         println!("cargo:rustc-env={var}={}", path.display());
     }
@@ -106,6 +145,10 @@ fn main() {
         "wit",
         "function/Cargo.toml",
         "function/wit",
+        "kv/Cargo.toml",
+        "kv/wit",
+        "testing/kv-consumer/Cargo.toml",
+        "testing/kv-consumer/wit",
         "rust-toolchain.toml",
         ".cargo",
     ] {

@@ -58,13 +58,14 @@ pub struct Client<C: Connector> {
 
 /// Commands that never change data: everything else counts as a write (for `WAIT`, and for
 /// whether a failed exchange may have applied). Unknown commands are writes, to be safe.
-const READ_COMMANDS: [&[u8]; 17] = [
+const READ_COMMANDS: [&[u8]; 18] = [
     b"GET",
     b"MGET",
     b"EXISTS",
     b"TTL",
     b"PTTL",
     b"SCAN",
+    b"ZSCAN",
     b"STRLEN",
     b"PING",
     b"WATCH",

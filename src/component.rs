@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use crate::config::{StoreOptions, StoreSettings};
-use crate::store::{ListOptions, Store, Task, TimeToLive, TtlPolicy, UpdateOptions};
+use crate::store::{ListOptions, ListingMode, Store, Task, TimeToLive, TtlPolicy, UpdateOptions};
 use crate::wasi_tcp::WasiConnector;
 use crate::{ErrorKind, TaskError};
 
@@ -58,6 +58,7 @@ struct StoreResource(RefCell<Store<StoreConnector>>);
 
 impl GuestStore for StoreResource {
     fn open(options: wit::Options) -> Result<wit::Store, wit::Error> {
+        let listing = options.listing;
         let options = StoreOptions {
             url: options.url,
             key_prefix: options.key_prefix,
@@ -72,7 +73,11 @@ impl GuestStore for StoreResource {
         let settings =
             StoreSettings::from_options(&options).map_err(|err| to_wit(TaskError::from(err)))?;
         let connector = connector_for(&settings).map_err(to_wit)?;
-        let store = Store::open_with_settings(settings, connector).map_err(to_wit)?;
+        let mut store = Store::open_with_settings(settings, connector).map_err(to_wit)?;
+        store.set_listing_mode(match listing {
+            None | Some(wit::ListingMode::Scan) => ListingMode::Scan,
+            Some(wit::ListingMode::Index) => ListingMode::Index,
+        });
         Ok(wit::Store::new(StoreResource(RefCell::new(store))))
     }
 
@@ -189,6 +194,19 @@ impl GuestStore for StoreResource {
 
     fn ping(&self) -> Result<(), wit::Error> {
         self.0.borrow_mut().ping().map_err(to_wit)
+    }
+
+    fn reindex(
+        &self,
+        cursor: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<wit::ReindexPage, wit::Error> {
+        let page = self.0.borrow_mut().reindex(cursor, limit).map_err(to_wit)?;
+        Ok(wit::ReindexPage {
+            visited: page.visited,
+            indexed: page.indexed,
+            cursor: page.cursor,
+        })
     }
 }
 

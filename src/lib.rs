@@ -19,11 +19,14 @@
 //! - [`backend`]: one server, a cluster or a Sentinel master, behind the one surface the
 //!   store uses.
 //! - [`config`]: options and URL parsing (`redis://`, `+cluster`, `+sentinel`).
+//! - [`kv`]: `wasi:keyvalue` semantics on Redis (buckets, CAS, counters, key listing), for
+//!   the key-value component (`kv/`), which reuses this crate without its task-storage
+//!   exports (`default-features = false`: no `component` feature).
 //! - [`store`]: task semantics ([`store::Store`]) — keys, documents, TTLs, listing; the
 //!   error model, the id rule and documents come from the shared `taskstore-model` crate
 //!   (re-exported here as [`TaskError`], [`ErrorKind`], [`RedisErrorCode`], [`document`]).
 //! - [`text`]: untrusted text made safe for messages.
-//! - `component` (wasm32 only): WIT bindings and the one mapping of [`TaskError`] to the WIT
+//! - `component` (wasm32, feature `component`, on by default): WIT bindings and the one mapping of [`TaskError`] to the WIT
 //!   error.
 //!
 //! The host (`host/`), the HTTP function (`function/`), the test fixtures (`testing/`) and the
@@ -35,6 +38,7 @@ pub mod client;
 pub mod cluster;
 pub mod cluster_client;
 pub mod config;
+pub mod kv;
 pub mod resp;
 pub mod sentinel;
 pub mod store;
@@ -50,8 +54,11 @@ pub mod tls;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod std_tcp;
+/// Public so another guest crate (the key-value component) connects the same way.
 #[cfg(target_arch = "wasm32")]
-mod wasi_tcp;
+pub mod wasi_tcp;
 
-#[cfg(target_arch = "wasm32")]
+/// The `task-storage` exports: a crate that only reuses the client turns the feature off, so
+/// its component does not carry (and export) them.
+#[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod component;

@@ -12,7 +12,15 @@ use crate::resp::Reply;
 use crate::transport::Connector;
 use crate::TaskError;
 
+pub use status_index::ListingMode;
 pub use taskstore_model::{validate_id, MAX_ID_BYTES};
+
+mod status_index;
+
+use status_index::{
+    add_and_write_command, add_command, as_args, index_key, is_provisional, prune_expired_command,
+    remove_if_score_command, Entry, EntryTtl, Fractions, IndexCursor, MAX_INDEX_PENDING_BYTES,
+};
 
 impl From<ConfigError> for TaskError {
     fn from(err: ConfigError) -> TaskError {
@@ -63,6 +71,17 @@ pub struct Task {
     pub id: String,
     /// The task's JSON document, exactly as stored.
     pub document: String,
+}
+
+/// One page of `reindex`: how many tasks it read and entered in the status index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReindexPage {
+    /// Tasks read (every task under the prefix, with a status or not).
+    pub visited: u32,
+    /// Tasks entered in their status's index (those with an indexable status).
+    pub indexed: u32,
+    /// Where to continue; `None` once every task has been visited.
+    pub cursor: Option<String>,
 }
 
 /// A page of a listing; `cursor` is `None` once every task has been visited.
@@ -157,6 +176,8 @@ pub struct Store<C: Connector + Clone> {
     key_prefix: String,
     default_ttl_seconds: u64,
     max_document_bytes: usize,
+    listing: ListingMode,
+    fractions: Fractions,
 }
 
 impl<C: Connector + Clone> Store<C> {
@@ -184,7 +205,19 @@ impl<C: Connector + Clone> Store<C> {
             key_prefix: settings.key_prefix,
             default_ttl_seconds: settings.default_ttl_seconds,
             max_document_bytes: settings.max_document_bytes,
+            listing: ListingMode::default(),
+            fractions: Fractions::new(),
         })
+    }
+
+    /// Selects how `list` with a status finds tasks, and whether this store's writes keep
+    /// the status index (see [`ListingMode`]).
+    pub fn set_listing_mode(&mut self, mode: ListingMode) {
+        self.listing = mode;
+    }
+
+    pub fn listing_mode(&self) -> ListingMode {
+        self.listing
     }
 
     /// The document of task `id`, exactly as stored, or `None` if absent or expired.
@@ -208,8 +241,40 @@ impl<C: Connector + Clone> Store<C> {
         let key = self.key(id)?;
         let ttl = self.checked_ttl(ttl_seconds)?;
         validate_document(document, self.max_document_bytes)?;
+        let Some(index) = self.index_for(document) else {
+            return self.redis.on_key(&key, |client| {
+                client.set_with_ttl(&key, ttl, document.as_bytes())
+            });
+        };
+        let entry_ttl = EntryTtl::seconds(ttl);
+        if self.redis.is_cluster() {
+            // The entry lives in another slot: first a provisional one, then the document.
+            self.index_add(&index, id, entry_ttl, Entry::Provisional, true)?;
+            self.redis.on_key(&key, |client| {
+                client.set_with_ttl(&key, ttl, document.as_bytes())
+            })?;
+            self.index_finish(&index, id, entry_ttl);
+            return Ok(());
+        }
+        // One script: the entry, then the document, atomically, in one command.
+        let mut ttl_text = Vec::with_capacity(20);
+        crate::resp::push_decimal(&mut ttl_text, ttl);
+        let setex: [&[u8]; 4] = [b"SETEX", &key, &ttl_text, document.as_bytes()];
+        let command = add_and_write_command(
+            &mut self.fractions,
+            &index,
+            id,
+            entry_ttl,
+            false,
+            &key,
+            &setex,
+        );
+        let args = as_args(&command);
         self.redis.on_key(&key, |client| {
-            client.set_with_ttl(&key, ttl, document.as_bytes())
+            match client.command(&args, Retry::Idempotent)? {
+                Reply::SimpleString(ok) if ok == b"OK" => Ok(()),
+                other => Err(client.unexpected_reply("SETEX", &other)),
+            }
         })
     }
 
@@ -261,10 +326,39 @@ impl<C: Connector + Clone> Store<C> {
         let key = self.key(id)?;
         let ttl = self.checked_ttl(ttl_seconds)?;
         validate_document(document, self.max_document_bytes)?;
-        // A redirect is an answer instead of executing, so following it never sends the
-        // write twice.
+        let Some(index) = self.index_for(document) else {
+            // A redirect is an answer instead of executing, so following it never sends the
+            // write twice.
+            return self.redis.on_key(&key, |client| {
+                client.set_if_absent(&key, ttl, document.as_bytes())
+            });
+        };
+        let entry_ttl = EntryTtl::seconds(ttl);
+        if self.redis.is_cluster() {
+            // Never lowering the expiry: should the task exist, its entry stays valid.
+            self.index_add(&index, id, entry_ttl, Entry::Provisional, true)?;
+            let created = self.redis.on_key(&key, |client| {
+                client.set_if_absent(&key, ttl, document.as_bytes())
+            })?;
+            if created {
+                self.index_finish(&index, id, entry_ttl);
+            }
+            return Ok(created);
+        }
+        // One script: the entry (never lowering an existing one's expiry, should the task
+        // exist), then `SET … NX`, atomically.
+        let mut ttl_text = Vec::with_capacity(20);
+        crate::resp::push_decimal(&mut ttl_text, ttl);
+        let set: [&[u8]; 6] = [b"SET", &key, document.as_bytes(), b"NX", b"EX", &ttl_text];
+        let command =
+            add_and_write_command(&mut self.fractions, &index, id, entry_ttl, true, &key, &set);
+        let args = as_args(&command);
         self.redis.on_key(&key, |client| {
-            client.set_if_absent(&key, ttl, document.as_bytes())
+            match client.command(&args, Retry::Never)? {
+                Reply::SimpleString(ok) if ok == b"OK" => Ok(true),
+                Reply::Null => Ok(false),
+                other => Err(client.unexpected_reply("SET NX", &other)),
+            }
         })
     }
 
@@ -272,7 +366,66 @@ impl<C: Connector + Clone> Store<C> {
     pub fn expire(&mut self, id: &str, ttl_seconds: u64) -> Result<bool, TaskError> {
         let key = self.key(id)?;
         let ttl = self.checked_ttl(Some(ttl_seconds))?;
-        self.redis.on_key(&key, |client| client.expire(&key, ttl))
+        if self.listing == ListingMode::Scan {
+            return self.redis.on_key(&key, |client| client.expire(&key, ttl));
+        }
+        // The entry's score is the task's expiry: read the status under `WATCH`, so the
+        // entry re-scored is the one of the status the task has when the expiry changes.
+        let cluster = self.redis.is_cluster();
+        let entry_ttl = EntryTtl::seconds(ttl);
+        let mut ttl_text = Vec::with_capacity(20);
+        crate::resp::push_decimal(&mut ttl_text, ttl);
+        for _ in 0..UPDATE_ATTEMPTS {
+            let Some((current, _)) = self.redis.on_key(&key, |client| watch_read(client, &key))?
+            else {
+                return Ok(false);
+            };
+            let index = std::str::from_utf8(&current)
+                .ok()
+                .and_then(top_level_status)
+                .and_then(|status| index_key(&self.key_prefix, &status));
+            let expire: Vec<&[u8]> = vec![b"EXPIRE", &key, &ttl_text];
+            // One server: one script re-scores the entry and sets the expiry, inside the
+            // transaction.
+            let mut combined = None;
+            if let Some(index) = &index {
+                if cluster {
+                    if let Err(err) = self.index_add(index, id, entry_ttl, Entry::Provisional, true)
+                    {
+                        let _ = self.redis.on_key(&key, |client| unwatch(client));
+                        return Err(err);
+                    }
+                } else {
+                    combined = Some(add_and_write_command(
+                        &mut self.fractions,
+                        index,
+                        id,
+                        entry_ttl,
+                        false,
+                        &key,
+                        &expire,
+                    ));
+                }
+            }
+            let combined = combined.as_deref().map(as_args);
+            let write = combined.as_deref().unwrap_or(&expire);
+            let done = self
+                .redis
+                .on_key(&key, |client| exec_watched(client, &[], write, "EXPIRE"))?;
+            let Some(reply) = done else {
+                continue;
+            };
+            if let (true, Some(index)) = (cluster, &index) {
+                self.index_finish(index, id, entry_ttl);
+            }
+            return match reply {
+                Reply::Integer(set) => Ok(set > 0),
+                other => Err(self.redis.unexpected_reply("EXPIRE", &other)),
+            };
+        }
+        Err(TaskError::contended(format!(
+            "gave up setting the expiry of task \"{id}\" after {UPDATE_ATTEMPTS} concurrent modifications"
+        )))
     }
 
     /// Applies the JSON merge patch `patch` to task `id` atomically; the new document, or
@@ -294,6 +447,9 @@ impl<C: Connector + Clone> Store<C> {
             self.checked_ttl(Some(ttl))?;
         }
         let max_document_bytes = self.max_document_bytes;
+        if self.listing == ListingMode::Index {
+            return self.update_indexed(&key, id, patch, options);
+        }
         for _ in 0..UPDATE_ATTEMPTS {
             // One whole optimistic transaction on the connection serving the key; on a
             // cluster, a redirect anywhere in it (nothing was written) runs it again whole
@@ -308,6 +464,126 @@ impl<C: Connector + Clone> Store<C> {
         Err(TaskError::contended(format!(
             "gave up updating task \"{id}\" after {UPDATE_ATTEMPTS} concurrent modifications"
         )))
+    }
+
+    /// `update` keeping the status index: `WATCH` + `GET` + `PTTL`, merge here, then `MULTI`
+    /// with the entry for the new status, the removal of the old one (one server) and the
+    /// `SET`, `EXEC`. On a cluster the entries are in other slots: a provisional entry
+    /// before the `MULTI`, the final one after; the old entry is left for listings to prune
+    /// (a removal there could not check, atomically, that no concurrent write restored
+    /// that status).
+    fn update_indexed(
+        &mut self,
+        key: &[u8],
+        id: &str,
+        patch: &str,
+        options: &UpdateOptions,
+    ) -> Result<Option<String>, TaskError> {
+        let cluster = self.redis.is_cluster();
+        for _ in 0..UPDATE_ATTEMPTS {
+            let Some((current, pttl)) = self.redis.on_key(key, |client| watch_read(client, key))?
+            else {
+                return Ok(None);
+            };
+            let merged = match merge_checked(id, &current, patch, options, self.max_document_bytes)
+            {
+                Ok(merged) => merged,
+                Err(err) => {
+                    self.redis.on_key(key, |client| unwatch(client))?;
+                    return Err(err);
+                }
+            };
+            let new_index = self.index_for(&merged);
+            let old_index = std::str::from_utf8(&current)
+                .ok()
+                .and_then(top_level_status)
+                .and_then(|status| index_key(&self.key_prefix, &status))
+                .filter(|old| Some(old) != new_index.as_ref());
+            let entry_ttl = match options.ttl {
+                TtlPolicy::Keep => EntryTtl::from_pttl(pttl),
+                TtlPolicy::Set(seconds) => EntryTtl::seconds(seconds),
+            };
+            let mut ttl_text = Vec::new();
+            let set: Vec<&[u8]> = match options.ttl {
+                TtlPolicy::Keep => vec![b"SET", key, merged.as_bytes(), b"KEEPTTL"],
+                TtlPolicy::Set(ttl) => {
+                    crate::resp::push_decimal(&mut ttl_text, ttl);
+                    vec![b"SET", key, merged.as_bytes(), b"EX", &ttl_text]
+                }
+            };
+            // One server: the old entry's removal, then one script adding the new entry and
+            // writing the document, inside the transaction.
+            let mut queued: Vec<Vec<Vec<u8>>> = Vec::new();
+            if let (false, Some(old)) = (cluster, &old_index) {
+                queued.push(vec![b"ZREM".to_vec(), old.clone(), id.as_bytes().to_vec()]);
+            }
+            let mut combined = None;
+            if let Some(index) = &new_index {
+                if cluster {
+                    if let Err(err) = self.index_add(index, id, entry_ttl, Entry::Provisional, true)
+                    {
+                        let _ = self.redis.on_key(key, |client| unwatch(client));
+                        return Err(err);
+                    }
+                } else {
+                    combined = Some(add_and_write_command(
+                        &mut self.fractions,
+                        index,
+                        id,
+                        entry_ttl,
+                        false,
+                        key,
+                        &set,
+                    ));
+                }
+            }
+            let combined = combined.as_deref().map(as_args);
+            let write = combined.as_deref().unwrap_or(&set);
+            let done = self
+                .redis
+                .on_key(key, |client| exec_watched(client, &queued, write, "SET"))?;
+            if done.is_none() {
+                continue;
+            }
+            if let (true, Some(index)) = (cluster, &new_index) {
+                self.index_finish(index, id, entry_ttl);
+            }
+            return Ok(Some(merged));
+        }
+        Err(TaskError::contended(format!(
+            "gave up updating task \"{id}\" after {UPDATE_ATTEMPTS} concurrent modifications"
+        )))
+    }
+
+    /// The index key of `document`'s status, when this store keeps the index and the
+    /// status is indexable.
+    fn index_for(&self, document: &str) -> Option<Vec<u8>> {
+        if self.listing != ListingMode::Index {
+            return None;
+        }
+        index_key(&self.key_prefix, &top_level_status(document)?)
+    }
+
+    /// Adds (re-scores) `id`'s entry in `index`, on the index key's own connection.
+    fn index_add(
+        &mut self,
+        index: &[u8],
+        id: &str,
+        ttl: EntryTtl,
+        entry: Entry,
+        never_lower: bool,
+    ) -> Result<(), TaskError> {
+        let command = add_command(&mut self.fractions, index, id, ttl, entry, never_lower);
+        let args = as_args(&command);
+        self.redis.on_key(index, |client| {
+            client.command(&args, Retry::Idempotent).map(|_| ())
+        })
+    }
+
+    /// After a cluster write: the provisional entry made final. Should this fail, the
+    /// provisional entry keeps the task listed, and goes when its expiry passes.
+    fn index_finish(&mut self, index: &[u8], id: &str, ttl: EntryTtl) {
+        let _ = self.index_add(index, id, ttl, Entry::Final, false);
     }
 
     /// The documents of `ids`, in order (`None` where absent), in one round trip (`MGET`).
@@ -357,7 +633,7 @@ impl<C: Connector + Clone> Store<C> {
             .collect();
         let commands: Vec<&[&[u8]]> = commands.iter().map(|c| c.as_slice()).collect();
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        let replies = self.redis.batch(&key_refs, &commands, Retry::Idempotent)?;
+        let replies = self.set_many_indexed(tasks, ttl, &key_refs, &commands)?;
         Ok(replies
             .into_iter()
             .map(|reply| match reply {
@@ -366,6 +642,79 @@ impl<C: Connector + Clone> Store<C> {
                 other => Err(self.redis.unexpected_reply("SETEX", &other)),
             })
             .collect())
+    }
+
+    /// The `SETEX` batch of `set_many`, with the status index kept: provisional entries
+    /// first, then the documents, then the entries made final — in one pipeline on one
+    /// server (ordered, not atomic, hence provisional), in three batches on a cluster.
+    fn set_many_indexed(
+        &mut self,
+        tasks: &[Task],
+        ttl: u64,
+        keys: &[&[u8]],
+        writes: &[&[&[u8]]],
+    ) -> Result<Vec<Reply>, TaskError> {
+        let indexed: Vec<(Vec<u8>, &str)> = tasks
+            .iter()
+            .filter_map(|task| Some((self.index_for(&task.document)?, task.id.as_str())))
+            .collect();
+        if indexed.is_empty() {
+            return self.redis.batch(keys, writes, Retry::Idempotent);
+        }
+        let entry_ttl = EntryTtl::seconds(ttl);
+        let mut adds = |entry: Entry, never_lower: bool| -> Vec<Vec<Vec<u8>>> {
+            indexed
+                .iter()
+                .map(|(index, id)| {
+                    add_command(
+                        &mut self.fractions,
+                        index,
+                        id,
+                        entry_ttl,
+                        entry,
+                        never_lower,
+                    )
+                })
+                .collect()
+        };
+        let provisional = adds(Entry::Provisional, true);
+        let finals = adds(Entry::Final, false);
+        let provisional: Vec<Vec<&[u8]>> = provisional.iter().map(|c| as_args(c)).collect();
+        let finals: Vec<Vec<&[u8]>> = finals.iter().map(|c| as_args(c)).collect();
+        let index_keys: Vec<&[u8]> = indexed.iter().map(|(index, _)| index.as_slice()).collect();
+        let check_adds = |store: &Self, replies: &[Reply]| -> Result<(), TaskError> {
+            match replies
+                .iter()
+                .find(|reply| matches!(reply, Reply::Error(_)))
+            {
+                Some(Reply::Error(message)) => Err(store.redis.reply_error(message.clone())),
+                _ => Ok(()),
+            }
+        };
+        if !self.redis.is_cluster() {
+            let mut all_keys: Vec<&[u8]> = index_keys.clone();
+            all_keys.extend_from_slice(keys);
+            all_keys.extend_from_slice(&index_keys);
+            let mut commands: Vec<&[&[u8]]> = provisional.iter().map(Vec::as_slice).collect();
+            commands.extend_from_slice(writes);
+            commands.extend(finals.iter().map(Vec::as_slice));
+            let mut replies = self.redis.batch(&all_keys, &commands, Retry::Idempotent)?;
+            let rest = replies.split_off(index_keys.len());
+            check_adds(self, &replies)?;
+            let mut rest = rest;
+            rest.truncate(keys.len());
+            return Ok(rest);
+        }
+        let commands: Vec<&[&[u8]]> = provisional.iter().map(Vec::as_slice).collect();
+        let replies = self
+            .redis
+            .batch(&index_keys, &commands, Retry::Idempotent)?;
+        check_adds(self, &replies)?;
+        let replies = self.redis.batch(keys, writes, Retry::Idempotent)?;
+        let commands: Vec<&[&[u8]]> = finals.iter().map(Vec::as_slice).collect();
+        // Should this fail, the provisional entries keep the tasks listed.
+        let _ = self.redis.batch(&index_keys, &commands, Retry::Idempotent);
+        Ok(replies)
     }
 
     /// Removes every task in `ids`, pipelined in one round trip; per id, whether it was there.
@@ -407,6 +756,31 @@ impl<C: Connector + Clone> Store<C> {
             return Err(TaskError::invalid_input(format!(
                 "page size {limit} is out of range: it must be between 1 and {MAX_PAGE_SIZE}"
             )));
+        }
+        if let (ListingMode::Index, Some(status)) = (self.listing, options.status.as_deref()) {
+            if let Some(index) = index_key(&self.key_prefix, status) {
+                return self.list_by_index(
+                    &index,
+                    status,
+                    limit as usize,
+                    options.cursor.as_deref(),
+                );
+            }
+        }
+        self.list_scan(options, limit)
+    }
+
+    /// `list` by enumerating keys (see [`Store::list`]).
+    fn list_scan(&mut self, options: &ListOptions, limit: u32) -> Result<Page, TaskError> {
+        if options
+            .cursor
+            .as_deref()
+            .is_some_and(|text| text.starts_with('i'))
+        {
+            return Err(TaskError::invalid_input(
+                "cursor is from a listing by the status index; this listing scans (listing mode \
+                 scan, no status, or a status that is not indexed): list again without a cursor",
+            ));
         }
         let cluster = self.redis.is_cluster();
         let mut cursor = match &options.cursor {
@@ -481,6 +855,278 @@ impl<C: Connector + Clone> Store<C> {
         Ok(Page {
             tasks: page.tasks,
             cursor: (!finished).then(|| next.format(cluster)),
+        })
+    }
+
+    /// `list` by the status index: `ZSCAN` of `index` (after removing entries whose expiry
+    /// has passed), the documents read and their status checked, entries whose document is
+    /// missing or has another status removed (conditionally; see `status_index`).
+    ///
+    /// A task whose entry is present for the whole listing is returned at least once:
+    /// `ZSCAN` returns every member present throughout, and no `ZSCAN` call is repeated
+    /// (members of a call that do not fit in the page travel in the cursor, as with `SCAN`).
+    fn list_by_index(
+        &mut self,
+        index: &[u8],
+        status: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page, TaskError> {
+        let mut cursor = match cursor {
+            None => IndexCursor::start(),
+            Some(text) if !text.starts_with('i') => {
+                return Err(TaskError::invalid_input(
+                    "cursor is from a scan listing; this listing reads the status index \
+                     (listing mode index): list again without a cursor",
+                ))
+            }
+            Some(text) => IndexCursor::parse(text).ok_or_else(|| {
+                TaskError::invalid_input(
+                    "cursor is malformed: pass the cursor of the previous page, or none to start over",
+                )
+            })?,
+        };
+        let mut page = PageFill::new(limit, Some(status));
+        let mut scans = 0;
+        loop {
+            if !cursor.pending.is_empty() {
+                if self.read_index_entries(index, &mut cursor.pending, &mut page)? {
+                    break;
+                }
+                continue;
+            }
+            if page.tasks.len() >= limit || scans == MAX_SCANS_PER_PAGE {
+                break;
+            }
+            let Some(position) = cursor.position else {
+                break;
+            };
+            let count = (limit - page.tasks.len()).clamp(10, MAX_KEYS_PER_CALL as usize);
+            // Every page first removes the entries that expired: one script in the same
+            // round trip as its first ZSCAN.
+            let (next, entries) = self.zscan(index, position, count, scans == 0)?;
+            scans += 1;
+            cursor.position = (next != 0).then_some(next);
+            cursor.pending.extend(entries);
+        }
+        let finished = cursor.position.is_none() && cursor.pending.is_empty();
+        Ok(Page {
+            tasks: page.tasks,
+            cursor: (!finished).then(|| cursor.format()),
+        })
+    }
+
+    /// One `ZSCAN` call of `index` (after a [`status_index::PRUNE_EXPIRED`] script, when
+    /// `prune`): the next cursor and the entries, scores as Redis printed them.
+    fn zscan(
+        &mut self,
+        index: &[u8],
+        position: u64,
+        count: usize,
+        prune: bool,
+    ) -> Result<(u64, Vec<(String, String)>), TaskError> {
+        let prune_command = prune_expired_command(index);
+        let prune_args = as_args(&prune_command);
+        let position = position.to_string();
+        let count = count.to_string();
+        let zscan: [&[u8]; 5] = [
+            b"ZSCAN",
+            index,
+            position.as_bytes(),
+            b"COUNT",
+            count.as_bytes(),
+        ];
+        let reply = self.redis.on_key(index, |client| {
+            let mut commands: Vec<&[&[u8]]> = Vec::with_capacity(2);
+            if prune {
+                commands.push(&prune_args);
+            }
+            commands.push(&zscan);
+            let mut replies = client.pipeline(&commands, Retry::Idempotent)?;
+            for reply in &replies {
+                if let Reply::Error(message) = reply {
+                    return Err(client.reply_error(message.clone()));
+                }
+            }
+            replies
+                .pop()
+                .ok_or_else(|| TaskError::protocol("no reply to ZSCAN"))
+        })?;
+        let malformed = || TaskError::protocol("malformed ZSCAN reply");
+        let Reply::Array(mut parts) = reply else {
+            return Err(malformed());
+        };
+        let (Some(Reply::Array(flat)), Some(Reply::BulkString(next)), None) =
+            (parts.pop(), parts.pop(), parts.pop())
+        else {
+            return Err(malformed());
+        };
+        let next: u64 = std::str::from_utf8(&next)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(malformed)?;
+        let mut entries = Vec::with_capacity(flat.len() / 2);
+        let mut flat = flat.into_iter();
+        while let (Some(member), Some(score)) = (flat.next(), flat.next()) {
+            let (Reply::BulkString(member), Reply::BulkString(score)) = (member, score) else {
+                return Err(malformed());
+            };
+            // A member that is not an id is no task of this store: never listed.
+            let (Ok(id), Ok(score)) = (String::from_utf8(member), String::from_utf8(score)) else {
+                continue;
+            };
+            if validate_id(&id).is_ok() {
+                entries.push((id, score));
+            }
+        }
+        Ok((next, entries))
+    }
+
+    /// Reads pending index entries into `page`, front first, until none is pending
+    /// (`false`) or the page is full (`true`), and removes the entries it found stale.
+    fn read_index_entries(
+        &mut self,
+        index: &[u8],
+        pending: &mut Vec<(String, String)>,
+        page: &mut PageFill<'_>,
+    ) -> Result<bool, TaskError> {
+        while !pending.is_empty() {
+            // Only with Redis configured to keep sorted sets of many long members compact
+            // (listpack) does a ZSCAN call return more than a cursor carries: the page then
+            // takes them all, beyond its limit, rather than miss any.
+            let fits = IndexCursor::pending_text_bytes(pending) <= MAX_INDEX_PENDING_BYTES;
+            let room = match page.limit.checked_sub(page.tasks.len()) {
+                Some(0) | None if fits => return Ok(true),
+                Some(0) | None => pending.len(),
+                Some(room) => room,
+            };
+            let chunk = room.min(pending.len()).min(MAX_KEYS_PER_CALL as usize);
+            let ids: Vec<String> = pending[..chunk].iter().map(|(id, _)| id.clone()).collect();
+            let keys = self.keys(&ids)?;
+            let lengths = self.redis.string_lengths(&keys)?;
+            let (mut take, mut planned) = (0, page.bytes);
+            for length in lengths {
+                let first_of_page = page.tasks.is_empty() && take == 0;
+                if !first_of_page && planned + length > PAGE_BYTE_BUDGET {
+                    break;
+                }
+                planned += length;
+                take += 1;
+            }
+            if take == 0 {
+                if fits {
+                    return Ok(true);
+                }
+                take = 1;
+            }
+            let values = self.redis.get_many(&keys[..take])?;
+            let mut stale: Vec<Vec<Vec<u8>>> = Vec::new();
+            for ((id, score), value) in pending[..take].iter().zip(values) {
+                page.read += 1;
+                match self.listed_task(id, value, page.status) {
+                    Some(task) => {
+                        page.bytes += task.document.len();
+                        page.tasks.push(task);
+                    }
+                    // Missing, or another status: stale, unless a cluster writer is between
+                    // its provisional entry and its document.
+                    None if !is_provisional(score) => {
+                        stale.push(remove_if_score_command(index, id, score))
+                    }
+                    None => {}
+                }
+            }
+            pending.drain(..take);
+            if !stale.is_empty() {
+                let commands: Vec<Vec<&[u8]>> = stale.iter().map(|c| as_args(c)).collect();
+                let commands: Vec<&[&[u8]]> = commands.iter().map(Vec::as_slice).collect();
+                let keys = vec![index; commands.len()];
+                for reply in self.redis.batch(&keys, &commands, Retry::Idempotent)? {
+                    if let Reply::Error(message) = reply {
+                        return Err(self.redis.reply_error(message));
+                    }
+                }
+            }
+            if take < chunk && fits {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One step of `reindex`: one page of a scan listing of every task (`limit` tasks at
+    /// most, default 1000), each entered in its status's index, scored by its `PTTL`.
+    /// Never lowers an entry's expiry (a concurrent writer's stays valid).
+    pub fn reindex(
+        &mut self,
+        cursor: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<ReindexPage, TaskError> {
+        let limit = limit.unwrap_or(1000);
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(TaskError::invalid_input(format!(
+                "page size {limit} is out of range: it must be between 1 and {MAX_PAGE_SIZE}"
+            )));
+        }
+        let options = ListOptions {
+            status: None,
+            limit: Some(limit),
+            cursor,
+        };
+        let page = self.list_scan(&options, limit)?;
+        let entries: Vec<(Vec<u8>, &str)> = page
+            .tasks
+            .iter()
+            .filter_map(|task| {
+                let status = top_level_status(&task.document)?;
+                Some((index_key(&self.key_prefix, &status)?, task.id.as_str()))
+            })
+            .collect();
+        let mut indexed = 0;
+        if !entries.is_empty() {
+            let ids: Vec<String> = entries.iter().map(|(_, id)| (*id).to_owned()).collect();
+            let keys = self.keys(&ids)?;
+            let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            let pttl: Vec<[&[u8]; 2]> =
+                key_refs.iter().map(|key| [b"PTTL" as &[u8], key]).collect();
+            let pttl: Vec<&[&[u8]]> = pttl.iter().map(|c| c.as_slice()).collect();
+            let pttls = self.redis.batch(&key_refs, &pttl, Retry::Idempotent)?;
+            let mut adds = Vec::new();
+            let mut index_keys: Vec<&[u8]> = Vec::new();
+            for ((index, id), pttl) in entries.iter().zip(pttls) {
+                let ttl = match pttl {
+                    // Gone since it was read.
+                    Reply::Integer(-2) => continue,
+                    Reply::Integer(pttl) => EntryTtl::from_pttl(pttl),
+                    Reply::Error(message) => return Err(self.redis.reply_error(message)),
+                    other => return Err(self.redis.unexpected_reply("PTTL", &other)),
+                };
+                adds.push(add_command(
+                    &mut self.fractions,
+                    index,
+                    id,
+                    ttl,
+                    Entry::Final,
+                    true,
+                ));
+                index_keys.push(index);
+            }
+            let commands: Vec<Vec<&[u8]>> = adds.iter().map(|c| as_args(c)).collect();
+            let commands: Vec<&[&[u8]]> = commands.iter().map(Vec::as_slice).collect();
+            for reply in self
+                .redis
+                .batch(&index_keys, &commands, Retry::Idempotent)?
+            {
+                match reply {
+                    Reply::Error(message) => return Err(self.redis.reply_error(message)),
+                    _ => indexed += 1,
+                }
+            }
+        }
+        Ok(ReindexPage {
+            visited: page.tasks.len() as u32,
+            indexed,
+            cursor: page.cursor,
         })
     }
 
@@ -714,6 +1360,80 @@ fn update_attempt<C: Connector>(
             Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(Some(Some(merged))),
             Some(Reply::Error(message)) => Err(client.reply_error(message)),
             other => Err(protocol_error(client, "EXEC", other)),
+        },
+        Some(Reply::Error(message)) => Err(client.reply_error(message)),
+        other => Err(protocol_error(client, "EXEC", other)),
+    }
+}
+
+/// `WATCH` + `GET` + `PTTL` of `key`: the value and its `PTTL`, the watch left on; `None`
+/// (and no watch) when there is no such key.
+fn watch_read<C: Connector>(
+    client: &mut Client<C>,
+    key: &[u8],
+) -> Result<Option<(Vec<u8>, i64)>, TaskError> {
+    // Retrying all three together on a fresh connection is safe: no write yet.
+    let mut replies = client.pipeline(
+        &[&[b"WATCH", key], &[b"GET", key], &[b"PTTL", key]],
+        Retry::Idempotent,
+    )?;
+    let pttl = replies.pop();
+    let get = replies.pop();
+    let watch = replies.pop();
+    expect_ok(client, watch, "WATCH")?;
+    let pttl = match pttl {
+        Some(Reply::Integer(pttl)) => pttl,
+        Some(Reply::Error(message)) => {
+            unwatch(client)?;
+            return Err(client.reply_error(message));
+        }
+        other => return Err(protocol_error(client, "PTTL", other)),
+    };
+    match get {
+        Some(Reply::Null) => {
+            unwatch(client)?;
+            Ok(None)
+        }
+        Some(Reply::BulkString(bytes)) => Ok(Some((bytes, pttl))),
+        Some(Reply::Error(message)) => {
+            unwatch(client)?;
+            Err(client.reply_error(message))
+        }
+        other => Err(protocol_error(client, "GET", other)),
+    }
+}
+
+/// `MULTI`, `queued`, `write`, `EXEC` on a connection holding a `WATCH`: the reply of
+/// `write`, or `None` when the transaction did not run (the key changed, or on a cluster a
+/// redirect: run again from the `WATCH`, never elsewhere without it).
+fn exec_watched<C: Connector>(
+    client: &mut Client<C>,
+    queued: &[Vec<Vec<u8>>],
+    write: &[&[u8]],
+    command: &str,
+) -> Result<Option<Reply>, TaskError> {
+    let queued: Vec<Vec<&[u8]>> = queued.iter().map(|c| as_args(c)).collect();
+    let mut commands: Vec<&[&[u8]]> = vec![&[b"MULTI"]];
+    commands.extend(queued.iter().map(Vec::as_slice));
+    commands.push(write);
+    commands.push(&[b"EXEC"]);
+    // Never resent: if the connection dies here the write may have happened.
+    let mut replies = client.pipeline(&commands, Retry::Never)?;
+    let exec = replies.pop();
+    for reply in replies {
+        if let Reply::Error(message) = reply {
+            if crate::RedisErrorCode::of(&message).is_redirect() {
+                return Ok(None);
+            }
+            return Err(client.reply_error(message));
+        }
+    }
+    match exec {
+        Some(Reply::Null) => Ok(None),
+        Some(Reply::Array(results)) => match results.into_iter().last() {
+            Some(Reply::Error(message)) => Err(client.reply_error(message)),
+            Some(reply) => Ok(Some(reply)),
+            None => Err(protocol_error(client, command, None)),
         },
         Some(Reply::Error(message)) => Err(client.reply_error(message)),
         other => Err(protocol_error(client, "EXEC", other)),
@@ -1019,6 +1739,35 @@ mod tests {
         assert_eq!(page.tasks.len(), 1);
         assert_eq!(page.cursor.as_deref(), Some("p62.p63"));
         assert_eq!(commands(&connector).len(), 3);
+    }
+
+    #[test]
+    fn index_mode_set_is_one_script_writing_the_entry_then_the_document() {
+        let (mut store, connector) = open_store(vec![
+            Step::Reply(b"+OK\r\n"),
+            Step::Reply(b"+OK\r\n"),
+            Step::Reply(b"+OK\r\n"),
+        ]);
+        let document = r#"{"status": "pending"}"#;
+        store.set("t1", document, None).unwrap();
+        store.set_listing_mode(ListingMode::Index);
+        store.set("t1", document, None).unwrap();
+        // A document without a status has no entry to write.
+        store.set("t2", "{}", None).unwrap();
+        let sent = sent(&connector);
+        assert!(sent[1].starts_with(b"*4\r\n$5\r\nSETEX\r\n"));
+        let script = String::from_utf8_lossy(&sent[2]);
+        // EVAL <script> 2 <index> <key> <ttl ms> <id> <fraction> set <margin> SETEX …
+        assert!(script.starts_with("*14\r\n$4\r\nEVAL\r\n"), "{script}");
+        assert!(
+            script.contains("\r\n$1\r\n2\r\n$28\r\nresearch_task_status:pending\r\n$16\r\nresearch_task:t1\r\n$9\r\n604800000\r\n$2\r\nt1\r\n"),
+            "{script}"
+        );
+        assert!(
+            script.ends_with("$5\r\nSETEX\r\n$16\r\nresearch_task:t1\r\n$6\r\n604800\r\n$21\r\n{\"status\": \"pending\"}\r\n"),
+            "{script}"
+        );
+        assert!(sent[3].starts_with(b"*4\r\n$5\r\nSETEX\r\n$16\r\nresearch_task:t2"));
     }
 
     proptest! {

@@ -48,7 +48,8 @@ use taskstore::store::PAGE_BYTE_BUDGET;
 use taskstore_host::cache::{new_engine, CacheOutcome, ComponentCache, CACHE_DIR_ENV};
 use taskstore_host::probe::InstanceProbe;
 use taskstore_host::{
-    AsyncTaskStore, ListOptions, Options, Runtime, Task, TaskStore, UpdateOptions, COMPONENT,
+    AsyncTaskStore, ListOptions, ListingMode, Options, Runtime, Task, TaskStore, UpdateOptions,
+    COMPONENT,
 };
 // Without --redis or --port the benchmark runs on a throwaway server (the test fixture's guard).
 use taskstore_testing::redis_server::RedisServer;
@@ -104,6 +105,9 @@ pub struct BenchArgs {
     /// (default 0)
     #[arg(long, value_name = "C", num_args = 0..=1, default_missing_value = "0")]
     pub pin: Option<usize>,
+    /// Tasks the `status-index` section loads (1% of them pending)
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub index_tasks: usize,
     /// Internal: open a native store, get ID, exit (the baseline of the CLI start figures)
     #[arg(long, value_name = "ID", hide = true)]
     pub native_get: Option<String>,
@@ -125,6 +129,10 @@ pub enum Section {
     Start,
     /// Memory per idle store.
     Memory,
+    /// Listing the pending 1% of `--index-tasks` tasks by the status index against a scan,
+    /// and what the index adds to `set` and `update` (not run by default: it loads 1M
+    /// tasks).
+    StatusIndex,
 }
 
 const WORKLOAD: [Section; 7] = [
@@ -156,6 +164,7 @@ impl Section {
             Section::BigDocument => "big-document",
             Section::Start => "start",
             Section::Memory => "memory",
+            Section::StatusIndex => "status-index",
         }
     }
 }
@@ -251,6 +260,10 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
         online_cpus(),
     );
 
+    ensure!(
+        (100..=10_000_000).contains(&args.index_tasks),
+        "--index-tasks must be between 100 and 10000000"
+    );
     let bench = Bench {
         url,
         prefix,
@@ -258,6 +271,7 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
         n: args.n,
         reps: args.reps,
         list_tasks: args.list_tasks,
+        index_tasks: args.index_tasks,
         sections,
     };
     let mut report = Report::default();
@@ -274,6 +288,9 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
     if bench.has(Section::Memory) {
         bench.memory(&mut report)?;
     }
+    if bench.has(Section::StatusIndex) {
+        bench.status_index()?;
+    }
     print!("{}", report.targets());
     drop(server);
     Ok(())
@@ -286,6 +303,7 @@ struct Bench {
     n: usize,
     reps: usize,
     list_tasks: usize,
+    index_tasks: usize,
     sections: Vec<Section>,
 }
 
@@ -1458,6 +1476,198 @@ fn rss_bytes() -> Option<u64> {
 }
 
 /// Refuses a Redis that is not on this machine: the benchmark floods it and deletes keys.
+/// Small documents for the `status-index` section (42 to 52 bytes): what is measured is
+/// enumeration and round trips, not document transfer.
+fn index_doc(id: &str, status: &str) -> String {
+    format!(r#"{{"id": "{id}", "status": "{status}"}}"#)
+}
+
+/// Writes timed per mode in the `status-index` section, and pipelined writes per batch
+/// while loading.
+const INDEX_WRITES: usize = 2_000;
+const INDEX_LOAD_BATCH: usize = 10_000;
+/// Listings timed per mode; the median is reported.
+const INDEX_LISTINGS: usize = 3;
+
+impl Bench {
+    /// `status-index`: loads `index_tasks` tasks (1% `pending`, the rest `done`) with
+    /// pipelined `SETEX`es of the `redis` crate, the pending ones written again by an
+    /// index-mode store's `set-many` (entering them in the index); times `list --status
+    /// pending --all` (pages of 1000) through the component by index and by scan; then `set`
+    /// and `update` (a status change) through index-mode and scan-mode stores, alternating;
+    /// then one `reindex` of every task.
+    fn status_index(&self) -> anyhow::Result<()> {
+        let runtime = Runtime::builder().build()?;
+        let prefix = format!("{}idx:", self.prefix);
+        let open = |mode: ListingMode| {
+            TaskStore::open(
+                &runtime,
+                Options {
+                    key_prefix: Some(prefix.clone()),
+                    listing: Some(mode),
+                    ..Options::new(&self.url)
+                },
+            )
+        };
+        let mut indexed = open(ListingMode::Index)?;
+        let mut scan = open(ListingMode::Scan)?;
+        let mut plain = redis::Client::open(self.url.as_str())?.get_connection()?;
+        let total = self.index_tasks;
+        let started = Instant::now();
+        let mut pending_ids = Vec::with_capacity(total / 100 + 1);
+        for first in (0..total).step_by(INDEX_LOAD_BATCH) {
+            let mut pipe = redis::pipe();
+            for i in first..(first + INDEX_LOAD_BATCH).min(total) {
+                let id = format!("t{i:08}");
+                let status = if i % 100 == 0 { "pending" } else { "done" };
+                if status == "pending" {
+                    pending_ids.push(id.clone());
+                }
+                pipe.cmd("SETEX")
+                    .arg(format!("{prefix}{id}"))
+                    .arg(TTL_SECONDS)
+                    .arg(index_doc(&id, status))
+                    .ignore();
+            }
+            pipe.query::<()>(&mut plain)?;
+        }
+        let loaded_s = started.elapsed().as_secs_f64();
+        // Only the pending tasks need entries for this listing; a full `reindex` of every
+        // task is timed below on its own.
+        let pending: Vec<Task> = pending_ids
+            .iter()
+            .map(|id| Task {
+                id: id.clone(),
+                document: index_doc(id, "pending"),
+            })
+            .collect();
+        for chunk in pending.chunks(1000) {
+            for result in indexed.set_many(chunk, Some(TTL_SECONDS))? {
+                result?;
+            }
+        }
+        let used_memory = redis::cmd("INFO")
+            .arg("memory")
+            .query::<String>(&mut plain)?
+            .lines()
+            .find_map(|line| line.strip_prefix("used_memory_human:"))
+            .unwrap_or("?")
+            .trim()
+            .to_owned();
+        println!(
+            "# status-index: {total} tasks ({} pending), documents of 42-52 B, loaded in {loaded_s:.1} s; Redis uses {used_memory}",
+            pending_ids.len()
+        );
+
+        let expected: std::collections::BTreeSet<&str> =
+            pending_ids.iter().map(String::as_str).collect();
+        let list_us = |store: &mut TaskStore, what: &str| -> anyhow::Result<u64> {
+            let mut times = Vec::new();
+            for _ in 0..INDEX_LISTINGS {
+                let started = Instant::now();
+                let mut ids = Vec::with_capacity(expected.len());
+                let mut cursor = None;
+                loop {
+                    let page = store.list(&ListOptions {
+                        status: Some("pending".into()),
+                        limit: Some(1000),
+                        cursor,
+                    })?;
+                    ids.extend(page.tasks.into_iter().map(|task| task.id));
+                    match page.cursor {
+                        None => break,
+                        next => cursor = next,
+                    }
+                }
+                times.push(started.elapsed().as_micros() as u64);
+                let listed: std::collections::BTreeSet<&str> =
+                    ids.iter().map(String::as_str).collect();
+                ensure!(
+                    listed == expected,
+                    "{what} listed {} tasks, not the {} pending",
+                    listed.len(),
+                    expected.len()
+                );
+            }
+            Ok(median(&times))
+        };
+        let by_index = list_us(&mut indexed, "the index listing")?;
+        let by_scan = list_us(&mut scan, "the scan listing")?;
+        println!(
+            "status-index:list-pending index {:.1} ms, scan {:.1} ms: {:.0}x faster (target >= 50x)",
+            by_index as f64 / 1e3,
+            by_scan as f64 / 1e3,
+            by_scan as f64 / by_index.max(1) as f64
+        );
+
+        let mut set = [Vec::new(), Vec::new()];
+        let mut update = [Vec::new(), Vec::new()];
+        let running = UpdateOptions::default();
+        for i in 0..INDEX_WRITES {
+            for (slot, store) in [&mut indexed, &mut scan].into_iter().enumerate() {
+                let id = format!("w{slot}-{i:06}");
+                let document = index_doc(&id, "pending");
+                let started = Instant::now();
+                store.set(&id, &document, Some(TTL_SECONDS))?;
+                set[slot].push(started.elapsed().as_nanos() as u64);
+                let started = Instant::now();
+                store.update(&id, r#"{"status": "running"}"#, &running)?;
+                update[slot].push(started.elapsed().as_nanos() as u64);
+            }
+        }
+        for (name, samples) in [("set", &set), ("update", &update)] {
+            let (index_us, scan_us) = (
+                median(&samples[0]) as f64 / 1e3,
+                median(&samples[1]) as f64 / 1e3,
+            );
+            println!(
+                "status-index:{name} p50 index {index_us:.0} us, scan {scan_us:.0} us: +{:.0}% (target <= 15%)",
+                (index_us / scan_us - 1.0) * 100.0
+            );
+        }
+
+        let started = Instant::now();
+        let (mut cursor, mut indexed_total) = (None, 0u64);
+        loop {
+            let page = scan.reindex(cursor.as_deref(), Some(1000))?;
+            indexed_total += u64::from(page.indexed);
+            match page.cursor {
+                None => break,
+                next => cursor = next,
+            }
+        }
+        println!(
+            "status-index:reindex {indexed_total} tasks in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        // Leave nothing behind: the tasks and the index keys.
+        let base = prefix.trim_end_matches(':');
+        let mut keys: Vec<String> = Vec::new();
+        for status in ["pending", "done", "running"] {
+            keys.push(format!("{base}_status:{status}"));
+        }
+        redis::cmd("DEL").arg(&keys).query::<()>(&mut plain)?;
+        let mut position = 0u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(position)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(10_000)
+                .query(&mut plain)?;
+            if !found.is_empty() {
+                redis::cmd("UNLINK").arg(&found).query::<()>(&mut plain)?;
+            }
+            if next == 0 {
+                break;
+            }
+            position = next;
+        }
+        Ok(())
+    }
+}
+
 fn check_loopback(url: &str) -> anyhow::Result<String> {
     let parsed = RedisUrl::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
     let endpoint = parsed.endpoint;
@@ -1545,10 +1755,34 @@ mod tests {
             reps: 2,
             ops: WORKLOAD.to_vec(),
             list_tasks: 250,
+            index_tasks: 1_000_000,
             pin: None,
             native_get: None,
         };
         run(&args, None, None).unwrap();
+    }
+
+    #[test]
+    fn a_short_status_index_run_lists_the_same_tasks_both_ways_and_leaves_nothing() {
+        let server = RedisServer::start().unwrap();
+        let bench = Bench {
+            url: server.url(),
+            prefix: "bench-test:".to_owned(),
+            document: DEFAULT_DOCUMENT.to_owned(),
+            n: 1,
+            reps: 1,
+            list_tasks: 0,
+            index_tasks: 500,
+            sections: vec![Section::StatusIndex],
+        };
+        // It checks that both listings return exactly the pending tasks.
+        bench.status_index().unwrap();
+        let mut redis = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let left: i64 = redis::cmd("DBSIZE").query(&mut redis).unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]
@@ -1562,6 +1796,7 @@ mod tests {
             n,
             reps,
             list_tasks,
+            index_tasks: 0,
             sections: WORKLOAD.to_vec(),
         };
         let mut report = Report::default();
@@ -1652,6 +1887,7 @@ mod tests {
             n: 1,
             reps: 1,
             list_tasks: 0,
+            index_tasks: 0,
             sections: vec![Section::Memory],
         };
         bench.instantiation().unwrap();

@@ -14,6 +14,8 @@
 //!   server, and the shutdown signals.
 //! - `bench`: `taskstore bench`, the component against a native build of the same client
 //!   and the `redis` crate.
+//! - `keyvalue`: `taskstore compose` and `taskstore run`, for applications written against
+//!   `wasi:keyvalue`.
 //!
 //! The throwaway `redis-server` of `demo`, `serve --throwaway-redis` and `bench` is the test
 //! fixture of the workspace's `taskstore-testing` crate, used as a program would use it. The
@@ -22,6 +24,7 @@
 //! [`ServeConfig`]: taskstore_host::serve::ServeConfig
 
 mod bench;
+mod keyvalue;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -107,6 +110,12 @@ struct Cli {
     #[arg(long, value_name = "CIDR[:PORTS]", global = true)]
     cluster_allow: Vec<taskstore_host::ClusterAllow>,
 
+    /// How `list --status` finds tasks: `scan` reads every task (never misses one, whoever
+    /// wrote it); `index` reads the status index, which this program's writes keep in this
+    /// mode (tasks written otherwise need `taskstore reindex` first) [default: scan]
+    #[arg(long, value_name = "MODE", value_enum, global = true)]
+    listing: Option<Listing>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -123,14 +132,31 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the research-task HTTP API (the composed wasi:http function) until Ctrl-C
     Serve(ServeArgs),
+    /// Enter every task in the status index (`--listing index`), e.g. tasks written by the
+    /// Python service or redis-cli: one pass over the keys, progress on stderr, resumable
+    /// with the `--cursor` it prints
+    Reindex {
+        /// Continue from the cursor a previous run printed
+        #[arg(long, value_name = "C")]
+        cursor: Option<String>,
+        /// Tasks read per round trip batch, 1..=10000
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        batch: u32,
+    },
     /// Write the embedded components, and the HTTP API's OpenAPI document, to a directory, for
     /// other hosts (`wasmtime serve`, ...) and client generators
     Export {
-        /// Directory to write `taskstore.wasm`, `taskstore-tls.wasm`, `research-api.wasm` and
-        /// `openapi.json` into (created if missing)
+        /// Directory to write `taskstore.wasm`, `taskstore-tls.wasm`, `research-api.wasm`,
+        /// `taskstore-kv.wasm` and `openapi.json` into (created if missing)
         #[arg(value_name = "DIR")]
         out_dir: std::path::PathBuf,
     },
+    /// Plug the key-value component (wasi:keyvalue over Redis) into an application's
+    /// wasi:keyvalue imports
+    Compose(keyvalue::ComposeArgs),
+    /// Run a wasi:cli command that uses wasi:keyvalue, storing in Redis, in the store's
+    /// sandbox (TCP to the Redis addresses only); exits with the command's exit code
+    Run(keyvalue::RunArgs),
 }
 
 #[derive(clap::Args)]
@@ -193,6 +219,29 @@ struct ServeArgs {
     /// drops the access log (the other lines stay, as logfmt). RUST_LOG filters them
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = AccessLog::Logfmt)]
     access_log: AccessLog,
+}
+
+/// `--listing`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Listing {
+    Scan,
+    Index,
+}
+
+impl Listing {
+    fn mode(self) -> taskstore_host::ListingMode {
+        match self {
+            Listing::Scan => taskstore_host::ListingMode::Scan,
+            Listing::Index => taskstore_host::ListingMode::Index,
+        }
+    }
+
+    fn config_value(self) -> &'static str {
+        match self {
+            Listing::Scan => "scan",
+            Listing::Index => "index",
+        }
+    }
 }
 
 /// `serve --access-log`.
@@ -322,6 +371,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             .map_err(|e| Failure::Other(format!("bench: {e:#}"))),
         Command::Serve(args) => serve(&cli, args),
         Command::Export { out_dir } => export(out_dir),
+        Command::Reindex { cursor, batch } => {
+            let url = cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
+            let mut store = open(&cli, url)?;
+            reindex(&mut store, cursor.clone(), *batch)
+        }
+        Command::Compose(args) => keyvalue::compose_command(args),
+        Command::Run(args) => match keyvalue::run_app(&cli, args)? {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
         Command::Task(command) => {
             let url = cli.redis.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
             let mut store = open(&cli, url)?;
@@ -446,6 +505,46 @@ fn execute(store: &mut TaskStore, command: &TaskCommand) -> Result<(), Failure> 
     Ok(())
 }
 
+/// Pages `reindex` reads at most (10,000 tasks each by the largest batch: 10^9 tasks).
+const MAX_REINDEX_PAGES: usize = 1_000_000;
+/// Progress lines on stderr at most this often.
+const REINDEX_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn reindex(store: &mut TaskStore, mut cursor: Option<String>, batch: u32) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let mut last_report = started;
+    let (mut visited, mut indexed) = (0u64, 0u64);
+    for _ in 0..MAX_REINDEX_PAGES {
+        let page = match store.reindex(cursor.as_deref(), Some(batch)) {
+            Ok(page) => page,
+            Err(error) => {
+                if let Some(cursor) = &cursor {
+                    eprintln!("reindex: stopped; resume with --cursor {cursor}");
+                }
+                return Err(error.into());
+            }
+        };
+        visited += u64::from(page.visited);
+        indexed += u64::from(page.indexed);
+        let Some(next) = page.cursor else {
+            eprintln!(
+                "reindex: done: {visited} tasks read, {indexed} indexed in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        };
+        if last_report.elapsed() >= REINDEX_PROGRESS_EVERY {
+            last_report = std::time::Instant::now();
+            eprintln!("reindex: {visited} tasks read, {indexed} indexed; --cursor {next}");
+        }
+        cursor = Some(next);
+    }
+    Err(Failure::Other(format!(
+        "reindex stopped after {MAX_REINDEX_PAGES} pages; continue with --cursor {}",
+        cursor.unwrap_or_default()
+    )))
+}
+
 fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     use taskstore_host::serve::{describe_redis, ServeConfig, Server};
 
@@ -505,6 +604,11 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         config
             .config_vars
             .insert(settings::TIMEOUT_MS.into(), timeout.to_string());
+    }
+    if let Some(listing) = cli.listing {
+        config
+            .config_vars
+            .insert(settings::LISTING.into(), listing.config_value().into());
     }
     if let Some(pem) = tls_ca_certificates(cli)? {
         config
@@ -613,6 +717,7 @@ fn export(out_dir: &std::path::Path) -> Result<(), Failure> {
         ("taskstore.wasm", taskstore_host::COMPONENT),
         ("taskstore-tls.wasm", taskstore_host::TLS_COMPONENT),
         ("research-api.wasm", taskstore_host::serve::HTTP_COMPONENT),
+        ("taskstore-kv.wasm", taskstore_host::keyvalue::KV_COMPONENT),
         // The function's contract, as it serves it at /research/openapi.json.
         ("openapi.json", research_api::openapi::DOCUMENT.as_bytes()),
     ] {
@@ -660,6 +765,7 @@ fn open(cli: &Cli, url: String) -> Result<TaskStore, Failure> {
         tls_ca_certificates: tls_ca_certificates(cli)?,
         danger_accept_invalid_certificates: cli.danger_accept_invalid_certificates,
         cluster_allow: cli.cluster_allow.clone(),
+        listing: cli.listing.map(Listing::mode),
         ..Options::new(url)
     };
     Ok(TaskStore::open(&runtime, options)?)

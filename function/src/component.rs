@@ -143,6 +143,10 @@ impl Environment for WasiEnvironment {
             max_document_bytes: u32::try_from(settings.max_document_bytes()).ok(),
             tls_ca_certificates: settings.tls_ca_certificates.clone(),
             danger_accept_invalid_certificates: settings.danger_accept_invalid_certificates,
+            listing: settings.listing_by_index.map(|index| match index {
+                true => wit::ListingMode::Index,
+                false => wit::ListingMode::Scan,
+            }),
         };
         wit::Store::open(&options)
             .map(RedisStorage)

@@ -31,6 +31,9 @@ pub const DEFAULT_TTL_SECONDS: &str = "default-ttl-seconds";
 pub const MAX_DOCUMENT_BYTES: &str = "max-document-bytes";
 pub const TLS_CA_CERTIFICATES: &str = "tls-ca-certificates";
 pub const DANGER_ACCEPT_INVALID_CERTIFICATES: &str = "danger-accept-invalid-certificates";
+/// `scan` (the default) or `index`: how listing by status finds tasks (the WIT
+/// `listing-mode`).
+pub const LISTING: &str = "listing";
 
 /// Everything the function reads from its configuration. Unset optional keys are `None`,
 /// meaning the store's documented default.
@@ -45,6 +48,8 @@ pub struct Settings {
     pub tls_ca_certificates: Option<String>,
     /// Development only: accept any server certificate over `rediss://`.
     pub danger_accept_invalid_certificates: Option<bool>,
+    /// `Some(true)`: list by status through the status index (`listing = index`).
+    pub listing_by_index: Option<bool>,
 }
 
 // Hand-written so that no `{:?}` can ever print the URL.
@@ -64,6 +69,7 @@ impl fmt::Debug for Settings {
                 "danger_accept_invalid_certificates",
                 &self.danger_accept_invalid_certificates,
             )
+            .field("listing_by_index", &self.listing_by_index)
             .finish()
     }
 }
@@ -156,6 +162,17 @@ impl Settings {
                     })
                 }
             };
+        let listing_by_index = match get(LISTING)?.as_deref() {
+            None => None,
+            Some("scan") => Some(false),
+            Some("index") => Some(true),
+            Some(_) => {
+                return Err(SettingsError::Invalid {
+                    key: LISTING,
+                    expected: "scan or index",
+                })
+            }
+        };
         Ok(Settings {
             redis_url,
             key_prefix,
@@ -164,6 +181,7 @@ impl Settings {
             max_document_bytes: max_document_bytes.map(narrow_u32),
             tls_ca_certificates,
             danger_accept_invalid_certificates,
+            listing_by_index,
         })
     }
 
@@ -260,6 +278,30 @@ mod tests {
         assert_eq!(settings.default_ttl_seconds, Some(3_153_600_000));
         assert_eq!(settings.max_document_bytes, Some(4096));
         assert_eq!(settings.max_document_bytes(), 4096);
+    }
+
+    #[test]
+    fn listing_is_scan_or_index_and_nothing_else() {
+        let url = (REDIS_URL, "redis://h");
+        assert_eq!(load(&[url]).unwrap().listing_by_index, None);
+        assert_eq!(
+            load(&[url, (LISTING, "scan")]).unwrap().listing_by_index,
+            Some(false)
+        );
+        assert_eq!(
+            load(&[url, (LISTING, "index")]).unwrap().listing_by_index,
+            Some(true)
+        );
+        for bad in ["", "Index", "indexed"] {
+            assert_eq!(
+                load(&[url, (LISTING, bad)]),
+                Err(SettingsError::Invalid {
+                    key: LISTING,
+                    expected: "scan or index"
+                }),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

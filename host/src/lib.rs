@@ -49,6 +49,10 @@
 //!   the TLS storage component by `build.rs`) served over HTTP/1.1, as `taskstore serve`
 //!   runs it; `serve/` holds its connection cap, request guard and I/O limits.
 //!
+//! - [`keyvalue`]: `wasi:keyvalue` for any component: the key-value component
+//!   ([`keyvalue::KV_COMPONENT`], the workspace's `kv/`), [`keyvalue::compose`] to plug it
+//!   into an application, [`keyvalue::run_command`] to run the result in the sandbox.
+//!
 //! The `taskstore` CLI (its commands, `demo`, `bench` and the `serve` command) is the
 //! workspace's `taskstore-cli` crate (`cli/`), a user of this library's public API; the
 //! integration tests are the `taskstore-tests` package (`tests/`).
@@ -56,6 +60,7 @@
 mod engine;
 mod error;
 mod instance;
+pub mod keyvalue;
 mod network;
 mod options;
 mod output;
@@ -70,7 +75,8 @@ pub use error::{ErrorKind, RedisErrorCode, TaskError};
 pub use options::{read_tls_ca_file, redact_url, ClusterAllow, Options};
 pub use runtime::{Runtime, RuntimeBuilder, COMPONENT, DEFAULT_MEMORY_LIMIT, TLS_COMPONENT};
 pub use store::{
-    AsyncTaskStore, ListOptions, Page, Task, TaskStore, TimeToLive, TtlPolicy, UpdateOptions,
+    AsyncTaskStore, ListOptions, ListingMode, Page, ReindexPage, Task, TaskStore, TimeToLive,
+    TtlPolicy, UpdateOptions,
 };
 
 /// The compiled component kept on disk for short-lived processes; see [`ComponentCache`].

@@ -44,6 +44,10 @@ taskstore::store_options! {
         /// metadata address whatever this says: the cluster's (sentinels') answers, not the
         /// operator, would otherwise decide where the password is sent.
         pub cluster_allow: Vec<ClusterAllow>,
+        /// How listing by status finds tasks, and whether this store's writes keep the
+        /// status index (the WIT `options.listing`); `None`: scan, which never misses a
+        /// task whoever wrote it.
+        pub listing: Option<taskstore::store::ListingMode>,
     }
 }
 
@@ -95,6 +99,7 @@ impl fmt::Debug for Options {
                 &self.sentinel_password.as_ref().map(|_| "***"),
             )
             .field("cluster_allow", &self.cluster_allow)
+            .field("listing", &self.listing)
             .finish()
     }
 }

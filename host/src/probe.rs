@@ -100,6 +100,7 @@ impl InstanceProbe {
             max_document_bytes: None,
             tls_ca_certificates: None,
             danger_accept_invalid_certificates: None,
+            listing: None,
         };
         let handle = guest
             .taskstore_storage_task_storage()

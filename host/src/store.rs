@@ -23,7 +23,9 @@ const GUEST_OUTPUT_BYTES: usize = 16 * 1024;
 
 // The host API's value types are the component's own (its crate builds natively too): one
 // definition, documented there.
-pub use taskstore::store::{ListOptions, Page, Task, TimeToLive, TtlPolicy, UpdateOptions};
+pub use taskstore::store::{
+    ListOptions, ListingMode, Page, ReindexPage, Task, TimeToLive, TtlPolicy, UpdateOptions,
+};
 
 impl Runtime {
     /// Opens a store: instantiates the component and calls its `store.open`.
@@ -279,6 +281,34 @@ impl AsyncTaskStore {
         })
     }
 
+    /// Enters one page of every task (at most `limit`, default 1000) in the status index,
+    /// whatever this store's listing mode; call again with the returned cursor until
+    /// `None`. See the WIT's `reindex`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for a limit out of range or a malformed cursor;
+    /// [`ErrorKind::Server`]; [`ErrorKind::Connection`], [`ErrorKind::Timeout`] (call again
+    /// with the same cursor); [`ErrorKind::Host`] if the component trapped.
+    pub async fn reindex(
+        &mut self,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<ReindexPage, TaskError> {
+        let cursor = cursor.map(str::to_owned);
+        let page = self
+            .call(async |guest, store, handle| {
+                guest
+                    .call_reindex(store, handle, cursor.as_deref(), limit)
+                    .await
+            })
+            .await?;
+        Ok(ReindexPage {
+            visited: page.visited,
+            indexed: page.indexed,
+            cursor: page.cursor,
+        })
+    }
+
     /// The documents of `ids`, in order, `None` where there is no such task; one round trip.
     ///
     /// # Errors
@@ -486,6 +516,10 @@ fn to_wit(options: &Options, url: String) -> wit::Options {
         max_document_bytes: options.max_document_bytes,
         tls_ca_certificates: options.tls_ca_certificates.clone(),
         danger_accept_invalid_certificates: Some(options.danger_accept_invalid_certificates),
+        listing: options.listing.map(|mode| match mode {
+            ListingMode::Scan => wit::ListingMode::Scan,
+            ListingMode::Index => wit::ListingMode::Index,
+        }),
     }
 }
 
@@ -657,6 +691,18 @@ impl TaskStore {
     /// As [`AsyncTaskStore::list`].
     pub fn list(&mut self, options: &ListOptions) -> Result<Page, TaskError> {
         self.tokio.block_on(self.inner.list(options))
+    }
+
+    /// See [`AsyncTaskStore::reindex`].
+    ///
+    /// # Errors
+    /// As [`AsyncTaskStore::reindex`].
+    pub fn reindex(
+        &mut self,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<ReindexPage, TaskError> {
+        self.tokio.block_on(self.inner.reindex(cursor, limit))
     }
 
     /// See [`AsyncTaskStore::get_many`].

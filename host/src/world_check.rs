@@ -84,19 +84,27 @@ fn undeclared_imports(build: &Interfaces, world: &Interfaces) -> BTreeSet<String
     build.imports.difference(&world.imports).cloned().collect()
 }
 
+/// Copies the files of `from` into the existing directory `to`, and its directories (the
+/// `wasi:keyvalue` packages) whole.
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            fs::create_dir(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// A copy of `wit/` in a fresh directory, with `line` deleted from the world's file.
 fn wit_without_line(line: &str) -> tempfile::TempDir {
     let copy = tempfile::tempdir().unwrap();
     let source = wit_dir();
     fs::create_dir(copy.path().join("deps")).unwrap();
-    for entry in fs::read_dir(source.join("deps")).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(
-            entry.path(),
-            copy.path().join("deps").join(entry.file_name()),
-        )
-        .unwrap();
-    }
+    copy_dir(&source.join("deps"), &copy.path().join("deps"));
     let world = fs::read_to_string(source.join("task-storage.wit")).unwrap();
     let kept: Vec<&str> = world.lines().filter(|l| l.trim() != line).collect();
     assert_eq!(

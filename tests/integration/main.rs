@@ -19,6 +19,9 @@
 //! - `tls`: `rediss://` with a private CA.
 //! - `cluster`, `cluster_policy`: a real 3-master cluster; where its answers may lead.
 //! - `sentinel`: a master, a replica and 3 sentinels; failovers while a writer runs.
+//! - `status_index`: listing through the status index (`listing: index`), `reindex`.
+//! - `keyvalue`: applications written against `wasi:keyvalue`, composed with the key-value
+//!   component, on a server and a cluster: every function, CAS races, counters, listing.
 //! - `python_compat`: the original Python service's own code reads and writes our tasks.
 
 mod support;
@@ -28,6 +31,7 @@ mod cluster;
 mod cluster_policy;
 mod durability;
 mod faults;
+mod keyvalue;
 mod lifecycle;
 mod listing;
 mod python_compat;
@@ -35,5 +39,6 @@ mod races;
 mod real_failures;
 mod security;
 mod sentinel;
+mod status_index;
 mod storage;
 mod tls;

@@ -814,3 +814,75 @@ fn cluster_url_works_from_the_cli() {
     let run = taskstore(&["--redis", &url, "get", &ids[0]], &[], "");
     assert_eq!(run.code, 1, "{run:?}");
 }
+
+#[test]
+fn listing_index_finds_its_own_writes_and_reindex_resumes_from_a_cursor() {
+    let server = RedisServer::start().unwrap();
+    let indexed = |args: &[&str]| {
+        let mut all = vec!["--listing", "index"];
+        all.extend_from_slice(args);
+        on(&server, &all)
+    };
+    let ours = r#"{"id": "ours", "status": "pending"}"#;
+    assert_eq!(indexed(&["set", "ours", ours]).code, 0);
+    // Written as redis-cli or the Python service would: not in the index.
+    let mut foreign = Vec::new();
+    for n in 0..60 {
+        let document = format!(r#"{{"n": {n}, "status": "pending"}}"#);
+        let key = format!("research_task:py-{n}");
+        assert_eq!(
+            raw(&server, &[b"SET", key.as_bytes(), document.as_bytes()]),
+            b"+OK\r\n"
+        );
+        foreign.push(document);
+    }
+    let by_index = indexed(&["list", "--status", "pending", "--all"]);
+    assert_eq!(
+        (by_index.code, by_index.stdout.as_str()),
+        (0, format!("{ours}\n").as_str())
+    );
+    let by_scan = on(&server, &["list", "--status", "pending", "--all"]);
+    assert_eq!(by_scan.stdout.lines().count(), 61, "{by_scan:?}");
+
+    // reindex continues a scan listing's cursor: the tasks of the first page stay out.
+    let first_page = on(&server, &["list", "--limit", "20"]);
+    let cursor = next_cursor(&first_page).expect("more than one page");
+    let run = on(&server, &["reindex", "--batch", "7", "--cursor", &cursor]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("reindex: done: 41 tasks read, 41 indexed"),
+        "{run:?}"
+    );
+    let mut expected: Vec<String> = by_scan
+        .stdout
+        .lines()
+        .filter(|line| !first_page.stdout.lines().any(|listed| listed == *line))
+        .map(str::to_owned)
+        .collect();
+    // Our own write is in the index whichever page it came in.
+    if first_page.stdout.contains(ours) {
+        expected.push(ours.to_owned());
+    }
+    expected.sort();
+    let after = indexed(&["list", "--status", "pending", "--all"]);
+    assert_eq!(sorted_lines(&after), expected);
+
+    let run = on(&server, &["reindex"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("reindex: done: 61 tasks read, 61 indexed"),
+        "{run:?}"
+    );
+    let mut all: Vec<String> = foreign.clone();
+    all.push(ours.to_owned());
+    all.sort();
+    assert_eq!(
+        sorted_lines(&indexed(&["list", "--status", "pending", "--all"])),
+        all
+    );
+
+    let bad = on(&server, &["reindex", "--cursor", "not a cursor"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+}

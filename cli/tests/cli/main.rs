@@ -8,6 +8,7 @@
 mod commands;
 mod contract;
 mod failures;
+mod keyvalue;
 mod operations;
 mod reliability;
 mod run;
