@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::client::{Client, Retry, ScanBatch};
+use crate::cluster::{ListCursor, NodeScan, MAX_SCAN_ROUNDS};
 use crate::cluster_client::ClusterClient;
 use crate::config::RedisUrl;
 use crate::resp::Reply;
@@ -133,6 +134,72 @@ impl<C: Connector + Clone> Backend<C> {
             }
             (Backend::Cluster(_), None) => Ok(None),
         }
+    }
+
+    /// One step of a listing's uninterrupted `SCAN` iteration, where `cursor` points: one
+    /// `SCAN` call, its keys returned (`Some`, possibly empty), and `cursor` moved past it;
+    /// on a cluster, starting or finishing a master's scan as needed (the rule is
+    /// [`ListCursor`]'s). `None` once the listing is over. The task listing and the
+    /// key-value listing both walk their keyspace with it.
+    pub fn scan_step(
+        &mut self,
+        cursor: &mut ListCursor,
+        pattern: &[u8],
+        count: u32,
+    ) -> Result<Option<Vec<Vec<u8>>>, TaskError> {
+        let Some(cluster) = self.cluster() else {
+            let Some(position) = cursor.position else {
+                return Ok(None);
+            };
+            let (next, keys) = self
+                .scan(None, position, pattern, count)?
+                .unwrap_or_default();
+            cursor.position = (next != 0).then_some(next);
+            return Ok(Some(keys));
+        };
+        if cursor.node_scan.is_none() {
+            let limit = MAX_SCAN_ROUNDS * cluster.master_count().max(1) as u32;
+            if cursor.node_scans >= limit {
+                return Err(TaskError::server(format!(
+                    "TRYAGAIN hash slots kept migrating: the listing scanned {limit} masters without seeing every slot settled; list again from the start"
+                )));
+            }
+            let Some(node) = cluster.next_uncovered_master(&cursor.covered)? else {
+                return Ok(None);
+            };
+            cursor.node_scans += 1;
+            if let Some(owned_before) = cluster.stable_slots(&node)? {
+                cursor.node_scan = Some(NodeScan {
+                    node,
+                    position: 0,
+                    owned_before,
+                });
+            }
+            return Ok(Some(Vec::new()));
+        }
+        let Some(scan) = cursor.node_scan.as_mut() else {
+            return Ok(Some(Vec::new()));
+        };
+        let Some((next, keys)) = self.scan(Some(&scan.node), scan.position, pattern, count)? else {
+            // No longer a master (failed over, removed): its slots stay uncovered and are
+            // scanned again where they live now.
+            cursor.node_scan = None;
+            return Ok(Some(Vec::new()));
+        };
+        scan.position = next;
+        if next == 0 {
+            let owned_after = match self.cluster() {
+                Some(cluster) => cluster.stable_slots(&scan.node)?,
+                None => None,
+            };
+            if let Some(owned_after) = owned_after {
+                cursor
+                    .covered
+                    .add_intersection(&scan.owned_before, &owned_after);
+            }
+            cursor.node_scan = None;
+        }
+        Ok(Some(keys))
     }
 
     /// The length of each of `keys`' values (`STRLEN`, pipelined; per node on a cluster):

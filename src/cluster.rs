@@ -346,6 +346,10 @@ pub struct ListCursor {
     pub pending: Vec<String>,
 }
 
+/// On a cluster, a listing scans at most this many masters per master in the slot map
+/// before giving up on slots that keep migrating.
+pub const MAX_SCAN_ROUNDS: u32 = 4;
+
 /// Longest cursor text, in bytes (17,410, as the WIT says): two slot sets, the pending ids,
 /// and under 1 KiB for the rest (a master's address is at most 255 + 6 bytes, in hex).
 pub const MAX_CURSOR_BYTES: usize = 2 * SlotSet::MAX_TEXT_BYTES + MAX_PENDING_CURSOR_BYTES + 1024;

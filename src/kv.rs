@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 
 use crate::backend::Backend;
 use crate::client::{Client, Retry};
-use crate::cluster::{ListCursor, NodeScan};
+use crate::cluster::ListCursor;
 use crate::config::{Credentials, Secret, StoreOptions, StoreSettings};
 use crate::resp::Reply;
 use crate::transport::Connector;
@@ -55,9 +55,6 @@ const KEYS_PER_SCAN: u32 = 1000;
 /// `SCAN` calls one `list-keys` makes at most while they find no key, so a sparse bucket in
 /// a large keyspace answers with an empty page (and a cursor) rather than holding the call.
 const MAX_SCANS_PER_PAGE: usize = 64;
-/// On a cluster, master scans per master in the slot map before giving up on slots that
-/// keep migrating (as the task listing).
-const MAX_SCAN_ROUNDS: u32 = 4;
 /// Most keys of one batch call.
 pub const MAX_BATCH: usize = 10_000;
 /// Draft (`u64`) cursors of a cluster listing remembered per instance.
@@ -349,12 +346,13 @@ impl<C: Connector + Clone> KvStore<C> {
         let pattern = glob_pattern(prefix);
         let mut keys = Vec::new();
         for _ in 0..MAX_SCANS_PER_PAGE {
-            if !self.scan_step(&mut cursor, &pattern, &mut keys)? {
+            let Some(found) = self.redis.scan_step(&mut cursor, &pattern, KEYS_PER_SCAN)? else {
                 return Ok(KeyPage {
                     keys: strip_prefix(prefix, keys),
                     cursor: None,
                 });
-            }
+            };
+            keys.extend(found);
             if !keys.is_empty() {
                 break;
             }
@@ -440,75 +438,6 @@ impl<C: Connector + Clone> KvStore<C> {
             )));
         }
         Ok(())
-    }
-
-    /// One `SCAN` call where `cursor` points, its keys appended to `keys`; on a cluster,
-    /// starting or finishing a master's scan as needed (the task listing's rule, see
-    /// [`ListCursor`]). `false` once the listing is over.
-    fn scan_step(
-        &mut self,
-        cursor: &mut ListCursor,
-        pattern: &[u8],
-        keys: &mut Vec<Vec<u8>>,
-    ) -> Result<bool, TaskError> {
-        let Some(cluster) = self.redis.cluster() else {
-            let Some(position) = cursor.position else {
-                return Ok(false);
-            };
-            let (next, found) = self
-                .redis
-                .scan(None, position, pattern, KEYS_PER_SCAN)?
-                .unwrap_or_default();
-            cursor.position = (next != 0).then_some(next);
-            keys.extend(found);
-            return Ok(true);
-        };
-        if cursor.node_scan.is_none() {
-            let limit = MAX_SCAN_ROUNDS * cluster.master_count().max(1) as u32;
-            if cursor.node_scans >= limit {
-                return Err(TaskError::server(format!(
-                    "TRYAGAIN hash slots kept migrating: the listing scanned {limit} masters without seeing every slot settled; list again from the start"
-                )));
-            }
-            let Some(node) = cluster.next_uncovered_master(&cursor.covered)? else {
-                return Ok(false);
-            };
-            cursor.node_scans += 1;
-            if let Some(owned_before) = cluster.stable_slots(&node)? {
-                cursor.node_scan = Some(NodeScan {
-                    node,
-                    position: 0,
-                    owned_before,
-                });
-            }
-            return Ok(true);
-        }
-        let Some(scan) = cursor.node_scan.as_mut() else {
-            return Ok(true);
-        };
-        let Some((next, found)) =
-            self.redis
-                .scan(Some(&scan.node), scan.position, pattern, KEYS_PER_SCAN)?
-        else {
-            // No longer a master: its slots stay uncovered and are scanned where they live.
-            cursor.node_scan = None;
-            return Ok(true);
-        };
-        scan.position = next;
-        if next == 0 {
-            let owned_after = match self.redis.cluster() {
-                Some(cluster) => cluster.stable_slots(&scan.node)?,
-                None => None,
-            };
-            if let Some(owned_after) = owned_after {
-                cursor
-                    .covered
-                    .add_intersection(&scan.owned_before, &owned_after);
-            }
-            cursor.node_scan = None;
-        }
-        keys.extend(found);
-        Ok(true)
     }
 }
 

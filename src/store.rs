@@ -5,7 +5,7 @@
 
 use crate::backend::Backend;
 use crate::client::{Client, Retry};
-use crate::cluster::{ListCursor, NodeScan, MAX_PENDING_CURSOR_BYTES};
+use crate::cluster::{ListCursor, MAX_PENDING_CURSOR_BYTES};
 use crate::config::{check_ttl, ConfigError, StoreOptions, StoreSettings};
 use crate::document::{merge_patch, top_level_status, validate_document, validate_patch};
 use crate::resp::Reply;
@@ -105,9 +105,6 @@ const MAX_SCANS_PER_PAGE: usize = 64;
 pub const PAGE_BYTE_BUDGET: usize = 4 * 1024 * 1024;
 /// Most keys one `SCAN` asks for, or one `MGET` reads.
 const MAX_KEYS_PER_CALL: u32 = 1000;
-/// On a cluster, a listing scans at most this many masters per master in the slot map
-/// before giving up on slots that keep migrating.
-const MAX_SCAN_ROUNDS: u32 = 4;
 
 /// A page being filled, and what sizes its next `SCAN` and `MGET`.
 /// Where a page stood before one of its SCAN calls (see [`PageFill::mark`]).
@@ -817,12 +814,13 @@ impl<C: Connector + Clone> Store<C> {
                 let count = page.keys_per_call().min(count_cap);
                 before_last_scan = Some(page.mark(&cursor, count));
                 scans += 1;
-                if !self.scan_step(&mut cursor, &pattern, count)? {
+                let Some(keys) = self.redis.scan_step(&mut cursor, &pattern, count)? else {
                     return Ok(Page {
                         tasks: page.tasks,
                         cursor: None,
                     });
-                }
+                };
+                self.add_pending(&mut cursor, keys);
             }
             let overflow =
                 ListCursor::pending_text_bytes(&cursor.pending) > MAX_PENDING_CURSOR_BYTES;
@@ -1128,76 +1126,6 @@ impl<C: Connector + Clone> Store<C> {
             indexed,
             cursor: page.cursor,
         })
-    }
-
-    /// One `SCAN` call where `cursor` points, its keys' ids appended to `cursor.pending`
-    /// and `cursor` moved past it; on a cluster, starting or finishing a master's scan as
-    /// needed. `false` once the listing is over.
-    fn scan_step(
-        &mut self,
-        cursor: &mut ListCursor,
-        pattern: &[u8],
-        count: u32,
-    ) -> Result<bool, TaskError> {
-        let Some(cluster) = self.redis.cluster() else {
-            let Some(position) = cursor.position else {
-                return Ok(false);
-            };
-            let (next, keys) = self
-                .redis
-                .scan(None, position, pattern, count)?
-                .unwrap_or_default();
-            cursor.position = (next != 0).then_some(next);
-            self.add_pending(cursor, keys);
-            return Ok(true);
-        };
-        if cursor.node_scan.is_none() {
-            let limit = MAX_SCAN_ROUNDS * cluster.master_count().max(1) as u32;
-            if cursor.node_scans >= limit {
-                return Err(TaskError::server(format!(
-                    "TRYAGAIN hash slots kept migrating: the listing scanned {limit} masters without seeing every slot settled; list again from the start"
-                )));
-            }
-            let Some(node) = cluster.next_uncovered_master(&cursor.covered)? else {
-                return Ok(false);
-            };
-            cursor.node_scans += 1;
-            if let Some(owned_before) = cluster.stable_slots(&node)? {
-                cursor.node_scan = Some(NodeScan {
-                    node,
-                    position: 0,
-                    owned_before,
-                });
-            }
-            return Ok(true);
-        }
-        let Some(scan) = cursor.node_scan.as_mut() else {
-            return Ok(true);
-        };
-        let Some((next, keys)) =
-            self.redis
-                .scan(Some(&scan.node), scan.position, pattern, count)?
-        else {
-            // No longer a master (failed over, removed): its slots stay uncovered and are
-            // scanned again where they live now.
-            cursor.node_scan = None;
-            return Ok(true);
-        };
-        scan.position = next;
-        if next == 0 {
-            let owned_after = match self.redis.cluster() {
-                Some(cluster) => cluster.stable_slots(&scan.node)?,
-                None => None,
-            };
-            if let Some(owned_after) = owned_after {
-                cursor
-                    .covered
-                    .add_intersection(&scan.owned_before, &owned_after);
-            }
-            cursor.node_scan = None;
-        }
-        self.add_pending(cursor, keys);
-        Ok(true)
     }
 
     fn add_pending(&self, cursor: &mut ListCursor, keys: Vec<Vec<u8>>) {
