@@ -596,6 +596,32 @@ pub(crate) fn reply_kind(reply: &Reply) -> &'static str {
     }
 }
 
+/// `reply`, one reply of a pipeline or transaction, must be `+OK` for `command`; an error
+/// reply becomes its error, anything else (or no reply) a protocol error.
+pub fn expect_ok<C: Connector>(
+    client: &Client<C>,
+    reply: Option<Reply>,
+    command: &str,
+) -> Result<(), TaskError> {
+    match reply {
+        Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(()),
+        Some(Reply::Error(message)) => Err(client.reply_error(message)),
+        other => Err(protocol_error(client, command, other)),
+    }
+}
+
+/// The protocol error for a reply of the wrong shape for `command`, or for none at all.
+pub fn protocol_error<C: Connector>(
+    client: &Client<C>,
+    command: &str,
+    reply: Option<Reply>,
+) -> TaskError {
+    match reply {
+        Some(reply) => client.unexpected_reply(command, &reply),
+        None => TaskError::protocol(format!("no reply to {command}")),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 
 use crate::backend::Backend;
-use crate::client::{Client, Retry};
+use crate::client::{expect_ok, protocol_error, Client, Retry};
 use crate::cluster::ListCursor;
 use crate::config::{Credentials, Secret, StoreOptions, StoreSettings};
 use crate::resp::Reply;
@@ -490,29 +490,6 @@ fn swap_attempt<C: Connector>(
         },
         Some(Reply::Error(message)) => Err(client.reply_error(message)),
         other => Err(protocol_error(client, "EXEC", other)),
-    }
-}
-
-fn expect_ok<C: Connector>(
-    client: &Client<C>,
-    reply: Option<Reply>,
-    command: &str,
-) -> Result<(), TaskError> {
-    match reply {
-        Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(()),
-        Some(Reply::Error(message)) => Err(client.reply_error(message)),
-        other => Err(protocol_error(client, command, other)),
-    }
-}
-
-fn protocol_error<C: Connector>(
-    client: &Client<C>,
-    command: &str,
-    reply: Option<Reply>,
-) -> TaskError {
-    match reply {
-        Some(reply) => client.unexpected_reply(command, &reply),
-        None => TaskError::protocol(format!("no reply to {command}")),
     }
 }
 

@@ -4,7 +4,7 @@
 //! input never reaches Redis and never half-writes anything.
 
 use crate::backend::Backend;
-use crate::client::{Client, Retry};
+use crate::client::{expect_ok, protocol_error, Client, Retry};
 use crate::cluster::{ListCursor, MAX_PENDING_CURSOR_BYTES};
 use crate::config::{check_ttl, ConfigError, StoreOptions, StoreSettings};
 use crate::document::{merge_patch, top_level_status, validate_document, validate_patch};
@@ -1402,29 +1402,6 @@ fn merge_checked(
 fn unwatch<C: Connector>(client: &mut Client<C>) -> Result<(), TaskError> {
     client.command(&[b"UNWATCH"], Retry::Never)?;
     Ok(())
-}
-
-fn expect_ok<C: Connector>(
-    client: &Client<C>,
-    reply: Option<Reply>,
-    command: &str,
-) -> Result<(), TaskError> {
-    match reply {
-        Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(()),
-        Some(Reply::Error(message)) => Err(client.reply_error(message)),
-        other => Err(protocol_error(client, command, other)),
-    }
-}
-
-fn protocol_error<C: Connector>(
-    client: &Client<C>,
-    command: &str,
-    reply: Option<Reply>,
-) -> TaskError {
-    match reply {
-        Some(reply) => client.unexpected_reply(command, &reply),
-        None => TaskError::protocol(format!("no reply to {command}")),
-    }
 }
 
 fn check_batch_size(len: usize) -> Result<(), TaskError> {
