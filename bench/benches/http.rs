@@ -74,7 +74,9 @@ struct Options {
     seconds: f64,
     reps: usize,
     connections: usize,
-    taskstore: PathBuf,
+    /// The `taskstore` binaries to serve; more than one are measured side by side in one run
+    /// (a change against a baseline build).
+    taskstore: Vec<PathBuf>,
 }
 
 impl Options {
@@ -83,7 +85,7 @@ impl Options {
             seconds: 3.0,
             reps: 3,
             connections: 16,
-            taskstore: default_taskstore()?,
+            taskstore: Vec::new(),
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -98,10 +100,10 @@ impl Options {
                 "--seconds" => options.seconds = value("--seconds")?.parse()?,
                 "--reps" => options.reps = value("--reps")?.parse()?,
                 "--connections" => options.connections = value("--connections")?.parse()?,
-                "--taskstore" => options.taskstore = value("--taskstore")?.into(),
+                "--taskstore" => options.taskstore.push(value("--taskstore")?.into()),
                 other => bail!(
                     "unknown argument {other:?} (--seconds S, --reps N, --connections C, \
-                     --taskstore PATH)"
+                     --taskstore PATH, repeatable)"
                 ),
             }
         }
@@ -111,12 +113,17 @@ impl Options {
         if options.reps == 0 || options.connections == 0 || options.connections > 1024 {
             bail!("--reps must be positive and --connections in 1..=1024");
         }
-        if !options.taskstore.is_file() {
-            bail!(
-                "no taskstore binary at {}: run `cargo build --release -p taskstore-cli` first, \
-                 or name one with --taskstore",
-                options.taskstore.display()
-            );
+        if options.taskstore.is_empty() {
+            options.taskstore.push(default_taskstore()?);
+        }
+        for taskstore in &options.taskstore {
+            if !taskstore.is_file() {
+                bail!(
+                    "no taskstore binary at {}: run `cargo build --release -p taskstore-cli` \
+                     first, or name one with --taskstore",
+                    taskstore.display()
+                );
+            }
         }
         Ok(options)
     }
@@ -164,29 +171,36 @@ fn run(options: &Options) -> anyhow::Result<()> {
     let redis = taskstore_testing::redis_server::RedisServer::start()?;
     let redis_url = redis.url();
     let body = create_request_body()?;
-    let mut servers = [
-        (
+    // `serve` for one binary; `serve#1`, `serve#2`, ... in `--taskstore` order for several.
+    let mut servers = Vec::new();
+    for (i, taskstore) in options.taskstore.iter().enumerate() {
+        let name = match options.taskstore.len() {
+            1 => "serve".to_owned(),
+            _ => format!("serve#{}", i + 1),
+        };
+        let process = ServerProcess::start(Command::new(taskstore).args([
             "serve",
-            ServerProcess::start(Command::new(&options.taskstore).args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--redis",
-                &redis_url,
-            ]))?,
-        ),
-        (
-            "native",
-            ServerProcess::start(
-                Command::new(std::env::current_exe()?).args(["--native-server", &redis_url]),
-            )?,
-        ),
-    ];
+            "--listen",
+            "127.0.0.1:0",
+            "--redis",
+            &redis_url,
+        ]))?;
+        servers.push((name, process));
+    }
+    servers.push((
+        "native".to_owned(),
+        ServerProcess::start(
+            Command::new(std::env::current_exe()?).args(["--native-server", &redis_url]),
+        )?,
+    ));
+    let native = servers.len() - 1;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let seconds = Duration::from_secs_f64(options.seconds);
-    println!("# taskstore: {}", options.taskstore.display());
+    for (name, taskstore) in servers.iter().map(|(name, _)| name).zip(&options.taskstore) {
+        println!("# {name}: {}", taskstore.display());
+    }
     println!(
         "# {} connection(s), {:.1} s per measurement, {} rep(s), {}-byte create body; medians over reps",
         options.connections,
@@ -206,7 +220,10 @@ fn run(options: &Options) -> anyhow::Result<()> {
         seeded.push(runtime.block_on(seed(server.addr, &body))?);
     }
     for rep in 0..options.reps {
-        let order: Vec<usize> = if rep % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+        // The servers' order rotates per rep, so that none always runs first or last.
+        let order: Vec<usize> = (0..servers.len())
+            .map(|i| (i + rep) % servers.len())
+            .collect();
         for (r, &route) in routes.iter().enumerate() {
             for &s in &order {
                 let addr = servers[s].1.addr;
@@ -232,12 +249,19 @@ fn run(options: &Options) -> anyhow::Result<()> {
             println!("{} {name} {rate:.0} {p50:.0} {p99:.0}", route.name());
             medians.push((rate, p50));
         }
-        println!(
-            "ratio:{} req/s {:.2} p50 {:.2}",
-            route.name(),
-            medians[0].0 / medians[1].0,
-            medians[0].1 / medians[1].1
-        );
+        for (s, (name, _)) in servers.iter().enumerate().take(native) {
+            // With one binary the line keeps its old form: `ratio:<route> ...`.
+            let label = match native {
+                1 => String::new(),
+                _ => format!("{name}:"),
+            };
+            println!(
+                "ratio:{label}{} req/s {:.2} p50 {:.2}",
+                route.name(),
+                medians[s].0 / medians[native].0,
+                medians[s].1 / medians[native].1
+            );
+        }
     }
     for (_, server) in &mut servers {
         server.stop();
