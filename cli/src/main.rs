@@ -593,7 +593,9 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         AccessLog::Json => taskstore_host::serve::LogFormat::Json,
         AccessLog::Logfmt | AccessLog::Off => taskstore_host::serve::LogFormat::Logfmt,
     };
-    taskstore_host::serve::logging::install(log_format)
+    // Declared before the runtime, so dropped after it: the lines of the last requests are
+    // written out once nothing can log any more.
+    let _log_flush = taskstore_host::serve::logging::install(log_format)
         .map_err(|e| Failure::Other(format!("serve: {e:#}")))?;
     if let Some(prefix) = &cli.prefix {
         config
