@@ -9,6 +9,8 @@
 //! `taskstore` is the release binary next to this one (`target/release/taskstore`) unless
 //! `--taskstore` names another: it is built by its own cargo run, since building the CLI and
 //! this benchmark in one would build the component crates twice (see `Cargo.toml`).
+//! `--taskstore` may be repeated: every binary is served and measured in the same run
+//! (`serve#1`, `serve#2`, ...), to compare a change with a baseline build under the same load.
 //!
 //! Both servers run as child processes on loopback against one private `redis-server`:
 //! `taskstore serve` with its defaults, and this binary re-run with `--native-server`, an
@@ -19,12 +21,12 @@
 //!
 //! The load generator is this process: `--connections` keep-alive HTTP/1.1 connections, each
 //! sending its next request when the last answer arrived, for `--seconds` per measurement
-//! after a short warm-up. Each rep measures every route on both servers, in an order that
-//! alternates per rep; lines are the medians over the reps:
+//! after a short warm-up. Each rep measures every route on every server, in an order that
+//! rotates per rep; lines are the medians over the reps:
 //!
 //! ```text
 //! <route> <server> <req_per_s> <p50_us> <p99_us>
-//! ratio:<route> req/s <serve/native> p50 <serve/native>
+//! ratio:[serve#N:]<route> req/s <serve/native> p50 <serve/native>
 //! ```
 //!
 //! The machine's cores are shared by the server under test, Redis and the load generator, as
