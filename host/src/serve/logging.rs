@@ -60,13 +60,7 @@ pub fn install(format: LogFormat) -> anyhow::Result<LogFlush> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (sink, flush) = LogSink::start(Box::new(io::stderr()));
-    // A panic aborts the process: first write out the lines of the requests that finished.
-    let previous_hook = std::panic::take_hook();
     let on_panic = sink.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        on_panic.try_flush();
-        previous_hook(info);
-    }));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(sink)
@@ -81,6 +75,12 @@ pub fn install(format: LogFormat) -> anyhow::Result<LogFlush> {
             .try_init(),
     };
     installed.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
+    // A panic aborts the process: first write out the lines of the requests that finished.
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        on_panic.try_flush();
+        previous_hook(info);
+    }));
     Ok(flush)
 }
 
@@ -189,14 +189,14 @@ impl LogSink {
 
     /// Writes out the buffer unless a lock is held (a panic inside the logging itself).
     fn try_flush(&self) {
-        let Ok(mut pending) = self.shared.pending.try_lock() else {
+        let (Ok(mut pending), Ok(mut output)) = (
+            self.shared.pending.try_lock(),
+            self.shared.output.try_lock(),
+        ) else {
             return;
         };
-        let buffered = std::mem::take(&mut pending.bytes);
-        if let Ok(mut output) = self.shared.output.try_lock() {
-            let _ = output.write_all(&buffered);
-            let _ = output.flush();
-        }
+        let _ = output.write_all(&std::mem::take(&mut pending.bytes));
+        let _ = output.flush();
     }
 
     fn write_line(&self, line: &[u8], buffered: bool) {
