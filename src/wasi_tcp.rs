@@ -25,7 +25,7 @@ use wasi::sockets::network::{
 use wasi::sockets::tcp::TcpSocket;
 use wasi::sockets::tcp_create_socket::create_tcp_socket;
 
-use crate::transport::{Connector, Endpoint, IoError, Transport};
+use crate::transport::{Connector, Endpoint, IoError, KeptTimer, Transport};
 
 /// Reads start at this size and grow while reads fill the buffer: wasmtime zero-fills the
 /// requested length on every read, so a large fixed length costs time on every reply.
@@ -255,10 +255,15 @@ impl WasiTcp {
             }
         };
         loop {
-            let (timer, fires_at) = match self.timer.take() {
-                Some((timer, fires_at)) if fires_at <= deadline => (timer, fires_at),
+            let (timer, kept) = match self.timer.take() {
+                Some((timer, fires_at)) if (KeptTimer { fires_at }).serves(deadline) => {
+                    (timer, KeptTimer { fires_at })
+                }
                 // None yet, or one set for a later deadline (a longer timeout before).
-                _ => (monotonic_clock::subscribe_instant(deadline), deadline),
+                _ => (
+                    monotonic_clock::subscribe_instant(deadline),
+                    KeptTimer { fires_at: deadline },
+                ),
             };
             let connection = self.connection.as_ref().ok_or(IoError::Closed)?;
             let ready = match which {
@@ -266,8 +271,8 @@ impl WasiTcp {
                 Readiness::Output => &connection.output_ready,
             };
             let outcome = wait_until(ready, &timer);
-            if outcome.is_ok() || fires_at == deadline {
-                self.timer = Some((timer, fires_at));
+            if outcome.is_ok() || kept.fired_means_timeout(deadline) {
+                self.timer = Some((timer, kept.fires_at));
                 return outcome;
             }
             // An earlier operation's deadline passed, not this one's: re-arm at this one.
