@@ -25,7 +25,7 @@ use wasi::sockets::network::{
 use wasi::sockets::tcp::TcpSocket;
 use wasi::sockets::tcp_create_socket::create_tcp_socket;
 
-use crate::transport::{Connector, Endpoint, IoError, Transport};
+use crate::transport::{Connector, Endpoint, IoError, KeptTimer, Transport};
 
 /// Reads start at this size and grow while reads fill the buffer: wasmtime zero-fills the
 /// requested length on every read, so a large fixed length costs time on every reply.
@@ -38,9 +38,14 @@ pub struct WasiConnector;
 pub struct WasiTcp {
     /// `None` only while being dropped.
     connection: Option<Connection>,
-    /// Timer of the current operation, created on its first wait only: an operation whose
-    /// reply is already there makes no clock call at all.
-    timer: Option<Pollable>,
+    /// A timer kept from operation to operation, and the instant it fires: never later than
+    /// the current operation's deadline (an earlier operation's deadline, or this one's).
+    /// Reusing it saves creating and dropping a timer resource on every operation; when an
+    /// earlier deadline fires, the timer is re-armed at the current one.
+    timer: Option<(Pollable, monotonic_clock::Instant)>,
+    /// Deadline of the current operation, set at its first wait: an operation whose reply
+    /// is already there makes no clock call at all.
+    deadline: Option<monotonic_clock::Instant>,
     /// Timeout of the current operation, in nanoseconds.
     timeout_ns: u64,
     read_len: u64,
@@ -175,6 +180,7 @@ fn connect_one(
             socket,
         }),
         timer: None,
+        deadline: None,
         timeout_ns: 0,
         read_len: INITIAL_READ,
     })
@@ -240,16 +246,38 @@ impl WasiTcp {
     /// The operation's clock starts at its first wait, microseconds after the operation
     /// itself started: the time before it is the guest's own work, not a wait on Redis.
     fn wait(&mut self, which: Readiness) -> Result<(), IoError> {
-        let timeout_ns = self.timeout_ns;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| monotonic_clock::subscribe_duration(timeout_ns));
-        let connection = self.connection.as_ref().ok_or(IoError::Closed)?;
-        let ready = match which {
-            Readiness::Input => &connection.input_ready,
-            Readiness::Output => &connection.output_ready,
+        let deadline = match self.deadline {
+            Some(deadline) => deadline,
+            None => {
+                let deadline = monotonic_clock::now().saturating_add(self.timeout_ns);
+                self.deadline = Some(deadline);
+                deadline
+            }
         };
-        wait_until(ready, timer)
+        loop {
+            let (timer, kept) = match self.timer.take() {
+                Some((timer, fires_at)) if (KeptTimer { fires_at }).serves(deadline) => {
+                    (timer, KeptTimer { fires_at })
+                }
+                // None yet, or one set for a later deadline (a longer timeout before).
+                _ => (
+                    monotonic_clock::subscribe_instant(deadline),
+                    KeptTimer { fires_at: deadline },
+                ),
+            };
+            let connection = self.connection.as_ref().ok_or(IoError::Closed)?;
+            let ready = match which {
+                Readiness::Input => &connection.input_ready,
+                Readiness::Output => &connection.output_ready,
+            };
+            let outcome = wait_until(ready, &timer);
+            if outcome.is_ok() || kept.fired_means_timeout(deadline) {
+                self.timer = Some((timer, kept.fires_at));
+                return outcome;
+            }
+            // An earlier operation's deadline passed, not this one's: re-arm at this one.
+            drop(timer);
+        }
     }
 }
 
@@ -261,7 +289,7 @@ enum Readiness {
 impl Transport for WasiTcp {
     fn start_operation(&mut self, timeout: Duration) {
         self.timeout_ns = nanos(timeout);
-        self.timer = None;
+        self.deadline = None;
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), IoError> {
@@ -292,6 +320,9 @@ impl Transport for WasiTcp {
 
     fn receive(&mut self, buf: &mut Vec<u8>) -> Result<(), IoError> {
         loop {
+            // Read before waiting: on a loaded core Redis has often answered by the time the
+            // request's write returns (waking it preempts us), and then one read is the only
+            // host call of the whole wait. Waiting first measured slower, pinned and not.
             let chunk = self
                 .connection()?
                 .input
