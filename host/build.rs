@@ -123,7 +123,8 @@ fn main() {
         }
     }
 
-    // The function gets the TLS-capable store, so a deployment can use `rediss://`.
+    // The function gets the full store, so a deployment can use `rediss://`, a cluster or
+    // Sentinel.
     let composed = out_dir.join("research-api.wasm");
     if let Err(e) = compose_function(&function, &tls, &composed) {
         fail(&format!(
@@ -178,10 +179,12 @@ const PLAIN: Variant = Variant {
     file_name: "taskstore.wasm",
 };
 
-/// `rediss://`: rustls in the guest (~0.68 MB more), kept out of the plain component.
+/// The full build: `rediss://` (rustls in the guest, ~0.68 MB more) and Redis Cluster and
+/// Sentinel (`topologies`), all kept out of the plain component, which reaches one server.
+/// The host switches to it for any URL that needs one of them.
 const TLS: Variant = Variant {
     packages: &[GUEST_PACKAGE],
-    features: &["tls"],
+    features: &["tls", "topologies"],
     file_name: "taskstore-tls.wasm",
 };
 

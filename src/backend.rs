@@ -1,16 +1,25 @@
 //! What the store talks to: one Redis server, a Redis Cluster, or the master Redis
 //! Sentinel names, behind one small surface, so task semantics are written once.
+//!
+//! A component built without the `topologies` feature (the plain `taskstore.wasm`) has no
+//! cluster or Sentinel client: their variants hold the uninhabited stand-ins of [`absent`],
+//! so every arm that reaches them compiles to nothing and the clients' code is not linked.
+//! Such URLs never get here: `StoreSettings::from_options` refuses them in that build.
 
 use std::time::Duration;
 
 use crate::client::{Client, Retry, ScanBatch};
 use crate::cluster::{ListCursor, NodeScan, MAX_SCAN_ROUNDS};
+#[cfg(any(feature = "topologies", not(target_arch = "wasm32")))]
 use crate::cluster_client::ClusterClient;
 use crate::config::RedisUrl;
 use crate::resp::Reply;
+#[cfg(any(feature = "topologies", not(target_arch = "wasm32")))]
 use crate::sentinel::SentinelClient;
 use crate::transport::{Connector, Endpoint};
 use crate::TaskError;
+#[cfg(not(any(feature = "topologies", not(target_arch = "wasm32"))))]
+use absent::{ClusterClient, SentinelClient};
 
 pub enum Backend<C: Connector + Clone> {
     Single(Client<C>),
@@ -22,18 +31,26 @@ impl<C: Connector + Clone> Backend<C> {
     /// A cluster client for a `redis+cluster://` URL, a Sentinel client for
     /// `redis+sentinel://`, a single-server client otherwise.
     pub fn new(connector: C, url: RedisUrl, timeout: Duration, max_value_bytes: usize) -> Self {
-        if url.is_sentinel() {
-            Backend::Sentinel(SentinelClient::new(
-                connector,
-                url,
-                timeout,
-                max_value_bytes,
-            ))
-        } else if url.is_cluster() {
-            Backend::Cluster(ClusterClient::new(connector, url, timeout, max_value_bytes))
-        } else {
-            Backend::Single(Client::new(connector, url, timeout, max_value_bytes))
+        #[cfg(any(feature = "topologies", not(target_arch = "wasm32")))]
+        {
+            if url.is_sentinel() {
+                return Backend::Sentinel(SentinelClient::new(
+                    connector,
+                    url,
+                    timeout,
+                    max_value_bytes,
+                ));
+            }
+            if url.is_cluster() {
+                return Backend::Cluster(ClusterClient::new(
+                    connector,
+                    url,
+                    timeout,
+                    max_value_bytes,
+                ));
+            }
         }
+        Backend::Single(Client::new(connector, url, timeout, max_value_bytes))
     }
 
     /// Connects and authenticates now (for a cluster: to a seed, loading the slot map).
@@ -237,6 +254,101 @@ impl<C: Connector + Clone> Backend<C> {
             Backend::Single(client) => client.unexpected_reply(command, reply),
             Backend::Cluster(cluster) => cluster.unexpected_reply(command, reply),
             Backend::Sentinel(sentinel) => sentinel.unexpected_reply(command, reply),
+        }
+    }
+}
+
+/// The cluster and Sentinel clients of a build without them: types with no values, with the
+/// methods [`Backend`] calls, so it is written once for every build.
+#[cfg(not(any(feature = "topologies", not(target_arch = "wasm32"))))]
+mod absent {
+    use std::convert::Infallible;
+    use std::marker::PhantomData;
+
+    use crate::client::{Client, Retry, ScanBatch};
+    use crate::cluster::SlotSet;
+    use crate::resp::Reply;
+    use crate::transport::Endpoint;
+    use crate::TaskError;
+
+    pub struct ClusterClient<C>(Infallible, PhantomData<C>);
+
+    impl<C> ClusterClient<C> {
+        pub fn connect(&mut self) -> Result<(), TaskError> {
+            match self.0 {}
+        }
+
+        pub fn on_key<T>(
+            &mut self,
+            _key: &[u8],
+            _op: impl FnMut(&mut Client<C>) -> Result<T, TaskError>,
+        ) -> Result<T, TaskError> {
+            match self.0 {}
+        }
+
+        pub fn batch(
+            &mut self,
+            _keys: &[&[u8]],
+            _commands: &[&[&[u8]]],
+            _retry: Retry,
+        ) -> Result<Vec<Reply>, TaskError> {
+            match self.0 {}
+        }
+
+        pub fn master_count(&self) -> usize {
+            match self.0 {}
+        }
+
+        pub fn next_uncovered_master(
+            &mut self,
+            _covered: &SlotSet,
+        ) -> Result<Option<Endpoint>, TaskError> {
+            match self.0 {}
+        }
+
+        pub fn stable_slots(&mut self, _node: &Endpoint) -> Result<Option<SlotSet>, TaskError> {
+            match self.0 {}
+        }
+
+        pub fn scan_node(
+            &mut self,
+            _node: &Endpoint,
+            _cursor: u64,
+            _pattern: &[u8],
+            _count: u32,
+        ) -> Result<Option<ScanBatch>, TaskError> {
+            match self.0 {}
+        }
+
+        pub fn reply_error(&self, _message: String) -> TaskError {
+            match self.0 {}
+        }
+
+        pub fn unexpected_reply(&self, _command: &str, _reply: &Reply) -> TaskError {
+            match self.0 {}
+        }
+    }
+
+    pub struct SentinelClient<C>(Infallible, PhantomData<C>);
+
+    impl<C> SentinelClient<C> {
+        pub fn connect(&mut self) -> Result<(), TaskError> {
+            match self.0 {}
+        }
+
+        pub fn on_key<T>(
+            &mut self,
+            _op: impl FnMut(&mut Client<C>) -> Result<T, TaskError>,
+        ) -> Result<T, TaskError> {
+            match self.0 {}
+        }
+
+        pub fn reply_error(&self, _message: String) -> TaskError {
+            match self.0 {}
+        }
+
+        pub fn unexpected_reply(&self, _command: &str, _reply: &Reply) -> TaskError {
+            match self.0 {}
         }
     }
 }

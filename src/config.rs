@@ -150,9 +150,31 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// For a cluster or Sentinel URL, the refusal of a component built without the `topologies`
+/// feature (the plain `taskstore.wasm`): which build serves it. The host switches to that
+/// build by itself; the message is for a caller that loaded the plain one by hand.
+pub fn needs_topologies(redis: &RedisUrl) -> Option<ConfigError> {
+    let what = if redis.is_cluster() {
+        "redis+cluster:// (Redis Cluster)"
+    } else if redis.is_sentinel() {
+        "redis+sentinel:// (Redis Sentinel)"
+    } else {
+        return None;
+    };
+    Some(ConfigError(format!(
+        "{what} needs the full build of the component (taskstore-tls.wasm: TLS, cluster and \
+         Sentinel, built with the `tls` and `topologies` features); this build reaches one \
+         Redis server only"
+    )))
+}
+
 impl StoreSettings {
     pub fn from_options(options: &StoreOptions) -> Result<StoreSettings, ConfigError> {
         let redis = RedisUrl::parse(&options.url)?;
+        #[cfg(not(any(feature = "topologies", not(target_arch = "wasm32"))))]
+        if let Some(refusal) = needs_topologies(&redis) {
+            return Err(refusal);
+        }
         let default_ttl_seconds = options.default_ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
         check_ttl(default_ttl_seconds).map_err(|why| ConfigError(format!("default TTL {why}")))?;
         let timeout_ms = options.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
@@ -929,6 +951,32 @@ mod tests {
         );
         assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
         assert_eq!(ConfigError("bad URL".into()).to_string(), "bad URL");
+    }
+
+    #[test]
+    fn only_cluster_and_sentinel_urls_need_the_full_build_and_the_refusal_names_it() {
+        for (url, what) in [
+            ("redis+cluster://:hunter2@127.0.0.1:7000", "Redis Cluster"),
+            ("rediss+cluster://127.0.0.1:7000", "Redis Cluster"),
+            (
+                "redis+sentinel://:hunter2@127.0.0.1:26379/main",
+                "Redis Sentinel",
+            ),
+        ] {
+            let refusal = needs_topologies(&RedisUrl::parse(url).unwrap())
+                .unwrap_or_else(|| panic!("{url}: expected a refusal"))
+                .to_string();
+            assert!(refusal.contains(what), "{refusal}");
+            assert!(refusal.contains("taskstore-tls.wasm"), "{refusal}");
+            assert!(!refusal.contains("hunter2"), "{refusal}");
+        }
+        for url in ["redis://127.0.0.1:6379", "rediss://:hunter2@cache.local/1"] {
+            assert_eq!(
+                needs_topologies(&RedisUrl::parse(url).unwrap()),
+                None,
+                "{url}"
+            );
+        }
     }
 
     #[test]

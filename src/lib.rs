@@ -16,6 +16,8 @@
 //! - [`cluster_client`]: a client per node, routing by slot, following `MOVED` / `ASK`.
 //! - [`sentinel`]: Redis Sentinel: the master found by asking the sentinels, found again
 //!   after a failover.
+//!   These two are in every native build, and in a component only with the `topologies`
+//!   feature (the full build, `taskstore-tls.wasm`); the plain one reaches one server.
 //! - [`backend`]: one server, a cluster or a Sentinel master, behind the one surface the
 //!   store uses.
 //! - [`config`]: options and URL parsing (`redis://`, `+cluster`, `+sentinel`).
@@ -36,10 +38,14 @@
 pub mod backend;
 pub mod client;
 pub mod cluster;
+/// Not in a component built without the `topologies` feature (the plain `taskstore.wasm`).
+#[cfg(any(feature = "topologies", not(target_arch = "wasm32")))]
 pub mod cluster_client;
 pub mod config;
 pub mod kv;
 pub mod resp;
+/// Not in a component built without the `topologies` feature (the plain `taskstore.wasm`).
+#[cfg(any(feature = "topologies", not(target_arch = "wasm32")))]
 pub mod sentinel;
 pub mod store;
 pub mod text;

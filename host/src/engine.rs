@@ -14,12 +14,14 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
 /// The component built from this workspace's root package (`wasm32-wasip2`, release),
-/// embedded at compile time by `build.rs`. It speaks plaintext `redis://` only.
+/// embedded at compile time by `build.rs`. It speaks plaintext `redis://` to one server
+/// only: it refuses `rediss://`, cluster and Sentinel URLs, naming [`TLS_COMPONENT`].
 pub static COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_COMPONENT"));
 
-/// The same component built with the `tls` feature: `redis://` and `rediss://` (rustls in
-/// the guest). Several times larger than [`COMPONENT`], so it is compiled only when a store
-/// opens a `rediss://` URL; see [`RuntimeBuilder::tls`](crate::RuntimeBuilder::tls).
+/// The full build of the same component, with the `tls` and `topologies` features:
+/// `rediss://` (rustls in the guest), Redis Cluster and Redis Sentinel. Several times larger
+/// than [`COMPONENT`], so it is compiled only when a store opens a URL that needs it; see
+/// [`RuntimeBuilder::tls`](crate::RuntimeBuilder::tls).
 pub static TLS_COMPONENT: &[u8] = include_bytes!(env!("TASKSTORE_TLS_COMPONENT"));
 
 /// How often the engine's epoch advances; the granularity of every call deadline.

@@ -34,8 +34,9 @@ pub struct Runtime {
     call_deadline: Option<Duration>,
     /// Advances the engine's epoch while any clone of this runtime lives.
     _ticker: Arc<EpochTicker>,
-    /// Which embedded component this is: the plain one switches to the TLS one for a
-    /// `rediss://` store. A component given by the caller is used as it is.
+    /// Which embedded component this is: the plain one switches to the full (TLS) one for a
+    /// `rediss://`, cluster or Sentinel store. A component given by the caller is used as
+    /// it is.
     embedded: Embedded,
     /// The cache this runtime was loaded through, reused for the TLS component.
     cache: Option<ComponentCache>,
@@ -100,17 +101,17 @@ pub struct RuntimeBuilder<'a> {
 }
 
 impl<'a> RuntimeBuilder<'a> {
-    /// The embedded TLS component ([`TLS_COMPONENT`]) instead of the plain one. A store
-    /// opened with a `rediss://` URL from the plain embedded component switches to it by
-    /// itself; this is for callers that want its compilation (about a second in a release
-    /// build) done up front.
+    /// The embedded full component ([`TLS_COMPONENT`]: TLS, cluster, Sentinel) instead of
+    /// the plain one. A store opened with a `rediss://`, cluster or Sentinel URL from the
+    /// plain embedded component switches to it by itself; this is for callers that want its
+    /// compilation (about a second in a release build) done up front.
     pub fn tls(mut self) -> RuntimeBuilder<'a> {
         self.source = Source::EmbeddedTls;
         self
     }
 
     /// A component given as bytes instead of the embedded one. It is used as it is: no
-    /// switch to a TLS build for `rediss://`.
+    /// switch to the full build for `rediss://`, cluster or Sentinel URLs.
     pub fn component(mut self, bytes: &'a [u8]) -> RuntimeBuilder<'a> {
         self.source = Source::Bytes(bytes);
         self
@@ -214,8 +215,9 @@ impl<'a> RuntimeBuilder<'a> {
 }
 
 impl Runtime {
-    /// A builder of a runtime for the embedded component ([`COMPONENT`]; `rediss://`
-    /// stores switch to [`TLS_COMPONENT`] by themselves), compiled in process, with
+    /// A builder of a runtime for the embedded component ([`COMPONENT`]; `rediss://`,
+    /// cluster and Sentinel stores switch to [`TLS_COMPONENT`] by themselves), compiled in
+    /// process, with
     /// [`DEFAULT_MEMORY_LIMIT`] and the default call deadline.
     pub fn builder() -> RuntimeBuilder<'static> {
         RuntimeBuilder {
@@ -250,16 +252,18 @@ impl Runtime {
         Ok(EMBEDDED_TLS.get_or_init(|| runtime).clone())
     }
 
-    /// The runtime a store with `url` runs on: the embedded TLS component for a `rediss://`
-    /// URL when this is the plain embedded one (with this runtime's limits), else this one.
-    /// A URL that does not parse stays here, for the component to reject.
+    /// The runtime a store with `url` runs on: the embedded full component
+    /// ([`TLS_COMPONENT`]) for a `rediss://`, cluster or Sentinel URL when this is the plain
+    /// embedded one (with this runtime's limits), else this one. A URL that does not parse
+    /// stays here, for the component to reject.
     pub(crate) fn for_url(&self, url: &str) -> Result<Runtime, TaskError> {
-        let wants_tls = taskstore::config::RedisUrl::parse(url).is_ok_and(|url| url.tls);
-        if !(wants_tls && self.embedded == Embedded::Plain) {
+        let wants_full = taskstore::config::RedisUrl::parse(url)
+            .is_ok_and(|url| url.tls || url.is_cluster() || url.is_sentinel());
+        if !(wants_full && self.embedded == Embedded::Plain) {
             return Ok(self.clone());
         }
         let tls = Runtime::embedded_tls(self.cache.as_ref())
-            .map_err(|e| TaskError::host(format!("cannot load the TLS component: {e:#}")))?;
+            .map_err(|e| TaskError::host(format!("cannot load the full (TLS) component: {e:#}")))?;
         Ok(Runtime {
             memory_limit: self.memory_limit,
             call_deadline: self.call_deadline,

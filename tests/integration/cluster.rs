@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::{open_with, DEFAULT_PREFIX};
 use taskstore::cluster::key_slot;
-use taskstore_host::{ErrorKind, ListOptions, Options, Task, TaskStore, UpdateOptions};
+use taskstore_host::{
+    ErrorKind, ListOptions, Options, Runtime, Task, TaskStore, UpdateOptions, COMPONENT,
+};
 use taskstore_testing::pki::pki;
 use taskstore_testing::redis_cluster::RedisCluster;
 
@@ -183,6 +185,31 @@ fn a_thousand_tasks_spread_over_every_master_work_through_every_operation() {
 /// host, for its allow-list, and by the component) and reached on their TLS ports, each
 /// certificate verified against the given CA; a CA that did not sign them is a TLS
 /// connection error, never a plaintext fallback.
+#[test]
+fn the_plain_component_refuses_a_cluster_and_the_embedded_runtime_switches_to_the_full_one() {
+    let cluster = cluster();
+    let url = cluster.seed_url(0);
+    // A runtime made from the plain bytes is used as it is: its build has no cluster client.
+    let plain = Runtime::builder().component(COMPONENT).build().unwrap();
+    match TaskStore::open(&plain, Options::new(url.clone())) {
+        Err(error) if error.kind() == ErrorKind::InvalidInput => {
+            let message = error.message();
+            assert!(
+                message.contains("Redis Cluster") && message.contains("taskstore-tls.wasm"),
+                "{message}"
+            );
+        }
+        other => panic!("expected invalid input, got {other:?}"),
+    }
+    // The embedded runtime (plain by default) opens the same URL on the full build.
+    let mut store = open_with(Options::new(url)).expect("the embedded runtime opens a cluster");
+    store.set("t1", &doc("t1", "pending", 1), None).unwrap();
+    assert_eq!(
+        store.get("t1").unwrap().as_deref(),
+        Some(doc("t1", "pending", 1).as_str())
+    );
+}
+
 #[test]
 fn tls_cluster_from_one_seed_reaches_every_master_over_tls() {
     const TLS_TASKS: usize = 300;

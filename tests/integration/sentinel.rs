@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{open_with, plain_url};
-use taskstore_host::{ErrorKind, ListOptions, Options, Task, TaskStore};
+use taskstore_host::{ErrorKind, ListOptions, Options, Runtime, Task, TaskStore, COMPONENT};
 use taskstore_testing::pki::pki;
 use taskstore_testing::redis_sentinel::{RedisSentinel, SentinelPasswords};
 
@@ -192,6 +192,30 @@ fn get_and_set_through_the_sentinels_with_separate_passwords() {
         assert!(found, "t1 is not on {}", node.addr());
     }
     assert_eq!(sentinel.master_index().unwrap(), 0);
+}
+
+#[test]
+fn the_plain_component_refuses_sentinel_and_the_embedded_runtime_switches_to_the_full_one() {
+    let sentinel = deployment();
+    // A runtime made from the plain bytes is used as it is: its build has no Sentinel client.
+    let plain = Runtime::builder().component(COMPONENT).build().unwrap();
+    match TaskStore::open(&plain, Options::new(sentinel.url())) {
+        Err(error) if error.kind() == ErrorKind::InvalidInput => {
+            let message = error.message();
+            assert!(
+                message.contains("Redis Sentinel") && message.contains("taskstore-tls.wasm"),
+                "{message}"
+            );
+        }
+        other => panic!("expected invalid input, got {other:?}"),
+    }
+    // The embedded runtime (plain by default) opens the same URL on the full build.
+    let mut store = open_with(Options::new(sentinel.url())).expect("the store opens");
+    store.set("t1", &doc("t1", 1), None).unwrap();
+    assert_eq!(
+        store.get("t1").unwrap().as_deref(),
+        Some(doc("t1", 1).as_str())
+    );
 }
 
 #[test]
