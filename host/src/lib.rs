@@ -31,7 +31,8 @@
 //! - `options`: [`Options`] and reading the Redis address from the URL.
 //! - `network`: the socket allow-list derived from that address.
 //! - `engine`: the engine configuration, the epoch ticker behind every deadline,
-//!   compilation, the embedded [`COMPONENT`] and [`TLS_COMPONENT`] (`rediss://`) that
+//!   compilation, the embedded [`COMPONENT`] and [`TLS_COMPONENT`] (the full build:
+//!   `rediss://`, Redis Cluster and Sentinel URLs) that
 //!   `build.rs` builds from the workspace's root package, and [`ComponentCache`], the
 //!   compiled component kept on disk for the CLI (public as [`cache`]).
 //! - `sandbox`: the component's WASI context: that network, nothing else, and caps on
