@@ -36,15 +36,18 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::ToSocketAddrs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context as _};
 use serde_json::Value;
-use taskstore::config::{RedisUrl, StoreOptions};
+use taskstore::config::{RedisUrl, StoreOptions, StoreSettings};
 use taskstore::std_tcp::StdConnector;
 use taskstore::store::PAGE_BYTE_BUDGET;
+// The host library builds the client with its `tls` feature, so the native build here has
+// rustls too: the `tls-open` baseline.
+use taskstore::tls::MaybeTlsConnector;
 use taskstore_host::cache::{new_engine, CacheOutcome, ComponentCache, CACHE_DIR_ENV};
 use taskstore_host::probe::InstanceProbe;
 use taskstore_host::{
@@ -52,7 +55,7 @@ use taskstore_host::{
     COMPONENT,
 };
 // Without --redis or --port the benchmark runs on a throwaway server (the test fixture's guard).
-use taskstore_testing::redis_server::RedisServer;
+use taskstore_testing::redis_server::{RedisServer, TlsFiles};
 use wasmtime::component::Component;
 
 type NativeStore = taskstore::store::Store<StdConnector>;
@@ -133,6 +136,10 @@ pub enum Section {
     /// and what the index adds to `set` and `update` (not run by default: it loads 1M
     /// tasks).
     StatusIndex,
+    /// Opening a store (instantiate, connect, TLS handshake, `PING`) over `rediss://`
+    /// against `redis://`, component and native, on a private TLS redis-server (not run by
+    /// default: it needs `openssl` to make the server's certificate).
+    TlsOpen,
 }
 
 const WORKLOAD: [Section; 7] = [
@@ -165,6 +172,7 @@ impl Section {
             Section::Start => "start",
             Section::Memory => "memory",
             Section::StatusIndex => "status-index",
+            Section::TlsOpen => "tls-open",
         }
     }
 }
@@ -290,6 +298,9 @@ pub fn run(args: &BenchArgs, redis: Option<String>, prefix: Option<String>) -> a
     }
     if bench.has(Section::StatusIndex) {
         bench.status_index()?;
+    }
+    if bench.has(Section::TlsOpen) {
+        bench.tls_open()?;
     }
     print!("{}", report.targets());
     drop(server);
@@ -1668,6 +1679,285 @@ impl Bench {
     }
 }
 
+/// Opens timed per opener and repetition in the `tls-open` section (fewer if `--n` is
+/// smaller).
+const TLS_OPENS: usize = 200;
+/// The TLS open time the component should reach (instantiate, connect, handshake, `PING`).
+const TLS_OPEN_TARGET_MS: f64 = 2.0;
+
+/// Who opens the stores of the `tls-open` section, and over which scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Opener {
+    /// The TLS component (`taskstore-tls.wasm`) over `rediss://`.
+    ComponentTls,
+    /// The TLS component over `redis://`: what instantiating the larger component costs
+    /// without the handshake.
+    ComponentTlsPlain,
+    /// The plain component over `redis://`.
+    ComponentPlain,
+    /// The same client and rustls natively over `rediss://`.
+    NativeTls,
+    NativePlain,
+}
+
+const OPENERS: [Opener; 5] = [
+    Opener::ComponentTls,
+    Opener::ComponentTlsPlain,
+    Opener::ComponentPlain,
+    Opener::NativeTls,
+    Opener::NativePlain,
+];
+
+impl Opener {
+    fn name(self) -> &'static str {
+        match self {
+            Opener::ComponentTls => "component-tls:open-rediss",
+            Opener::ComponentTlsPlain => "component-tls:open-redis",
+            Opener::ComponentPlain => "component:open-redis",
+            Opener::NativeTls => "native:open-rediss",
+            Opener::NativePlain => "native:open-redis",
+        }
+    }
+
+    fn is_tls(self) -> bool {
+        matches!(self, Opener::ComponentTls | Opener::NativeTls)
+    }
+}
+
+impl Bench {
+    /// `tls-open`: on a private redis-server with a plaintext and a TLS port (an ECDSA P-256
+    /// certificate for 127.0.0.1 from a private CA, as the tests use), opens and closes
+    /// stores one after the other, each open timed from the call to a store that has
+    /// answered `PING`: the TLS component over `rediss://` and `redis://`, the plain
+    /// component, and the native build of the same client and rustls over both schemes.
+    /// Each round opens one store per opener, their order rotating, so a load change on a
+    /// shared machine hits them all alike. Also times instantiating the TLS component
+    /// alone, to split the open into instantiation and the rest. Returns the timings.
+    fn tls_open(&self) -> anyhow::Result<HashMap<Opener, Vec<u64>>> {
+        let opens = TLS_OPENS.min(self.n);
+        let certificates = tempfile::tempdir()?;
+        let (files, ca_pem) = bench_certificates(certificates.path())?;
+        let server = RedisServer::builder()
+            .tls(files)
+            .start()
+            .context("cannot start a private redis-server with TLS")?;
+        let tls_url = server.tls_url().context("the server has no TLS port")?;
+        let plain_url = server.url();
+
+        let plain_runtime = Runtime::builder().build()?;
+        let started = Instant::now();
+        let tls_runtime = Runtime::builder().tls().build()?;
+        let compile = started.elapsed();
+        let options = |opener: Opener| {
+            if opener.is_tls() {
+                Options {
+                    tls_ca_certificates: Some(ca_pem.clone()),
+                    ..Options::new(&tls_url)
+                }
+            } else {
+                Options::new(&plain_url)
+            }
+        };
+        let native_options = |opener: Opener| {
+            let mut native = StoreOptions::new(if opener.is_tls() {
+                &tls_url
+            } else {
+                &plain_url
+            });
+            if opener.is_tls() {
+                native.tls_ca_certificates = Some(ca_pem.clone());
+            }
+            native
+        };
+
+        let tokio = current_thread()?;
+        let (samples, instantiate) = tokio.block_on(async {
+            let mut samples: HashMap<Opener, Vec<u64>> = HashMap::new();
+            let mut order = OPENERS;
+            // One untimed round: first connections, first TLS session setup.
+            for round in 0..1 + opens * self.reps {
+                for opener in order {
+                    let started = Instant::now();
+                    let elapsed = match opener {
+                        Opener::ComponentTls
+                        | Opener::ComponentTlsPlain
+                        | Opener::ComponentPlain => {
+                            let runtime = if opener == Opener::ComponentPlain {
+                                &plain_runtime
+                            } else {
+                                &tls_runtime
+                            };
+                            let store = runtime.open_async(options(opener)).await?;
+                            let elapsed = started.elapsed();
+                            store.close().await;
+                            elapsed
+                        }
+                        Opener::NativeTls | Opener::NativePlain => {
+                            let store = native_tls_open(&native_options(opener))?;
+                            let elapsed = started.elapsed();
+                            drop(store);
+                            elapsed
+                        }
+                    };
+                    if round > 0 {
+                        samples
+                            .entry(opener)
+                            .or_default()
+                            .push(elapsed.as_nanos() as u64);
+                    }
+                }
+                order.rotate_left(1);
+            }
+            let probe = InstanceProbe::new(&tls_runtime, &tls_url).await?;
+            let mut instantiate = Vec::new();
+            for _ in 0..opens {
+                instantiate.push(probe.instantiate().await?.instantiate.as_nanos() as u64);
+            }
+            anyhow::Ok((samples, instantiate))
+        })?;
+
+        println!(
+            "# tls-open: {} opens per opener, instantiate + connect (+ TLS 1.3 handshake, ECDSA P-256 certificate) + PING; TLS component compiled in {:.0} ms",
+            opens * self.reps,
+            compile.as_secs_f64() * 1e3
+        );
+        for opener in OPENERS {
+            let nanos = &samples[&opener];
+            let total: u64 = nanos.iter().sum();
+            println!(
+                "{} {:.0} {:.1} {:.1}",
+                opener.name(),
+                nanos.len() as f64 / (total as f64 / 1e9),
+                us(percentile(nanos, 0.5)),
+                us(percentile(nanos, 0.99))
+            );
+        }
+        println!(
+            "component-tls:instantiate InstancePre {:.1} us (p99 {:.1})",
+            us(percentile(&instantiate, 0.5)),
+            us(percentile(&instantiate, 0.99))
+        );
+        let p50 = |opener: Opener| percentile(&samples[&opener], 0.5) as f64;
+        println!(
+            "ratio:tls-open p50 component/native {:.2}; handshake (rediss - redis) component {:.1} us, native {:.1} us",
+            p50(Opener::ComponentTls) / p50(Opener::NativeTls),
+            (p50(Opener::ComponentTls) - p50(Opener::ComponentTlsPlain)) / 1e3,
+            (p50(Opener::NativeTls) - p50(Opener::NativePlain)) / 1e3
+        );
+        let component_ms = p50(Opener::ComponentTls) / 1e6;
+        println!(
+            "target:tls-open p50 component {component_ms:.2} ms <= {TLS_OPEN_TARGET_MS:.0} ms: {}",
+            verdict(component_ms <= TLS_OPEN_TARGET_MS)
+        );
+        drop(server);
+        Ok(samples)
+    }
+}
+
+/// A native store over `rediss://` or `redis://`, as the component opens one.
+type NativeTlsStore = taskstore::store::Store<MaybeTlsConnector<StdConnector>>;
+
+/// Opens a native store the way the component does: TLS exactly when the URL says so.
+fn native_tls_open(options: &StoreOptions) -> anyhow::Result<NativeTlsStore> {
+    let settings = StoreSettings::from_options(options)?;
+    let connector = MaybeTlsConnector::new(StdConnector, settings.tls.as_ref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(NativeTlsStore::open_with_settings(settings, connector)?)
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, ECDSA P-256 as the test
+/// fixtures make them, written into `dir` by the `openssl` command (the CLI ships without
+/// the tests' certificate generator). Returns the server's files and the CA's PEM.
+fn bench_certificates(dir: &Path) -> anyhow::Result<(TlsFiles, String)> {
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run openssl (the tls-open section makes its certificates with it)")?;
+        ensure!(
+            output.status.success(),
+            "openssl {} failed: {}",
+            args.first().unwrap_or(&""),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(())
+    };
+    let p256 = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &p256,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=taskstore bench CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            &["req"][..],
+            &p256,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=taskstore bench server",
+            ],
+        ]
+        .concat(),
+    )?;
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "2",
+        "-days",
+        "2",
+        "-out",
+        "server.crt",
+        "-extfile",
+        "server.ext",
+    ])?;
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).with_context(|| format!("cannot read {name}"))
+    };
+    let ca_pem = read("ca.crt")?;
+    let files = TlsFiles {
+        certificate: read("server.crt")?,
+        private_key: read("server.key")?,
+        ca_certificate: ca_pem.clone(),
+    };
+    Ok((files, ca_pem))
+}
+
 fn check_loopback(url: &str) -> anyhow::Result<String> {
     let parsed = RedisUrl::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
     let endpoint = parsed.endpoint;
@@ -1875,6 +2165,28 @@ mod tests {
         assert_eq!(client.get("absent").unwrap(), None);
         assert!(client.delete("r1").unwrap());
         assert!(!client.delete("r1").unwrap());
+    }
+
+    #[test]
+    fn every_opener_of_the_tls_open_section_opens_its_stores() {
+        let (n, reps) = (3, 2);
+        let bench = Bench {
+            url: String::new(),
+            prefix: "bench-test:".to_owned(),
+            document: DEFAULT_DOCUMENT.to_owned(),
+            n,
+            reps,
+            list_tasks: 0,
+            index_tasks: 0,
+            sections: vec![Section::TlsOpen],
+        };
+        // It starts its own TLS server; an open that fails (a certificate refused, say)
+        // fails the section.
+        let samples = bench.tls_open().unwrap();
+        for opener in OPENERS {
+            // Not timings: one per timed open.
+            assert_eq!(samples[&opener].len(), n * reps, "{}", opener.name());
+        }
     }
 
     #[test]
