@@ -32,6 +32,8 @@ packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 command -v clang >/dev/null 2>&1 || packages+=(clang)
+# `taskstore bench --ops tls-open` (and its test) make their certificates with it.
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 if [ "${#packages[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || fail "apt-get not found; install ${packages[*]} by hand"
     as_root=()
@@ -43,7 +45,7 @@ if [ "${#packages[@]}" -gt 0 ]; then
     quietly "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
     quietly "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${packages[@]}"
-    for cmd in redis-server redis-cli clang; do
+    for cmd in redis-server redis-cli clang openssl; do
         command -v "$cmd" >/dev/null 2>&1 || fail "$cmd still missing after installing ${packages[*]}"
     done
 fi
