@@ -217,8 +217,7 @@ impl<'a> RuntimeBuilder<'a> {
 impl Runtime {
     /// A builder of a runtime for the embedded component ([`COMPONENT`]; `rediss://`,
     /// cluster and Sentinel stores switch to [`TLS_COMPONENT`] by themselves), compiled in
-    /// process, with
-    /// [`DEFAULT_MEMORY_LIMIT`] and the default call deadline.
+    /// process, with [`DEFAULT_MEMORY_LIMIT`] and the default call deadline.
     pub fn builder() -> RuntimeBuilder<'static> {
         RuntimeBuilder {
             source: Source::Embedded,
