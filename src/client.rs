@@ -610,6 +610,35 @@ pub fn expect_ok<C: Connector>(
     }
 }
 
+/// `MULTI`, `write`, `EXEC` in one pipeline, after the caller's `WATCH`: `Ok(true)` when
+/// the write ran and answered `OK`, `Ok(false)` when someone wrote a watched key first and
+/// `EXEC` wrote nothing. Never resent: if the connection dies here the write may have
+/// happened. A queued command refused (on a cluster: redirected) aborts the `EXEC`: nothing
+/// written, and its error is returned.
+pub fn exec_watched_write<C: Connector>(
+    client: &mut Client<C>,
+    write: &[&[u8]],
+) -> Result<bool, TaskError> {
+    let mut replies = client.pipeline(&[&[b"MULTI"], write, &[b"EXEC"]], Retry::Never)?;
+    let exec = replies.pop();
+    let queued = replies.pop();
+    let multi = replies.pop();
+    expect_ok(client, multi, "MULTI")?;
+    if let Some(Reply::Error(message)) = queued {
+        return Err(client.reply_error(message));
+    }
+    match exec {
+        Some(Reply::Null) => Ok(false),
+        Some(Reply::Array(results)) => match results.into_iter().next() {
+            Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(true),
+            Some(Reply::Error(message)) => Err(client.reply_error(message)),
+            other => Err(protocol_error(client, "EXEC", other)),
+        },
+        Some(Reply::Error(message)) => Err(client.reply_error(message)),
+        other => Err(protocol_error(client, "EXEC", other)),
+    }
+}
+
 /// The protocol error for a reply of the wrong shape for `command`, or for none at all.
 pub fn protocol_error<C: Connector>(
     client: &Client<C>,

@@ -473,6 +473,13 @@ fn parse_decimal(text: &str) -> Option<u64> {
     canonical.then(|| text.parse().ok()).flatten()
 }
 
+/// Lowercase hex of `bytes`, appended to `out` (cursor texts: here and the status index's).
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    for &byte in bytes {
+        push_hex_byte(out, byte);
+    }
+}
+
 fn push_hex_byte(out: &mut String, byte: u8) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.push(char::from(DIGITS[usize::from(byte >> 4)]));
@@ -480,7 +487,7 @@ fn push_hex_byte(out: &mut String, byte: u8) {
 }
 
 /// Lowercase hex of at least one byte.
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if text.is_empty() || !text.len().is_multiple_of(2) {
         return None;
     }

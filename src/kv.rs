@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 
 use crate::backend::Backend;
-use crate::client::{expect_ok, protocol_error, Client, Retry};
+use crate::client::{exec_watched_write, expect_ok, protocol_error, Client, Retry};
 use crate::cluster::ListCursor;
 use crate::config::{Credentials, Secret, StoreOptions, StoreSettings};
 use crate::resp::Reply;
@@ -467,29 +467,11 @@ fn swap_attempt<C: Connector>(
         client.command(&[b"UNWATCH"], Retry::Never)?;
         return Ok(CasOutcome::Failed(current));
     }
-    // Never resent: if the connection dies here the write may have happened.
-    let mut replies = client.pipeline(
-        &[&[b"MULTI"], &[b"SET", key, value], &[b"EXEC"]],
-        Retry::Never,
-    )?;
-    let exec = replies.pop();
-    let queued = replies.pop();
-    let multi = replies.pop();
-    expect_ok(client, multi, "MULTI")?;
-    // A queued command refused (on a cluster: redirected) aborts the EXEC: nothing written.
-    if let Some(Reply::Error(message)) = queued {
-        return Err(client.reply_error(message));
-    }
-    match exec {
+    if exec_watched_write(client, &[b"SET", key, value])? {
+        Ok(CasOutcome::Swapped)
+    } else {
         // Someone wrote the key after our WATCH: nothing written; the handle gets their value.
-        Some(Reply::Null) => Ok(CasOutcome::Failed(client.get(key)?)),
-        Some(Reply::Array(results)) => match results.into_iter().next() {
-            Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(CasOutcome::Swapped),
-            Some(Reply::Error(message)) => Err(client.reply_error(message)),
-            other => Err(protocol_error(client, "EXEC", other)),
-        },
-        Some(Reply::Error(message)) => Err(client.reply_error(message)),
-        other => Err(protocol_error(client, "EXEC", other)),
+        Ok(CasOutcome::Failed(client.get(key)?))
     }
 }
 

@@ -4,7 +4,7 @@
 //! input never reaches Redis and never half-writes anything.
 
 use crate::backend::Backend;
-use crate::client::{expect_ok, protocol_error, Client, Retry};
+use crate::client::{exec_watched_write, expect_ok, protocol_error, Client, Retry};
 use crate::cluster::{ListCursor, MAX_PENDING_CURSOR_BYTES};
 use crate::config::{check_ttl, ConfigError, StoreOptions, StoreSettings};
 use crate::document::{merge_patch, top_level_status, validate_document, validate_patch};
@@ -1271,26 +1271,11 @@ fn update_attempt<C: Connector>(
             vec![b"SET", key, merged.as_bytes(), b"EX", &ttl_text]
         }
     };
-    // Never resent: if the connection dies here the write may have happened.
-    let mut replies = client.pipeline(&[&[b"MULTI"], &set, &[b"EXEC"]], Retry::Never)?;
-    let exec = replies.pop();
-    let queued = replies.pop();
-    let multi = replies.pop();
-    expect_ok(client, multi, "MULTI")?;
-    // A queued command refused (on a cluster: redirected) aborts the EXEC: nothing written.
-    if let Some(Reply::Error(message)) = queued {
-        return Err(client.reply_error(message));
-    }
-    match exec {
+    if exec_watched_write(client, &set)? {
+        Ok(Some(Some(merged)))
+    } else {
         // Someone wrote the key after our WATCH: start over from their version.
-        Some(Reply::Null) => Ok(None),
-        Some(Reply::Array(results)) => match results.into_iter().next() {
-            Some(Reply::SimpleString(ok)) if ok == b"OK" => Ok(Some(Some(merged))),
-            Some(Reply::Error(message)) => Err(client.reply_error(message)),
-            other => Err(protocol_error(client, "EXEC", other)),
-        },
-        Some(Reply::Error(message)) => Err(client.reply_error(message)),
-        other => Err(protocol_error(client, "EXEC", other)),
+        Ok(None)
     }
 }
 
@@ -1333,7 +1318,9 @@ fn watch_read<C: Connector>(
 
 /// `MULTI`, `queued`, `write`, `EXEC` on a connection holding a `WATCH`: the reply of
 /// `write`, or `None` when the transaction did not run (the key changed, or on a cluster a
-/// redirect: run again from the `WATCH`, never elsewhere without it).
+/// redirect: run again from the `WATCH`, never elsewhere without it). The status index's
+/// transactions, which queue its scripts before the write; a lone write uses
+/// [`exec_watched_write`].
 fn exec_watched<C: Connector>(
     client: &mut Client<C>,
     queued: &[Vec<Vec<u8>>],

@@ -23,6 +23,8 @@ use std::hash::{BuildHasher, Hasher};
 
 use taskstore_model::validate_id;
 
+use crate::cluster::{decode_hex, push_hex};
+
 /// How `list` with a status finds its tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ListingMode {
@@ -322,29 +324,6 @@ impl IndexCursor {
         }
         Some(IndexCursor { position, pending })
     }
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &byte in bytes {
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 15)] as char);
-    }
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() || !text.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    };
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 #[cfg(test)]
